@@ -1,0 +1,182 @@
+"""Audio input: read anything soundfile reads, downmix, resample to 16 kHz with soxr, crop or pad.
+
+Every waveform inside serkit is a float32 numpy array of shape ``(samples,)`` at :data:`SAMPLE_RATE` Hz.
+Errors are :class:`~serkit.errors.AudioError` and name the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from serkit.constants import SAMPLE_RATE
+from serkit.errors import AudioError
+
+#: Longest file (seconds) that :func:`read_audio` accepts unless told otherwise; guards memory on huge files.
+MAX_SECONDS = 3600.0
+#: Peak amplitude below which a signal counts as silent (about -80 dBFS).
+SILENCE_PEAK = 1e-4
+
+
+def resample(signal: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample ``(samples,)`` from ``orig_sr`` to ``target_sr`` Hz with soxr (HQ)."""
+    if orig_sr == target_sr:
+        return signal.astype(np.float32, copy=False)
+    return soxr.resample(signal.astype(np.float32, copy=False), orig_sr, target_sr, quality="HQ").astype(
+        np.float32
+    )
+
+
+def to_mono(signal: np.ndarray) -> np.ndarray:
+    """Average channels: ``(samples, channels)`` or ``(samples,)`` -> ``(samples,)``."""
+    if signal.ndim == 1:
+        return signal
+    if signal.ndim == 2:
+        return signal.mean(axis=1)
+    raise ValueError(f"expected (samples,) or (samples, channels), got shape {signal.shape}")
+
+
+def prepare_signal(
+    signal: np.ndarray,
+    sample_rate: int,
+    *,
+    target_sr: int = SAMPLE_RATE,
+    name: str = "<signal>",
+    allow_silent: bool = True,
+) -> np.ndarray:
+    """Turn an in-memory signal into serkit's form: mono float32 at ``target_sr``.
+
+    ``signal`` is ``(samples,)`` or ``(samples, channels)``; raises :class:`AudioError` for empty,
+    non-finite or (unless ``allow_silent``) silent input.
+    """
+    signal = np.asarray(signal)
+    if signal.ndim == 2 and signal.shape[0] < signal.shape[1] and signal.shape[0] <= 8:
+        signal = signal.T  # (channels, samples) -> (samples, channels)
+    if signal.size == 0:
+        raise AudioError(name, "empty: no samples")
+    if np.issubdtype(signal.dtype, np.integer):
+        signal = signal.astype(np.float32) / float(np.iinfo(signal.dtype).max)
+    signal = to_mono(signal.astype(np.float32, copy=False))
+    if not np.all(np.isfinite(signal)):
+        raise AudioError(name, f"non-finite samples (NaN or inf): {int((~np.isfinite(signal)).sum())} of them")
+    if sample_rate <= 0:
+        raise AudioError(name, f"invalid sample rate {sample_rate}")
+    signal = resample(signal, sample_rate, target_sr)
+    if not allow_silent and float(np.abs(signal).max()) < SILENCE_PEAK:
+        raise AudioError(name, f"silent: peak amplitude {float(np.abs(signal).max()):.2e} < {SILENCE_PEAK}")
+    return signal
+
+
+def read_audio(
+    path: str | Path,
+    *,
+    target_sr: int = SAMPLE_RATE,
+    max_seconds: float | None = MAX_SECONDS,
+    allow_silent: bool = True,
+    start: float = 0.0,
+    stop: float | None = None,
+) -> np.ndarray:
+    """Read ``path`` (any format soundfile reads) as mono float32 ``(samples,)`` at ``target_sr`` Hz.
+
+    ``start`` / ``stop`` (seconds) read a segment. Raises :class:`AudioError` naming the file when it is missing,
+    unreadable, empty, longer than ``max_seconds``, non-finite, or silent (when ``allow_silent`` is False).
+    Multichannel audio is averaged to mono and other rates are resampled with soxr.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(path, "file not found")
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises several types for corrupt input
+        raise AudioError(path, f"unreadable: {exc}") from None
+    if info.frames == 0:
+        raise AudioError(path, "empty: no samples")
+    seconds = info.frames / info.samplerate
+    if max_seconds is not None and seconds > max_seconds and stop is None:
+        raise AudioError(path, f"too long: {seconds:.1f} s > limit {max_seconds:.0f} s (raise max_seconds)")
+    try:
+        first = int(round(start * info.samplerate))
+        last = None if stop is None else int(round(stop * info.samplerate))
+        data, sr = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise AudioError(path, f"unreadable: {exc}") from None
+    return prepare_signal(data, sr, target_sr=target_sr, name=str(path), allow_silent=allow_silent)
+
+
+def audio_info(path: str | Path) -> dict:
+    """Header facts without decoding: ``{"duration": s, "sample_rate": Hz, "channels": n, "frames": n}``."""
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:
+        raise AudioError(path, f"unreadable: {exc}") from None
+    return {
+        "duration": info.frames / info.samplerate if info.samplerate else 0.0,
+        "sample_rate": info.samplerate,
+        "channels": info.channels,
+        "frames": info.frames,
+    }
+
+
+def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-1 of the file's bytes (hex, 16 chars): identifies audio content for caches."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def signal_hash(signal: np.ndarray) -> str:
+    """SHA-1 of a float32 signal's samples (hex, 16 chars)."""
+    return hashlib.sha1(np.ascontiguousarray(signal, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CropPad:
+    """Crop or pad policy for waveforms of shape ``(samples,)``.
+
+    mode: ``"none"`` leaves the signal as it is; ``"fixed"`` crops the centre / pads the end to ``seconds``
+    (HCLD uses 7.5 s); ``"random"`` takes a random window of ``seconds`` (training) and pads shorter input.
+    pad: ``"zero"`` or ``"repeat"`` (tile the signal).
+    """
+
+    mode: Literal["none", "fixed", "random"] = "none"
+    seconds: float | None = None
+    pad: Literal["zero", "repeat"] = "zero"
+
+    def __post_init__(self):
+        if self.mode not in ("none", "fixed", "random"):
+            raise ValueError(f"CropPad.mode must be none, fixed or random, got {self.mode!r}")
+        if self.mode != "none" and (self.seconds is None or self.seconds <= 0):
+            raise ValueError(f"CropPad mode {self.mode!r} needs seconds > 0, got {self.seconds!r}")
+        if self.pad not in ("zero", "repeat"):
+            raise ValueError(f"CropPad.pad must be zero or repeat, got {self.pad!r}")
+
+    def num_samples(self, sample_rate: int = SAMPLE_RATE) -> int | None:
+        return None if self.seconds is None else int(round(self.seconds * sample_rate))
+
+    def __call__(
+        self, signal: np.ndarray, rng: np.random.Generator | None = None, sample_rate: int = SAMPLE_RATE
+    ) -> np.ndarray:
+        if self.mode == "none":
+            return signal
+        n = self.num_samples(sample_rate)
+        if len(signal) > n:
+            if self.mode == "random":
+                rng = rng or np.random.default_rng()
+                start = int(rng.integers(0, len(signal) - n + 1))
+            else:
+                start = (len(signal) - n) // 2
+            return signal[start : start + n]
+        if len(signal) < n:
+            if self.pad == "repeat" and len(signal) > 0:
+                reps = int(np.ceil(n / len(signal)))
+                return np.tile(signal, reps)[:n]
+            return np.pad(signal, (0, n - len(signal)))
+        return signal

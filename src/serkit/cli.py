@@ -1,0 +1,121 @@
+"""The ``serkit`` command. Each sub-command lives with the code it drives; this module only wires them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _prepare(args) -> int:
+    from serkit.corpora import apply_class_set, prepare
+    from serkit.manifest import class_distribution, write_manifest
+
+    df = prepare(args.corpus, args.root)
+    if args.class_set:
+        df = apply_class_set(df, args.class_set, corpus=args.corpus)
+    out = write_manifest(df, args.out)
+    print(f"{args.corpus}: {len(df)} utterances, {df['speaker'].nunique()} speakers -> {out}")
+    print("  emotion: " + ", ".join(f"{k} {v}" for k, v in class_distribution(df).items()))
+    print("  gender:  " + ", ".join(f"{k} {v}" for k, v in class_distribution(df, "gender").items()))
+    for dim in ("arousal", "valence", "dominance"):
+        if dim in df.columns:
+            print(f"  {dim}: mean {df[dim].mean():.3f} std {df[dim].std():.3f} range [{df[dim].min():.3f}, {df[dim].max():.3f}]")
+    return 0
+
+
+def _check(args) -> int:
+    from serkit.check import FATAL, CheckConfig, check_manifest, summarise
+    from serkit.io import atomic_write_text
+    from serkit.manifest import read_manifest
+
+    rc = 0
+    for manifest in args.manifest:
+        df = read_manifest(manifest)
+        report = check_manifest(df, CheckConfig(min_seconds=args.min_seconds, max_seconds=args.max_seconds))
+        print(f"== {manifest}")
+        print(summarise(report))
+        if args.report:
+            out = Path(args.report) if len(args.manifest) == 1 else Path(args.report).with_name(
+                f"{Path(manifest).stem}_{Path(args.report).name}")
+            atomic_write_text(out, report.to_csv(index=False))
+            print(f"  report -> {out}")
+        if args.strict and report["problems"].str.contains("|".join(FATAL)).any():
+            rc = 1
+    return rc
+
+
+def _folds(args) -> int:
+    import yaml
+
+    from serkit.corpora import get_reader
+    from serkit.manifest import read_manifest
+    from serkit.protocols import describe, make_folds, save_folds
+
+    df = read_manifest(args.manifest)
+    if args.protocol:
+        protocol = yaml.safe_load(args.protocol)
+        if isinstance(protocol, str):
+            protocol = {"name": protocol}
+    else:
+        protocol = dict(get_reader(str(df["corpus"].iloc[0])).default_protocol)
+    folds = make_folds(df, protocol, seed=args.seed)
+    print(describe(folds, df).to_string(index=False))
+    if args.out:
+        print(f"-> {save_folds(folds, args.out)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="serkit", description="Speech emotion recognition toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="read a corpus into a manifest (CSV or Parquet by suffix)")
+    p.add_argument("corpus", help="ravdess, emodb, tava, iemocap, msp-podcast, msp-improv, savee, crema-d, tess, csv, folder")
+    p.add_argument("--root", help="corpus folder (csv: the table); default $SERKIT_DATA/corpora/<corpus>")
+    p.add_argument("--out", required=True, help="manifest file (.csv or .parquet)")
+    p.add_argument("--class-set", help="named class set of the corpus (e.g. 4class) to map / drop classes")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("check", help="report bad audio files of manifests by name (never stops half-way)")
+    p.add_argument("manifest", nargs="+")
+    p.add_argument("--report", help="write the per-file report as CSV")
+    p.add_argument("--min-seconds", type=float, default=0.5)
+    p.add_argument("--max-seconds", type=float, default=60.0)
+    p.add_argument("--strict", action="store_true", help="exit 1 when a file is unusable")
+    p.set_defaults(func=_check)
+
+    p = sub.add_parser("folds", help="build, show and save the folds of a protocol")
+    p.add_argument("manifest")
+    p.add_argument("--protocol", help="YAML/JSON, e.g. '{name: speaker_kfold, k: 6}'; default: the corpus's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folds JSON")
+    p.set_defaults(func=_folds)
+
+    for module in ("serkit.cache", "serkit.train.cli", "serkit.inference"):
+        try:
+            mod = __import__(module, fromlist=["add_parser"])
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("serkit"):
+                continue  # sub-command not built yet
+            raise
+        for name in ("add_parser", "add_extract_parser", "add_parsers"):
+            if hasattr(mod, name):
+                getattr(mod, name)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from serkit.errors import SerkitError
+
+    try:
+        return int(args.func(args) or 0)
+    except SerkitError as exc:
+        print(f"serkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The upstream side of the encoder seam: one output type and one module interface for every encoder.
+
+Every encoder takes zero-padded waveforms ``(batch, samples)`` at :data:`~serkit.constants.SAMPLE_RATE` Hz plus
+their true lengths in samples, and returns *all* hidden states (input embedding layer first, top layer last),
+each ``(batch, frames, dim)``, with a boolean frame mask ``(batch, frames)`` (True = a real frame).
+Downstream code never touches an encoder's internals; the :class:`~serkit.encoders.featurizer.Featurizer`
+picks or weights layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from serkit.constants import SAMPLE_RATE
+
+#: Ways to run an encoder on input of varying length. ``native``: at the utterance's own length (Whisper without
+#: its 30 s padding); ``padded``: the model's stock input shape (Whisper: 30 s zero padding).
+MODES = ("native", "padded")
+
+
+@dataclass
+class EncoderOutput:
+    """Result of one encoder forward pass.
+
+    hidden_states: tuple of ``num_layers`` tensors ``(batch, frames, dim)``; index 0 is the input embedding layer
+        (what enters the first Transformer block), index -1 the top layer.
+    frame_mask: bool ``(batch, frames)``; True where the frame comes from real (unpadded) audio.
+    frame_rate: frames per second (Hz).
+    """
+
+    hidden_states: tuple[torch.Tensor, ...]
+    frame_mask: torch.Tensor
+    frame_rate: float
+
+    @property
+    def frame_lengths(self) -> torch.Tensor:
+        """Number of real frames per item, long ``(batch,)``."""
+        return self.frame_mask.sum(dim=1)
+
+
+class Encoder(nn.Module):
+    """Base class of serkit encoders (an ``nn.Module``, so it can be fine-tuned).
+
+    Attributes set by subclasses:
+        name: canonical id (hub id, local path or ``fbank-80``).
+        revision: snapshot commit hash when loaded from the Hugging Face cache, ``"local"`` for a local folder,
+            ``"random"`` for a randomly initialised config, ``"none"`` for weightless encoders.
+        mode: one of :data:`MODES`.
+        num_layers: number of hidden states returned (Transformer blocks + 1 for the input embedding).
+        hidden_size: feature dimension of every hidden state.
+        frame_rate: output frames per second (Hz).
+        hop_samples: input samples per output frame (``SAMPLE_RATE / frame_rate``); chunk boundaries are
+            aligned to it so that stitched chunks stay on the same frame grid.
+        max_samples: longest input (samples) one forward accepts, or None for no limit.
+        padding_invariant: True when zero padding in a batch does not change the real frames' outputs;
+            False (e.g. group-norm feature extractors) means batch only equal-length items.
+        supports_time_mask: whether ``forward`` accepts ``mask_time_indices`` (HuBERT-style span masking).
+    """
+
+    name: str = "encoder"
+    revision: str = "none"
+    mode: str = "native"
+    num_layers: int = 1
+    hidden_size: int = 1
+    frame_rate: float = 50.0
+    hop_samples: int = 320
+    max_samples: int | None = None
+    padding_invariant: bool = True
+    supports_time_mask: bool = False
+    sample_rate: int = SAMPLE_RATE
+
+    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Real output frames for inputs of ``lengths`` samples, long ``(batch,)``."""
+        raise NotImplementedError
+
+    def input_samples(self, num_samples: int) -> int:
+        """Samples one item of ``num_samples`` occupies in a batch (its cost for batching)."""
+        return num_samples
+
+    def forward(
+        self,
+        waves: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Encode ``waves`` ``(batch, samples)`` (16 kHz, zero-padded) with true ``lengths`` ``(batch,)`` samples.
+
+        ``mask_time_indices``: optional bool ``(batch, frames)``; True frames are replaced by the learned mask
+        embedding before the Transformer (HuBERT-style span masking for fine-tuning), where supported.
+        """
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What a cache or a trained model must record to reproduce these features."""
+        return {
+            "encoder": self.name,
+            "revision": self.revision,
+            "mode": self.mode,
+            "sample_rate": self.sample_rate,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "frame_rate": self.frame_rate,
+        }
+
+    # helpers shared by subclasses -------------------------------------------------------------------------
+    @staticmethod
+    def _lengths_or_full(waves: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        if waves.ndim != 2:
+            raise ValueError(f"expected waves of shape (batch, samples), got {tuple(waves.shape)}")
+        if lengths is None:
+            return torch.full((waves.shape[0],), waves.shape[1], dtype=torch.long, device=waves.device)
+        lengths = torch.as_tensor(lengths, device=waves.device).long()
+        if lengths.shape != (waves.shape[0],):
+            raise ValueError(f"lengths must be (batch,)={waves.shape[0]}, got {tuple(lengths.shape)}")
+        if int(lengths.max()) > waves.shape[1] or int(lengths.min()) <= 0:
+            raise ValueError(
+                f"lengths must lie in 1..{waves.shape[1]} samples, got {lengths.min().item()}..{lengths.max().item()}"
+            )
+        return lengths
+
+    def _check_max(self, lengths: torch.Tensor) -> None:
+        if self.max_samples is not None and int(lengths.max()) > self.max_samples:
+            raise ValueError(
+                f"{self.name}: input of {int(lengths.max())} samples exceeds the encoder's limit of {self.max_samples} "
+                f"({self.max_samples / self.sample_rate:.0f} s); split it into chunks (serkit.encoders.runner does)"
+            )
+
+
+def length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """Bool ``(batch, size)``: True at positions ``< lengths``."""
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]

@@ -1,0 +1,84 @@
+"""Self-supervised speech models from ``transformers``: HuBERT, WavLM, wav2vec 2.0, data2vec-audio.
+
+Input: raw 16 kHz waveform, normalised to zero mean and unit variance per utterance (over its real samples) when
+the model's feature extractor does so. Output: ``num_hidden_layers + 1`` hidden states at 50 Hz (20 ms hop,
+25 ms receptive field of the CNN front end). Frame counts come from the model's own
+``_get_feat_extract_output_lengths``.
+
+Models with a group-norm CNN front end (``feat_extract_norm == "group"``: hubert-base, wav2vec2-base) take no
+attention mask, and zero padding changes their outputs: they report ``padding_invariant = False`` and the
+extraction runner batches only equal-length items for them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from serkit.constants import SAMPLE_RATE
+from serkit.encoders.base import Encoder, EncoderOutput, length_mask
+
+#: ``config.model_type`` values handled here.
+SSL_MODEL_TYPES = ("hubert", "wavlm", "wav2vec2", "data2vec-audio")
+
+
+class HFSpeechEncoder(Encoder):
+    """Wraps a ``transformers`` HuBERT / WavLM / wav2vec2 / data2vec-audio base model (no head).
+
+    ``mask_time_indices`` (bool ``(batch, frames)``) is passed to the model, which replaces those frames with
+    its learned ``masked_spec_embed`` (HuBERT-style span masking). The model's own random SpecAugment is
+    switched off (``mask_time_prob = mask_feature_prob = 0``) so that masking is only what the caller asks for.
+    """
+
+    supports_time_mask = True
+
+    def __init__(self, model: nn.Module, *, name: str, revision: str, do_normalize: bool, mode: str = "native"):
+        super().__init__()
+        cfg = model.config
+        if cfg.model_type not in SSL_MODEL_TYPES:
+            raise ValueError(f"{name}: model_type {cfg.model_type!r} is not one of {SSL_MODEL_TYPES}")
+        if mode not in ("native", "padded"):
+            raise ValueError(f"mode must be 'native' or 'padded', got {mode!r}")
+        self.model = model
+        self.name, self.revision, self.mode = name, revision, mode
+        self.do_normalize = bool(do_normalize)
+        self.num_layers = cfg.num_hidden_layers + 1
+        self.hidden_size = cfg.hidden_size
+        self.hop_samples = int(torch.tensor(cfg.conv_stride).prod().item())
+        self.frame_rate = SAMPLE_RATE / self.hop_samples
+        self.uses_attention_mask = getattr(cfg, "feat_extract_norm", "layer") == "layer"
+        self.padding_invariant = self.uses_attention_mask
+        # keep masked_spec_embed (created when the probabilities were > 0) but never mask at random
+        cfg.mask_time_prob = 0.0
+        cfg.mask_feature_prob = 0.0
+
+    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model._get_feat_extract_output_lengths(torch.as_tensor(lengths).long()).long()
+
+    def forward(
+        self,
+        waves: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        lengths = self._lengths_or_full(waves, lengths)
+        sample_mask = length_mask(lengths, waves.shape[1])
+        x = waves.float() * sample_mask
+        if self.do_normalize:  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm, on real samples only
+            n = lengths[:, None].to(x.dtype)
+            mean = x.sum(dim=1, keepdim=True) / n
+            var = (((x - mean) ** 2) * sample_mask).sum(dim=1, keepdim=True) / n
+            x = (x - mean) / torch.sqrt(var + 1e-7) * sample_mask
+        param = next(self.model.parameters())
+        x = x.to(param.dtype)
+        attention_mask = sample_mask.long() if self.uses_attention_mask else None
+        out = self.model(
+            x,
+            attention_mask=attention_mask,
+            mask_time_indices=mask_time_indices,
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        states = tuple(out.hidden_states)
+        frame_mask = length_mask(self.num_frames(lengths).to(x.device), states[0].shape[1])
+        return EncoderOutput(hidden_states=states, frame_mask=frame_mask, frame_rate=self.frame_rate)

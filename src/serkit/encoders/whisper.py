@@ -1,0 +1,170 @@
+"""Whisper's encoder (never the decoder), at the utterance's own length or with the stock 30 s padding.
+
+The stock encoder only accepts 3000 mel frames (30 s) and adds all 1500 positional embeddings. In ``native``
+mode serkit runs the same layers on the real length: it adds only the first ``frames`` positional embeddings
+(the full table stays in place, sliced per batch) and masks padded frames in self-attention, so a padded batch
+gives the same result as one file at a time. In ``padded`` mode it reproduces the stock behaviour (30 s of zero
+padding, no attention mask) and only marks frames beyond the real length in ``frame_mask``.
+
+Frames: log-mel at 100 Hz (hop 160 samples) -> conv stride 2 -> 50 Hz (hop 320 samples).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from serkit.constants import SAMPLE_RATE
+from serkit.encoders.base import Encoder, EncoderOutput, length_mask
+
+#: Whisper's STFT: 25 ms window, 10 ms hop at 16 kHz.
+N_FFT = 400
+MEL_HOP = 160
+
+
+class WhisperLogMel(nn.Module):
+    """Whisper's log-mel spectrogram in torch, equal to ``WhisperFeatureExtractor`` on the real frames.
+
+    Input ``(batch, samples)`` zero-padded, ``lengths`` ``(batch,)`` samples. Output ``(batch, n_mels, T)`` with
+    ``T = samples // 160`` and real mel frames ``lengths // 160``. The dynamic-range clamp (max - 8) uses each
+    item's real frames only, so the result does not depend on the batch's padding.
+    """
+
+    def __init__(self, mel_filters: np.ndarray):
+        super().__init__()
+        # (n_freq=201, n_mels) as in WhisperFeatureExtractor.mel_filters
+        self.register_buffer("mel_filters", torch.as_tensor(np.asarray(mel_filters), dtype=torch.float32).T.clone(),
+                             persistent=False)
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+
+    @property
+    def n_mels(self) -> int:
+        return int(self.mel_filters.shape[0])
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type=waves.device.type, enabled=False):
+            x = waves.float()
+            # Zero samples after the end (as the stock 30 s padding has), also at the batch's right edge,
+            # so that the centre padding reflects zeros there for every item.
+            x = x * length_mask(lengths, x.shape[1]).to(x.dtype)
+            x = F.pad(x, (0, N_FFT // 2))
+            stft = torch.stft(x, N_FFT, MEL_HOP, window=self.window, return_complex=True)
+            n_frames = waves.shape[1] // MEL_HOP
+            power = (stft[..., :n_frames].abs() ** 2).contiguous()  # (batch, freq, T)
+            mel = torch.matmul(self.mel_filters, power)  # (batch, n_mels, T)
+            log_spec = torch.clamp(mel, min=1e-10).log10()
+            mel_lengths = torch.clamp(lengths // MEL_HOP, min=1)
+            valid = length_mask(mel_lengths, n_frames)[:, None, :]
+            peak = log_spec.masked_fill(~valid, float("-inf")).amax(dim=(1, 2), keepdim=True)
+            log_spec = torch.maximum(log_spec, peak - 8.0)
+            log_spec = (log_spec + 4.0) / 4.0
+        return log_spec, mel_lengths
+
+
+class WhisperSpeechEncoder(Encoder):
+    """Wraps a ``transformers`` ``WhisperEncoder``; see the module docstring for ``native`` vs ``padded``.
+
+    ``hidden_states``: ``encoder_layers + 1`` tensors ``(batch, frames, d_model)``: conv + positions first, the
+    final layer norm applied to the last one (as ``transformers`` returns them). Frames at 50 Hz.
+    """
+
+    supports_time_mask = True
+
+    def __init__(self, encoder: nn.Module, mel_filters: np.ndarray, *, name: str, revision: str, mode: str):
+        super().__init__()
+        if mode not in ("native", "padded"):
+            raise ValueError(f"Whisper mode must be 'native' or 'padded', got {mode!r}")
+        self.encoder = encoder
+        self.logmel = WhisperLogMel(mel_filters)
+        cfg = encoder.config
+        if self.logmel.n_mels != cfg.num_mel_bins:
+            raise ValueError(f"{name}: mel filters have {self.logmel.n_mels} bins, model expects {cfg.num_mel_bins}")
+        self.name, self.revision, self.mode = name, revision, mode
+        self.num_layers = cfg.encoder_layers + 1
+        self.hidden_size = cfg.d_model
+        self.max_positions = int(encoder.embed_positions.num_embeddings)
+        self.mel_stride = encoder.conv1.stride[0] * encoder.conv2.stride[0]
+        self.hop_samples = MEL_HOP * self.mel_stride
+        self.frame_rate = SAMPLE_RATE / self.hop_samples
+        self.max_samples = self.max_positions * self.hop_samples
+        self.padding_invariant = True
+        #: learned embedding that replaces masked frames (HuBERT-style span masking when fine-tuning)
+        self.mask_embedding = nn.Parameter(torch.zeros(cfg.d_model))
+
+    def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        mel = torch.clamp(torch.as_tensor(lengths).long() // MEL_HOP, min=1)
+        for conv in (self.encoder.conv1, self.encoder.conv2):
+            k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            mel = (mel + 2 * p - k) // s + 1
+        return mel
+
+    def input_samples(self, num_samples: int) -> int:
+        return self.max_samples if self.mode == "padded" else num_samples
+
+    def forward(
+        self,
+        waves: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        lengths = self._lengths_or_full(waves, lengths)
+        self._check_max(lengths)
+        enc = self.encoder
+        if self.mode == "padded":
+            waves = F.pad(waves, (0, self.max_samples - waves.shape[1]))
+        mel, mel_lengths = self.logmel(waves, lengths)  # (batch, n_mels, T)
+        mel = mel.to(enc.conv1.weight.dtype)
+        native = self.mode == "native"
+        if native:  # zero beyond the end, as the convs' own zero padding does for a single file
+            mel_mask = length_mask(mel_lengths, mel.shape[-1])[:, None, :]
+            mel = mel * mel_mask
+            x = F.gelu(enc.conv1(mel)) * mel_mask
+        else:
+            x = F.gelu(enc.conv1(mel))
+        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)  # (batch, frames, d_model)
+        n = x.shape[1]
+        if n > self.max_positions:
+            raise ValueError(f"{self.name}: {n} frames exceed the {self.max_positions} positional embeddings")
+        frame_mask = length_mask(self.num_frames(lengths), n)
+        if mask_time_indices is not None:
+            if mask_time_indices.shape != frame_mask.shape:
+                raise ValueError(
+                    f"mask_time_indices must be (batch, frames)={tuple(frame_mask.shape)}, "
+                    f"got {tuple(mask_time_indices.shape)}"
+                )
+            x = torch.where(mask_time_indices[..., None], self.mask_embedding.to(x.dtype), x)
+        hidden = x + enc.embed_positions.weight[:n].to(x.dtype)  # first n positions of the full table
+        hidden = F.dropout(hidden, p=enc.dropout, training=self.training)
+
+        attn_mask = None
+        if native and not bool(frame_mask.all()):
+            if enc.config._attn_implementation == "eager":
+                attn_mask = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)
+                attn_mask = attn_mask.masked_fill(~frame_mask, torch.finfo(hidden.dtype).min)[:, None, None, :]
+            else:  # sdpa / flash: boolean, True = attend
+                attn_mask = frame_mask[:, None, None, :]
+        states = [hidden]
+        for layer in enc.layers:
+            if self.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop:
+                states.append(hidden)
+                continue
+            hidden = layer(hidden, attn_mask)
+            states.append(hidden)
+        states[-1] = enc.layer_norm(hidden)
+        return EncoderOutput(hidden_states=tuple(states), frame_mask=frame_mask, frame_rate=self.frame_rate)
+
+
+def whisper_mel_filters(n_mels: int, source: str | None = None) -> np.ndarray:
+    """Mel filters ``(201, n_mels)`` from the model's preprocessor config (``source``) or Whisper's defaults."""
+    from transformers import WhisperFeatureExtractor
+
+    if source is not None:
+        try:
+            fe = WhisperFeatureExtractor.from_pretrained(source)
+            if fe.feature_size == n_mels:
+                return fe.mel_filters
+        except OSError:
+            pass
+    return WhisperFeatureExtractor(feature_size=n_mels).mel_filters
