@@ -6,8 +6,9 @@ the model's feature extractor does so. Output: ``num_hidden_layers + 1`` hidden 
 ``_get_feat_extract_output_lengths``.
 
 Models with a group-norm CNN front end (``feat_extract_norm == "group"``: hubert-base, wav2vec2-base) take no
-attention mask, and zero padding changes their outputs: they report ``padding_invariant = False`` and the
-extraction runner batches only equal-length items for them.
+attention mask, and zero padding changes their outputs; data2vec-audio's stack of positional convolutions
+also carries padding into real frames. They report ``padding_invariant = False`` and the extraction runner
+batches only equal-length items for them.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class HFSpeechEncoder(Encoder):
 
     supports_time_mask = True
 
-    def __init__(self, model: nn.Module, *, name: str, revision: str, do_normalize: bool, mode: str = "native"):
+    def __init__(
+        self, model: nn.Module, *, name: str, revision: str, do_normalize: bool, mode: str = "native"
+    ):
         super().__init__()
         cfg = model.config
         if cfg.model_type not in SSL_MODEL_TYPES:
@@ -47,7 +50,8 @@ class HFSpeechEncoder(Encoder):
         self.hop_samples = int(torch.tensor(cfg.conv_stride).prod().item())
         self.frame_rate = SAMPLE_RATE / self.hop_samples
         self.uses_attention_mask = getattr(cfg, "feat_extract_norm", "layer") == "layer"
-        self.padding_invariant = self.uses_attention_mask
+        # data2vec-audio's stacked positional convs carry padding into the real frames despite the mask
+        self.padding_invariant = self.uses_attention_mask and cfg.model_type != "data2vec-audio"
         # keep masked_spec_embed (created when the probabilities were > 0) but never mask at random
         cfg.mask_time_prob = 0.0
         cfg.mask_feature_prob = 0.0

@@ -35,8 +35,11 @@ class WhisperLogMel(nn.Module):
     def __init__(self, mel_filters: np.ndarray):
         super().__init__()
         # (n_freq=201, n_mels) as in WhisperFeatureExtractor.mel_filters
-        self.register_buffer("mel_filters", torch.as_tensor(np.asarray(mel_filters), dtype=torch.float32).T.clone(),
-                             persistent=False)
+        self.register_buffer(
+            "mel_filters",
+            torch.as_tensor(np.asarray(mel_filters), dtype=torch.float32).T.clone(),
+            persistent=False,
+        )
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
     @property
@@ -50,10 +53,10 @@ class WhisperLogMel(nn.Module):
             # so that the centre padding reflects zeros there for every item.
             x = x * length_mask(lengths, x.shape[1]).to(x.dtype)
             x = F.pad(x, (0, N_FFT // 2))
-            stft = torch.stft(x, N_FFT, MEL_HOP, window=self.window, return_complex=True)
+            stft = torch.stft(x, N_FFT, MEL_HOP, window=self.window.float(), return_complex=True)
             n_frames = waves.shape[1] // MEL_HOP
             power = (stft[..., :n_frames].abs() ** 2).contiguous()  # (batch, freq, T)
-            mel = torch.matmul(self.mel_filters, power)  # (batch, n_mels, T)
+            mel = torch.matmul(self.mel_filters.float(), power)  # (batch, n_mels, T)
             log_spec = torch.clamp(mel, min=1e-10).log10()
             mel_lengths = torch.clamp(lengths // MEL_HOP, min=1)
             valid = length_mask(mel_lengths, n_frames)[:, None, :]
@@ -80,7 +83,9 @@ class WhisperSpeechEncoder(Encoder):
         self.logmel = WhisperLogMel(mel_filters)
         cfg = encoder.config
         if self.logmel.n_mels != cfg.num_mel_bins:
-            raise ValueError(f"{name}: mel filters have {self.logmel.n_mels} bins, model expects {cfg.num_mel_bins}")
+            raise ValueError(
+                f"{name}: mel filters have {self.logmel.n_mels} bins, model expects {cfg.num_mel_bins}"
+            )
         self.name, self.revision, self.mode = name, revision, mode
         self.num_layers = cfg.encoder_layers + 1
         self.hidden_size = cfg.d_model
@@ -142,7 +147,9 @@ class WhisperSpeechEncoder(Encoder):
         if native and not bool(frame_mask.all()):
             if enc.config._attn_implementation == "eager":
                 attn_mask = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)
-                attn_mask = attn_mask.masked_fill(~frame_mask, torch.finfo(hidden.dtype).min)[:, None, None, :]
+                attn_mask = attn_mask.masked_fill(~frame_mask, torch.finfo(hidden.dtype).min)[
+                    :, None, None, :
+                ]
             else:  # sdpa / flash: boolean, True = attend
                 attn_mask = frame_mask[:, None, None, :]
         states = [hidden]

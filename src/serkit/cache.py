@@ -1,0 +1,618 @@
+"""The on-disk feature store: frame-level encoder features and pooled statistics per utterance.
+
+Layout of a store folder::
+
+    store.json                  what the features are: encoder id, revision, mode, layers, sample rate, dtype
+    index.jsonl                 one line per finished utterance: {"id", "hash", "frames", "seconds"}; last wins
+    feats/<hh>/<hash>.npy       float16 (layers, frames, dim), read with np.load(mmap_mode="r")
+    pooled/<hh>/<hash>.npy      float32 (layers, 2*dim): mean then std over frames, per layer
+    errors.json                 the files the last run could not use, and why
+
+Utterances are keyed by the audio's content hash (:func:`serkit.audio.content_hash`): a changed file is
+recomputed, an unchanged one never is. A store folder holds one encoder/revision/mode/layers combination; opening
+it for another raises :class:`StaleStoreError`. Files are written to a temporary name and moved into place
+(``os.replace``) before the index line is appended, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from serkit.constants import SAMPLE_RATE
+from serkit.errors import AudioError, SerkitError
+
+STORE_VERSION = 1
+STORE_FILE = "store.json"
+INDEX_FILE = "index.jsonl"
+ERRORS_FILE = "errors.json"
+#: Fields of store.json that must match for a store to be reused.
+IDENTITY_FIELDS = (
+    "version",
+    "encoder",
+    "revision",
+    "mode",
+    "layers",
+    "sample_rate",
+    "dtype",
+    "chunk_seconds",
+    "overlap_seconds",
+)
+
+
+class StaleStoreError(SerkitError):
+    """A store folder that holds features of another encoder, revision, mode or layer set."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the store
+# --------------------------------------------------------------------------------------------------------------
+def store_key(spec: dict) -> str:
+    """Short hash of the identity fields of a store spec."""
+    ident = {k: spec.get(k) for k in IDENTITY_FIELDS}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class FeatureStore:
+    """Read (and, through :meth:`create`, write) a feature store folder.
+
+    ``FeatureStore(root)`` opens an existing store; raises :class:`FileNotFoundError` naming the folder if it has
+    no ``store.json``.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        spec_path = self.root / STORE_FILE
+        if not spec_path.exists():
+            raise FileNotFoundError(
+                f"{self.root}: not a feature store (no {STORE_FILE}); run `serkit extract` first"
+            )
+        self.spec: dict = json.loads(spec_path.read_text())
+        self._entries: dict[str, dict] = {}
+        self._read_index()
+
+    # creation --------------------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | Path, spec: dict, *, overwrite: bool = False) -> FeatureStore:
+        """Open ``root`` for writing features described by ``spec``; create it when new.
+
+        Raises :class:`StaleStoreError` when ``root`` holds a store with other identity fields (encoder, revision,
+        mode, layers, ...), unless ``overwrite`` (then its entries are dropped).
+        """
+        root = Path(root)
+        spec = {**spec, "version": STORE_VERSION}
+        spec["key"] = store_key(spec)
+        spec_path = root / STORE_FILE
+        if spec_path.exists():
+            old = json.loads(spec_path.read_text())
+            if old.get("key") != spec["key"] and not overwrite:
+                diff = {k: (old.get(k), spec.get(k)) for k in IDENTITY_FIELDS if old.get(k) != spec.get(k)}
+                raise StaleStoreError(
+                    f"{root}: store holds other features; differing fields (stored, requested): {diff}. "
+                    f"Use another output folder or overwrite=True (--overwrite)"
+                )
+            if old.get("key") != spec["key"]:  # overwrite: drop every entry of the old store
+                (root / INDEX_FILE).unlink(missing_ok=True)
+                for sub in ("feats", "pooled"):
+                    shutil.rmtree(root / sub, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+        if not spec_path.exists() or json.loads(spec_path.read_text()).get("key") != spec["key"]:
+            _atomic_write_bytes(spec_path, lambda fh: fh.write(json.dumps(spec, indent=2).encode()))
+        for tmp in root.glob("**/.*.tmp"):  # leftovers of a killed run
+            tmp.unlink(missing_ok=True)
+        return cls(root)
+
+    # index -----------------------------------------------------------------------------------------------------
+    def _read_index(self) -> None:
+        path = self.root / INDEX_FILE
+        self._entries = {}
+        if not path.exists():
+            return
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:  # a torn last line from a killed run
+                    continue
+                self._entries[str(entry["id"])] = entry
+
+    def _append_index(self, entries: Sequence[dict]) -> None:
+        with open(self.root / INDEX_FILE, "a", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(e) + "\n" for e in entries)
+            fh.flush()
+            os.fsync(fh.fileno())
+        for e in entries:
+            self._entries[str(e["id"])] = e
+
+    def _feat_path(self, h: str) -> Path:
+        return self.root / "feats" / h[:2] / f"{h}.npy"
+
+    def _pooled_path(self, h: str) -> Path:
+        return self.root / "pooled" / h[:2] / f"{h}.npy"
+
+    # reading ---------------------------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[int]:
+        """Encoder hidden-state indices stored, in order (axis 0 of :meth:`load`)."""
+        return list(self.spec["layers"])
+
+    @property
+    def frame_rate(self) -> float:
+        return float(self.spec["frame_rate"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.spec["hidden_size"])
+
+    @property
+    def mode(self) -> str:
+        return str(self.spec["mode"])
+
+    def ids(self) -> list[str]:
+        """Utterance ids with finished features (in the order they were written)."""
+        return list(self._entries)
+
+    def __contains__(self, utt_id: object) -> bool:
+        return str(utt_id) in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entry(self, utt_id: str) -> dict:
+        """Index entry ``{"id", "hash", "frames", "seconds"}``; KeyError naming the id and the store if absent."""
+        try:
+            return self._entries[str(utt_id)]
+        except KeyError:
+            raise KeyError(f"{self.root}: no features for id {utt_id!r} ({len(self)} ids stored)") from None
+
+    def is_current(self, utt_id: str, audio_hash: str) -> bool:
+        """True when ``utt_id`` is stored for audio with content hash ``audio_hash`` and its files exist."""
+        e = self._entries.get(str(utt_id))
+        return (
+            e is not None
+            and e["hash"] == audio_hash
+            and self._feat_path(audio_hash).exists()
+            and self._pooled_path(audio_hash).exists()
+        )
+
+    def load(self, utt_id: str) -> np.ndarray:
+        """Frame features float16 ``(layers, frames, dim)``, memory-mapped (read-only)."""
+        return np.load(self._feat_path(self.entry(utt_id)["hash"]), mmap_mode="r")
+
+    def pooled(self, utt_id: str) -> np.ndarray:
+        """Pooled statistics float32 ``(layers, 2*dim)``: mean over frames, then standard deviation."""
+        return np.load(self._pooled_path(self.entry(utt_id)["hash"]))
+
+    def pooled_matrix(self, ids: Sequence[str], layer: int = -1) -> np.ndarray:
+        """Pooled statistics of one stored layer for many ids: ``(len(ids), 2*dim)`` float32."""
+        return np.stack([self.pooled(i)[layer] for i in ids])
+
+    def disk_bytes(self) -> int:
+        """Bytes used by the store folder."""
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+    def verify(self, manifest: pd.DataFrame) -> list[str]:
+        """Ids of ``manifest`` whose audio changed since extraction or that are missing (re-hashes the audio)."""
+        from serkit.audio import content_hash
+
+        stale = []
+        for utt_id, path in zip(manifest["id"].astype(str), manifest["path"], strict=True):
+            try:
+                ok = self.is_current(utt_id, content_hash(path))
+            except OSError:
+                ok = False
+            if not ok:
+                stale.append(utt_id)
+        return stale
+
+    # writing ---------------------------------------------------------------------------------------------------
+    def write(self, utt_id: str, audio_hash: str, feats: torch.Tensor | np.ndarray, seconds: float) -> None:
+        """Store float32 ``feats`` ``(layers, frames, dim)`` for ``utt_id``: float16 frames + float32 statistics."""
+        feats = torch.as_tensor(feats, dtype=torch.float32)
+        if feats.ndim != 3 or feats.shape[0] != len(self.layers) or feats.shape[1] < 1:
+            raise ValueError(
+                f"{utt_id}: features must be (layers={len(self.layers)}, frames>=1, dim), got {tuple(feats.shape)}"
+            )
+        std, mean = torch.std_mean(feats, dim=1, correction=0)
+        pooled = torch.cat([mean, std], dim=-1).numpy()
+        frames = feats.to(torch.float16).numpy()
+        _atomic_write_bytes(self._feat_path(audio_hash), lambda fh: np.save(fh, frames))
+        _atomic_write_bytes(self._pooled_path(audio_hash), lambda fh: np.save(fh, pooled))
+        self._append_index(
+            [
+                {
+                    "id": str(utt_id),
+                    "hash": audio_hash,
+                    "frames": int(feats.shape[1]),
+                    "seconds": round(float(seconds), 4),
+                }
+            ]
+        )
+
+    def link(self, utt_id: str, audio_hash: str, seconds: float) -> None:
+        """Point ``utt_id`` at features already stored for the same audio content."""
+        frames = int(np.load(self._feat_path(audio_hash), mmap_mode="r").shape[1])
+        self._append_index([{"id": str(utt_id), "hash": audio_hash, "frames": frames, "seconds": seconds}])
+
+    def has_hash(self, audio_hash: str) -> bool:
+        return self._feat_path(audio_hash).exists() and self._pooled_path(audio_hash).exists()
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureStore({str(self.root)!r}, encoder={self.spec.get('encoder')!r}, mode={self.mode!r}, "
+            f"layers={self.layers}, ids={len(self)})"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# extraction
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class ExtractReport:
+    """What :func:`extract_to_cache` did. ``failures``: ``(id, path, problem)`` per unusable file."""
+
+    store: Path
+    total: int = 0
+    computed: int = 0
+    reused: int = 0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    disk_bytes: int = 0
+
+    @property
+    def real_time_factor(self) -> float:
+        """Wall time per second of audio computed (lower is faster)."""
+        return self.wall_seconds / self.audio_seconds if self.audio_seconds else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.store}: {self.computed} computed, {self.reused} already cached, {len(self.failures)} failed "
+            f"of {self.total}; {self.audio_seconds:.1f} s of audio in {self.wall_seconds:.1f} s "
+            f"(RTF {self.real_time_factor:.4f}); store uses {self.disk_bytes / 2**20:.1f} MiB"
+        )
+
+
+def _as_manifest(manifest: pd.DataFrame | str | Path) -> pd.DataFrame:
+    if isinstance(manifest, (str, Path)):
+        from serkit.manifest import read_manifest
+
+        return read_manifest(manifest)
+    missing = [c for c in ("id", "path") if c not in manifest.columns]
+    if missing:
+        raise SerkitError(f"manifest lacks column(s) {missing}; found {list(manifest.columns)}")
+    return manifest
+
+
+def _durations(df: pd.DataFrame) -> list[float]:
+    from serkit.audio import audio_info
+
+    out = []
+    given = df["duration"] if "duration" in df.columns else [None] * len(df)
+    for path, d in zip(df["path"], given, strict=True):
+        if d is not None and pd.notna(d) and float(d) > 0:
+            out.append(float(d))
+            continue
+        try:
+            out.append(float(audio_info(path)["duration"]))
+        except AudioError:
+            out.append(0.0)
+    return out
+
+
+def extract_to_cache(
+    manifest: pd.DataFrame | str | Path,
+    encoder,
+    layers: str | int | Sequence[int] = "all",
+    out_dir: str | Path = "features",
+    *,
+    mode: str = "native",
+    device: str = "cpu",
+    autocast: str | None = None,
+    batch_seconds: float = 120.0,
+    chunk_seconds: float = 30.0,
+    overlap_seconds: float = 1.0,
+    strict: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    read_workers: int = 1,
+) -> ExtractReport:
+    """Extract encoder features for every manifest row into the store at ``out_dir``; resumable.
+
+    Args:
+        manifest: DataFrame (or CSV/Parquet path) with at least ``id`` and ``path``; ``duration`` (s) orders
+            the work longest first when present.
+        encoder: an encoder name for :func:`~serkit.encoders.load_encoder` (alias, hub id, folder, ``fbank-80``) or
+            an already built :class:`~serkit.encoders.Encoder` (its own mode and device are used).
+        layers: layer spec (see :mod:`serkit.encoders.featurizer`; ``"weighted"`` stores the same as ``"all"``).
+        mode: ``"native"`` or ``"padded"`` (Whisper); recorded in ``store.json``.
+        device: ``"cpu"`` or ``"cuda"``; ``autocast``: ``"bf16"`` / ``"fp16"`` on GPU (default bf16 on cuda).
+        batch_seconds: padded audio per batch; chunk_seconds / overlap_seconds: chunking of long files.
+        strict: raise on the first unusable audio file instead of reporting and skipping it.
+        overwrite: reuse a folder that holds another store (its index is dropped).
+        progress: show a tqdm bar and print a summary.
+    Returns an :class:`ExtractReport`; the failures are also written to ``errors.json``.
+    """
+    from tqdm.auto import tqdm
+
+    from serkit.audio import content_hash, read_audio
+    from serkit.encoders import load_encoder, parse_layers
+
+    start = time.perf_counter()
+    df = _as_manifest(manifest)
+    if isinstance(encoder, str):
+        encoder = load_encoder(encoder, mode=mode, device=device)
+    if autocast is None and torch.device(device).type == "cuda":
+        autocast = "bf16"
+    indices, _ = parse_layers(layers, encoder.num_layers)
+    spec = {
+        **encoder.describe(),
+        "layers": indices,
+        "dtype": "float16",
+        "chunk_seconds": chunk_seconds,
+        "overlap_seconds": overlap_seconds,
+        "layers_spec": str(layers),
+    }
+    store = FeatureStore.create(out_dir, spec, overwrite=overwrite)
+    report = ExtractReport(store=store.root, total=len(df))
+
+    def fail(utt_id: str, path: str, problem: str) -> None:
+        if strict:
+            raise AudioError(path, problem)
+        report.failures.append((utt_id, str(path), problem))
+
+    # 1. hash the audio; keep what is current
+    ids = df["id"].astype(str).tolist()
+    paths = df["path"].astype(str).tolist()
+    durations = _durations(df)
+    todo: list[tuple[str, str, str, float]] = []
+    for utt_id, path, dur in zip(ids, paths, durations, strict=True):
+        try:
+            h = content_hash(path)
+        except FileNotFoundError:
+            fail(utt_id, path, "file not found")
+            continue
+        except OSError as exc:
+            fail(utt_id, path, f"cannot read: {exc.strerror or exc}")
+            continue
+        if store.is_current(utt_id, h):
+            report.reused += 1
+        elif store.has_hash(h):
+            store.link(utt_id, h, dur)
+            report.reused += 1
+        else:
+            todo.append((utt_id, path, h, dur))
+    todo.sort(key=lambda t: -t[3])  # longest first: similar lengths batch together, peak memory shows early
+
+    # 2. read (in a background thread) and encode in batches
+    bar = tqdm(total=len(todo), desc=f"extract {encoder.name}", unit="utt", disable=not progress)
+    meta = {}
+
+    def load(item):
+        path = item[1]
+        try:
+            return item, read_audio(path), None
+        except AudioError as exc:
+            return item, None, exc.problem
+        except Exception as exc:  # noqa: BLE001 - one bad file must not end the run
+            return item, None, f"{type(exc).__name__}: {exc}"
+
+    def signals() -> Iterator[tuple[str, np.ndarray]]:
+        with ThreadPoolExecutor(max_workers=max(1, read_workers)) as pool:
+            for (utt_id, path, h, _), signal, problem in pool.map(load, todo, chunksize=1):
+                if problem is None:
+                    frames = int(encoder.num_frames(torch.tensor([len(signal)]))[0])
+                    if frames < 1:
+                        problem = f"too short: {len(signal)} samples give no {encoder.name} frame"
+                if problem is not None:
+                    fail(utt_id, path, problem)
+                    bar.update(1)
+                    continue
+                meta[utt_id] = (h, len(signal) / SAMPLE_RATE)
+                yield utt_id, signal
+
+    from serkit.encoders.runner import encode_signals
+
+    for utt_id, feats in encode_signals(
+        encoder,
+        signals(),
+        indices,
+        batch_seconds=batch_seconds,
+        chunk_seconds=chunk_seconds,
+        overlap_seconds=overlap_seconds,
+        autocast=autocast,
+    ):
+        h, seconds = meta.pop(utt_id)
+        store.write(utt_id, h, feats, seconds)
+        report.computed += 1
+        report.audio_seconds += seconds
+        bar.update(1)
+    bar.close()
+
+    _atomic_write_bytes(
+        store.root / ERRORS_FILE,
+        lambda fh: fh.write(
+            json.dumps([{"id": i, "path": p, "problem": m} for i, p, m in report.failures], indent=1).encode()
+        ),
+    )
+    report.wall_seconds = time.perf_counter() - start
+    report.disk_bytes = store.disk_bytes()
+    if progress:
+        print(report.summary())
+        for utt_id, path, problem in report.failures[:20]:
+            print(f"  skipped {utt_id}: {path}: {problem}")
+    return report
+
+
+# --------------------------------------------------------------------------------------------------------------
+# training input
+# --------------------------------------------------------------------------------------------------------------
+class CachedFeatureDataset(torch.utils.data.Dataset):
+    """Cached frame features plus labels for the rows of ``manifest``.
+
+    Items: ``{"id": str, "features": float32 (layers, frames, dim), "length": frames, <label column>: value}``.
+    String label columns are mapped to class indices (``self.classes[column]``, sorted unless ``classes`` is
+    given); numeric ones are returned as floats. ``layers`` picks stored layers (positions in ``store.layers``).
+    Raises KeyError naming the missing ids when the store lacks some rows (``missing="skip"`` drops them).
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore | str | Path,
+        manifest: pd.DataFrame,
+        label_columns: Sequence[str] = ("emotion",),
+        *,
+        layers: Sequence[int] | None = None,
+        classes: dict[str, list] | None = None,
+        missing: str = "raise",
+    ):
+        self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+        df = manifest.copy()
+        df["id"] = df["id"].astype(str)
+        absent = [i for i in df["id"] if i not in self.store]
+        if absent and missing == "raise":
+            raise KeyError(f"{self.store.root}: no features for {len(absent)} id(s), e.g. {absent[:5]}")
+        df = df[~df["id"].isin(absent)].reset_index(drop=True)
+        self.df = df
+        self.label_columns = list(label_columns)
+        self.layers = None if layers is None else list(layers)
+        self.classes: dict[str, list] = {}
+        for col in self.label_columns:
+            if col not in df.columns:
+                raise KeyError(f"label column {col!r} not in manifest; columns: {list(df.columns)}")
+            if not pd.api.types.is_numeric_dtype(df[col]):
+                self.classes[col] = (
+                    list(classes[col]) if classes and col in classes else sorted(df[col].unique())
+                )
+        self._index = {col: {c: k for k, c in enumerate(cl)} for col, cl in self.classes.items()}
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.df.iloc[i]
+        feats = self.store.load(row["id"])
+        if self.layers is not None:
+            feats = feats[self.layers]
+        x = torch.from_numpy(np.asarray(feats, dtype=np.float32))
+        item = {"id": row["id"], "features": x, "length": x.shape[1]}
+        for col in self.label_columns:
+            if col in self._index:
+                if row[col] not in self._index[col]:
+                    raise KeyError(f"id {row['id']}: {col}={row[col]!r} not in classes {self.classes[col]}")
+                item[col] = self._index[col][row[col]]
+            else:
+                item[col] = float(row[col])
+        return item
+
+
+def collate_features(batch: Sequence[dict]) -> dict:
+    """Pad items of :class:`CachedFeatureDataset` to the batch's longest.
+
+    Returns ``{"ids": list, "features": (batch, layers, frames, dim) float32, "frame_mask": bool (batch, frames),
+    "lengths": long (batch,), <label>: long (class indices) or float tensor (batch,)}``.
+    """
+    lengths = torch.tensor([b["length"] for b in batch], dtype=torch.long)
+    n_layers, _, dim = batch[0]["features"].shape
+    feats = torch.zeros(len(batch), n_layers, int(lengths.max()), dim)
+    for j, b in enumerate(batch):
+        feats[j, :, : b["length"]] = b["features"]
+    out = {
+        "ids": [b["id"] for b in batch],
+        "features": feats,
+        "frame_mask": torch.arange(feats.shape[2])[None, :] < lengths[:, None],
+        "lengths": lengths,
+    }
+    for key in batch[0]:
+        if key in ("id", "features", "length"):
+            continue
+        values = [b[key] for b in batch]
+        dtype = torch.long if all(isinstance(v, int) for v in values) else torch.float32
+        out[key] = torch.tensor(values, dtype=dtype)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------------------------
+def add_extract_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``serkit extract MANIFEST --encoder ID --layers SPEC --out DIR ...`` to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "extract",
+        help="extract encoder features of a manifest into a feature store",
+        description=extract_to_cache.__doc__.split("\n")[0],
+    )
+    p.add_argument("manifest", help="manifest CSV or Parquet (columns id, path, ...)")
+    p.add_argument(
+        "--encoder", required=True, help="alias (whisper-base, wavlm-large, fbank-80, ...), hub id or folder"
+    )
+    p.add_argument("--layers", default="all", help="layer spec: -1, 3, 0,2,4, 2:5, all (default: all)")
+    p.add_argument("--out", required=True, help="store folder")
+    p.add_argument(
+        "--mode",
+        choices=("native", "padded"),
+        default="native",
+        help="native: own length (default); padded: Whisper's stock 30 s input",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default=None,
+        help="autocast precision (default: bf16 on cuda, fp32 on cpu)",
+    )
+    p.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio per batch, seconds")
+    p.add_argument("--chunk-seconds", type=float, default=30.0, help="longer files are chunked")
+    p.add_argument("--overlap-seconds", type=float, default=1.0, help="overlap between chunks")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad audio file")
+    p.add_argument(
+        "--overwrite", action="store_true", help="reuse a folder holding features of another encoder"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=extract_main)
+    return p
+
+
+def extract_main(args: argparse.Namespace) -> int:
+    """Run ``serkit extract`` from parsed arguments; exit code 0, or 1 when some files failed."""
+    report = extract_to_cache(
+        args.manifest,
+        args.encoder,
+        args.layers,
+        args.out,
+        mode=args.mode,
+        device=args.device,
+        autocast=args.dtype,
+        batch_seconds=args.batch_seconds,
+        chunk_seconds=args.chunk_seconds,
+        overlap_seconds=args.overlap_seconds,
+        strict=args.strict,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    return 1 if report.failures else 0

@@ -1,0 +1,187 @@
+"""Experiment configs: YAML files validated against a schema, with ``--set key.sub=value`` overrides.
+
+A config names its corpus, protocol, encoder, layers, model (head), objective and schedule; see
+``configs/`` for examples. Unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from serkit.errors import ConfigError
+
+DEFAULTS: dict = {
+    "name": "experiment",
+    "recipe": "baseline",
+    "corpus": None,
+    "root": None,
+    "manifest": None,
+    "class_set": None,
+    "task": "classification",
+    "targets": ["arousal", "valence", "dominance"],
+    "protocol": None,
+    "encoder": {"id": "openai/whisper-base", "mode": "native", "layers": "all", "device": "auto",
+                "batch_seconds": 120.0, "dtype": "auto"},
+    "features": {"source": "cache", "cache_dir": None, "max_seconds": None, "crop": "none", "level": "frames",
+                 "preload": True},
+    "model": {"name": "baseline"},
+    "objective": None,
+    "augment": None,
+    "sampler": None,
+    "train": {"epochs": 30, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw",
+              "scheduler": "none", "warmup_epochs": 0, "lr_decay": 1.0, "patience": 8, "seed": 0,
+              "monitor": "auto", "precision": "auto", "accelerator": "auto", "devices": 1, "strategy": "auto",
+              "num_workers": 0, "class_weights": None, "grad_clip": 1.0, "deterministic": True,
+              "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True,
+              "max_frames": None},
+    "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
+    "recipe_options": {},
+}
+
+TYPES = {
+    "name": str, "recipe": str, "corpus": (str, type(None)), "root": (str, type(None)),
+    "manifest": (str, type(None)), "class_set": (str, dict, type(None)), "task": str, "targets": list,
+    "protocol": (dict, type(None)), "encoder": (dict, list), "features": dict, "model": dict,
+    "objective": (list, type(None)), "augment": (dict, type(None)), "sampler": (dict, type(None)),
+    "train": dict, "predict": dict, "recipe_options": dict,
+}
+CHOICES = {
+    "task": ("classification", "regression"),
+    "encoder.mode": ("native", "padded"),
+    "features.source": ("cache", "waveform"),
+    "features.level": ("frames", "pooled"),
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.scheduler": ("none", "cosine", "exponential", "warmup_linear"),
+}
+
+
+def _merge(base: dict, override: dict, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        key = f"{path}{k}"
+        if k not in out and path == "" and k not in DEFAULTS:
+            raise ConfigError(f"config: unknown key {key!r}; known top-level keys: {sorted(DEFAULTS)}")
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("protocol", "class_set"):
+            out[k] = _merge(out[k], v, f"{key}.")
+        else:
+            out[k] = v
+    return out
+
+
+def _check_subkeys(cfg: dict):
+    for section in ("train", "features", "predict"):
+        allowed = set(DEFAULTS[section])
+        extra = set(cfg[section]) - allowed
+        if extra:
+            raise ConfigError(f"config: unknown key(s) {sorted(f'{section}.{k}' for k in extra)}; "
+                              f"known: {sorted(allowed)}")
+    if isinstance(cfg["encoder"], dict):
+        allowed = set(DEFAULTS["encoder"]) | {"revision", "chunk_seconds", "name"}
+        extra = set(cfg["encoder"]) - allowed
+        if extra:
+            raise ConfigError(f"config: unknown key(s) {sorted('encoder.' + k for k in extra)}; known: {sorted(allowed)}")
+
+
+def validate(cfg: dict) -> dict:
+    for k, t in TYPES.items():
+        if not isinstance(cfg.get(k), t):
+            raise ConfigError(f"config: {k!r} must be {t}, got {type(cfg.get(k)).__name__} ({cfg.get(k)!r})")
+    _check_subkeys(cfg)
+    for dotted, choices in CHOICES.items():
+        v = get(cfg, dotted) if not (dotted.startswith("encoder") and isinstance(cfg["encoder"], list)) else None
+        if v is not None and v not in choices:
+            raise ConfigError(f"config: {dotted}={v!r} is not one of {choices}")
+    if cfg["corpus"] is None and cfg["manifest"] is None:
+        raise ConfigError("config: give 'corpus' (a reader name) or 'manifest' (a prepared table)")
+    for k in ("epochs", "batch_size", "patience"):
+        if not isinstance(cfg["train"][k], int) or cfg["train"][k] <= 0:
+            raise ConfigError(f"config: train.{k} must be a positive integer, got {cfg['train'][k]!r}")
+    if float(cfg["train"]["lr"]) <= 0:
+        raise ConfigError(f"config: train.lr must be > 0, got {cfg['train']['lr']!r}")
+    cfg["train"]["lr"] = float(cfg["train"]["lr"])
+    cfg["train"]["weight_decay"] = float(cfg["train"]["weight_decay"])
+    if "name" not in cfg["model"]:
+        raise ConfigError("config: model.name is required")
+    if cfg["objective"] is None:
+        cfg["objective"] = [{"name": "cross_entropy"}] if cfg["task"] == "classification" else [{"name": "ccc"}]
+    for i, term in enumerate(cfg["objective"]):
+        if not isinstance(term, dict) or "name" not in term:
+            raise ConfigError(f"config: objective[{i}] must be a mapping with a 'name', got {term!r}")
+    if cfg["train"]["monitor"] == "auto":
+        cfg["train"]["monitor"] = "val_ua" if cfg["task"] == "classification" else "val_ccc_mean"
+    return cfg
+
+
+def get(cfg: dict, dotted: str):
+    cur = cfg
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def apply_override(cfg: dict, assignment: str) -> dict:
+    """``key.sub=value`` with ``value`` parsed as YAML (numbers, lists, mappings, booleans)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    dotted, raw = assignment.split("=", 1)
+    value = yaml.safe_load(raw)
+    parts = dotted.strip().split(".")
+    if parts[0] not in DEFAULTS:
+        raise ConfigError(f"--set {dotted}: unknown key {parts[0]!r}; known top-level keys: {sorted(DEFAULTS)}")
+    cur = cfg
+    for p in parts[:-1]:
+        if isinstance(cur, list) and p.isdigit():
+            cur = cur[int(p)]
+            continue
+        if cur.get(p) is None:
+            cur[p] = {}
+        if not isinstance(cur[p], (dict, list)):
+            raise ConfigError(f"--set {dotted}: {p!r} is not a mapping")
+        cur = cur[p]
+    last = parts[-1]
+    if isinstance(cur, list):
+        cur[int(last)] = value
+    else:
+        cur[last] = value
+    return cfg
+
+
+def load_config(path: str | Path | dict, overrides: list[str] | None = None) -> dict:
+    """Read a YAML config (or take a dict), merge it over :data:`DEFAULTS`, apply overrides, validate."""
+    if isinstance(path, dict):
+        raw = path
+        source = "<dict>"
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} not found")
+        raw = yaml.safe_load(p.read_text()) or {}
+        source = str(p)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: a config must be a YAML mapping")
+        base = raw.pop("extends", None)
+        if base:
+            parent = load_config_raw(p.parent / base)
+            raw = _merge(parent, raw) if parent else raw
+    cfg = _merge(DEFAULTS, raw)
+    for o in overrides or []:
+        cfg = apply_override(cfg, o)
+    return validate(cfg)
+
+
+def load_config_raw(path: Path) -> dict:
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    base = raw.pop("extends", None)
+    if base:
+        parent = load_config_raw(Path(path).parent / base)
+        return _merge(parent, raw) if parent else raw
+    return raw
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

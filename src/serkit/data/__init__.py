@@ -1,0 +1,1 @@
+"""Data utilities: samplers and batch construction."""

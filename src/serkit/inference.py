@@ -1,0 +1,149 @@
+"""Prediction with a trained model: one interface for a signal, a file, a list of files or a manifest.
+
+``Recognizer.from_pretrained(MODEL_DIR).predict(path_or_array)`` returns the label and class probabilities (or
+attribute values) per input. Inputs longer than ``predict.window_seconds`` are scored in windows (hop
+``predict.hop_seconds``); the windows are reported and their probabilities averaged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from serkit.audio import prepare_signal, read_audio
+from serkit.constants import SAMPLE_RATE
+from serkit.data.labels import LabelMap
+from serkit.errors import SerkitError
+from serkit.models.registry import ModelSpec
+
+
+class Recognizer:
+    def __init__(self, model: torch.nn.Module, cfg: dict, labels: LabelMap, encoder_info: dict, device: str = "cpu"):
+        self.model = model.eval().to(device)
+        self.cfg, self.labels, self.encoder_info, self.device = cfg, labels, encoder_info, device
+        self._encoder = None
+        p = cfg.get("predict", {})
+        self.window = float(p.get("window_seconds", 10.0))
+        self.hop = float(p.get("hop_seconds", 5.0))
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, device: str = "cpu") -> Recognizer:
+        from serkit.recipes.base import get_recipe
+
+        d = Path(model_dir)
+        for name in ("config.yaml", "model.safetensors", "labels.json", "encoder.json", "meta.json"):
+            if not (d / name).exists():
+                raise SerkitError(f"{d}: not a serkit model folder (missing {name}); make one with `serkit train`")
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        labels = LabelMap.from_dict(json.loads((d / "labels.json").read_text()))
+        enc = json.loads((d / "encoder.json").read_text())
+        meta = json.loads((d / "meta.json").read_text())
+        spec = ModelSpec(**meta["spec"], extra={"encoder": cfg["encoder"]})
+        model = get_recipe(cfg["recipe"]).build_model(cfg, spec)
+        model.load_state_dict(load_file(str(d / "model.safetensors")))
+        return cls(model, cfg, labels, enc, device)
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from serkit.encoders import load_encoder
+
+            self._encoder = load_encoder(self.encoder_info["encoder"], mode=self.encoder_info.get("mode", "native"),
+                                         device=self.device, revision=None)
+            rev = self.encoder_info.get("revision")
+            if rev and getattr(self._encoder, "revision", rev) not in (rev, "local"):
+                import warnings
+
+                warnings.warn(f"model was trained on {self.encoder_info['encoder']} revision {rev}, "
+                              f"loaded revision {self._encoder.revision}", stacklevel=2)
+        return self._encoder
+
+    def _features(self, signal: np.ndarray) -> torch.Tensor:
+        """``(layers, frames, dim)`` exactly as the feature cache stores them (float16-rounded)."""
+        from serkit.encoders.runner import encode_signals
+
+        layers = self.encoder_info["layers"]
+        ((_, feats),) = list(encode_signals(self.encoder, [("x", signal)], layers))
+        return feats.to(torch.float16).to(torch.float32)
+
+    @torch.no_grad()
+    def _score(self, signal: np.ndarray) -> np.ndarray:
+        if self.cfg["features"]["source"] == "waveform":
+            batch = {"waveform": torch.from_numpy(signal)[None].to(self.device),
+                     "lengths": torch.tensor([len(signal)], device=self.device)}
+        else:
+            feats = self._features(signal)
+            if self.cfg["features"].get("level") == "pooled":
+                std, mean = torch.std_mean(feats, dim=1, correction=0)
+                batch = {"pooled": torch.cat([mean, std], -1)[None].to(self.device)}
+            else:
+                batch = {"features": feats[None].to(self.device),
+                         "frame_mask": torch.ones(1, feats.shape[1], dtype=torch.bool, device=self.device)}
+        out = self.model(batch)
+        if self.labels.task == "classification":
+            return torch.softmax(out["logits"].float(), -1)[0].cpu().numpy()
+        return out["prediction"].float()[0].cpu().numpy()
+
+    def _windows(self, n: int) -> list[tuple[int, int]]:
+        w, h = int(self.window * SAMPLE_RATE), int(self.hop * SAMPLE_RATE)
+        if n <= w:
+            return [(0, n)]
+        starts = list(range(0, n - w + 1, h))
+        if starts[-1] + w < n:
+            starts.append(n - w)
+        return [(s, s + w) for s in starts]
+
+    def predict(self, audio, sample_rate: int | None = None, name: str | None = None) -> dict:
+        """``audio``: a path, or an array ``(samples,)`` / ``(samples, channels)`` with ``sample_rate``."""
+        if isinstance(audio, (str, Path)):
+            name = str(audio)
+            signal = read_audio(audio, allow_silent=False)
+        else:
+            if sample_rate is None:
+                raise SerkitError("predict: give sample_rate with an array input")
+            signal = prepare_signal(np.asarray(audio), sample_rate, name=name or "<array>", allow_silent=False)
+        windows = []
+        scores = []
+        for s, e in self._windows(len(signal)):
+            sc = self._score(signal[s:e])
+            scores.append((e - s, sc))
+            windows.append({"start": s / SAMPLE_RATE, "end": e / SAMPLE_RATE, **self._describe(sc)})
+        weights = np.array([n for n, _ in scores], dtype=float)
+        agg = np.average(np.stack([sc for _, sc in scores]), axis=0, weights=weights)
+        res = {"file": name or "<array>", "duration": len(signal) / SAMPLE_RATE, **self._describe(agg)}
+        res["windows"] = windows if len(windows) > 1 else []
+        return res
+
+    def _describe(self, score: np.ndarray) -> dict:
+        if self.labels.task == "classification":
+            return {"label": self.labels.classes[int(np.argmax(score))],
+                    "probabilities": {c: round(float(p), 4) for c, p in zip(self.labels.classes, score, strict=True)}}
+        return {"values": {a: round(float(v), 4) for a, v in zip(self.labels.targets, score, strict=True)}}
+
+    def predict_file(self, path) -> dict:
+        return self.predict(path)
+
+    def predict_files(self, paths) -> list[dict]:
+        """Every file; a bad file yields ``{"file", "error"}`` instead of stopping the list."""
+        out = []
+        for p in paths:
+            try:
+                out.append(self.predict(p))
+            except SerkitError as exc:
+                out.append({"file": str(p), "error": str(exc)})
+        return out
+
+    def predict_manifest(self, manifest: pd.DataFrame) -> pd.DataFrame:
+        rows = []
+        for r, uid in zip(self.predict_files(manifest["path"]), manifest["id"], strict=True):
+            row = {"id": uid, "file": r["file"], "label": r.get("label"), "error": r.get("error")}
+            row.update({f"p_{k}": v for k, v in r.get("probabilities", {}).items()})
+            row.update(r.get("values", {}))
+            rows.append(row)
+        return pd.DataFrame(rows)

@@ -1,0 +1,96 @@
+"""The SUPERB / EmoBox-style downstream baseline.
+
+featurizer (pick or weight encoder layers) -> linear projection -> masked pooling -> head, with optional speaker
+and gender heads for multi-task recipes. Input ``batch["features"]``: ``(batch, layers, frames, dim)`` from the
+feature cache (or the encoder) and ``batch["frame_mask"]`` ``(batch, frames)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from serkit.encoders.featurizer import Featurizer
+from serkit.models.heads import ClassificationHead, RegressionHead
+from serkit.models.pooling import build_pooling
+from serkit.models.registry import ModelSpec, register_model
+
+
+@register_model("baseline")
+class BaselineModel(nn.Module):
+    """Options (config ``model:``): ``layers`` (spec, default ``weighted``), ``normalize`` (layer-norm each hidden
+    state), ``proj_dim`` (256; 0 = no projection), ``pooling`` (mean | max | stats | attentive_stats | attention |
+    flam), ``hidden`` (head MLP sizes), ``dropout``, ``speaker_head`` / ``gender_head`` (bool)."""
+
+    def __init__(self, spec: ModelSpec, layers="weighted", normalize: bool = True, proj_dim: int = 256,
+                 pooling: str = "mean", hidden: list[int] | None = None, dropout: float = 0.1,
+                 speaker_head: bool = False, gender_head: bool = False, activation: bool = True):
+        super().__init__()
+        self.featurizer = Featurizer(spec.num_layers, spec.hidden_size, layers, normalize=normalize)
+        d = self.featurizer.output_size
+        if proj_dim:
+            proj = [nn.Linear(d, proj_dim)] + ([nn.ReLU()] if activation else [])
+            self.projection = nn.Sequential(*proj, nn.Dropout(dropout))
+            d = proj_dim
+        else:
+            self.projection = nn.Identity()
+        self.pooling = build_pooling(pooling, d)
+        e = getattr(self.pooling, "output_size", d)
+        if spec.task == "classification":
+            self.head = ClassificationHead(e, spec.num_outputs, hidden, dropout)
+        else:
+            self.head = RegressionHead(e, spec.num_outputs, hidden, dropout)
+        self.speaker_head = nn.Linear(e, spec.num_speakers) if speaker_head and spec.num_speakers else None
+        self.gender_head = nn.Linear(e, 2) if gender_head else None
+        self.task = spec.task
+
+    def forward(self, batch: dict) -> dict:
+        x = self.featurizer(batch["features"])
+        frames = self.projection(x)
+        mask = batch.get("frame_mask")
+        pooled = self.pooling(frames, mask)
+        if isinstance(pooled, tuple):
+            pooled = pooled[0]
+        out = {"embedding": pooled, "frames": frames, "frame_mask": mask}
+        y = self.head(pooled)
+        out["logits" if self.task == "classification" else "prediction"] = y
+        if self.speaker_head is not None:
+            out["speaker_logits"] = self.speaker_head(pooled)
+        if self.gender_head is not None:
+            out["gender_logits"] = self.gender_head(pooled)
+        return out
+
+
+@register_model("pooled_mlp")
+class PooledMLP(nn.Module):
+    """Utterance-level model on cached pooled statistics ``batch["pooled"]`` ``(batch, layers, 2*dim)``:
+    standardise -> (weighted sum or concatenation of layers) -> MLP head. A fast reference downstream."""
+
+    def __init__(self, spec: ModelSpec, layers="all", hidden: list[int] | None = None, dropout: float = 0.2,
+                 combine: str = "concat"):
+        super().__init__()
+        from serkit.encoders.featurizer import parse_layers
+
+        self.indices, _ = parse_layers(layers, spec.num_layers)
+        self.combine = combine
+        d = 2 * spec.hidden_size
+        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        if combine == "weighted":
+            self.weights = nn.Parameter(torch.zeros(len(self.indices)))
+            e = d
+        else:
+            e = d * len(self.indices)
+        self.dropout = nn.Dropout(dropout)
+        cls = ClassificationHead if spec.task == "classification" else RegressionHead
+        self.head = cls(e, spec.num_outputs, hidden if hidden is not None else [256], dropout)
+        self.task = spec.task
+
+    def forward(self, batch: dict) -> dict:
+        x = self.norm(batch["pooled"][:, self.indices])  # (batch, k, 2*dim)
+        if self.combine == "weighted":
+            x = torch.einsum("k,bkd->bd", torch.softmax(self.weights, 0), x)
+        else:
+            x = x.flatten(1)
+        x = self.dropout(x)
+        y = self.head(x)
+        return {"embedding": x, "logits" if self.task == "classification" else "prediction": y}

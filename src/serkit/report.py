@@ -1,0 +1,115 @@
+"""Results report: ``report.md`` with tables and figures (confusion matrix, per-fold scores, learning curves)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from serkit.io import atomic_write_text  # noqa: E402
+
+
+def plot_confusion(conf: np.ndarray, classes: list[str], path: Path, title: str) -> None:
+    conf = np.asarray(conf, dtype=float)
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(classes), 0.8 + 0.6 * len(classes)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{100 * norm[i, j]:.0f}\n({int(conf[i, j])})", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_folds(summary: dict, keys: list[str], path: Path) -> None:
+    folds = summary["folds"]
+    x = np.arange(len(folds))
+    w = 0.8 / max(1, len(keys))
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(folds), 3.2))
+    for i, k in enumerate(keys):
+        ax.bar(x + i * w, [f["metrics"].get(k, np.nan) for f in folds], w, label=k)
+    ax.set_xticks(x + w * (len(keys) - 1) / 2, [str(f["fold"]) for f in folds])
+    ax.set_xlabel("fold")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, ncols=len(keys))
+    ax.set_title("per-fold test scores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_learning_curves(out_dir: Path, monitor: str, path: Path) -> bool:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    any_ = False
+    for fold_dir in sorted(out_dir.glob("fold*")):
+        p = fold_dir / "logs" / "metrics.csv"
+        if not p.exists():
+            continue
+        df = pd.read_csv(p)
+        if "train_loss" in df:
+            t = df.dropna(subset=["train_loss"])
+            a1.plot(t["epoch"], t["train_loss"], label=fold_dir.name)
+        if monitor in df:
+            v = df.dropna(subset=[monitor])
+            a2.plot(v["epoch"], v[monitor], label=fold_dir.name)
+        any_ = True
+    a1.set_title("training loss")
+    a2.set_title(f"validation {monitor.removeprefix('val_')}")
+    for a in (a1, a2):
+        a.set_xlabel("epoch")
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return any_
+
+
+def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
+    from serkit.train.cv import format_table
+
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    lines = [f"# {summary['name']}", ""]
+    si = summary["speaker_independent"]
+    lines.append(f"- recipe: `{summary['recipe']}`; task: {summary['task']}; protocol: `{summary['protocol']}` — "
+                 + ("**speaker-independent**" if si else "**speaker-DEPENDENT** (test speakers also in training)"))
+    enc = cfg["encoder"]
+    lines.append(f"- encoder: `{enc}`; features: `{cfg['features']['source']}`")
+    lines.append(f"- model: `{cfg['model']}`; objective: `{cfg['objective']}`")
+    lines.append(f"- schedule: `{ {k: cfg['train'][k] for k in ('epochs', 'batch_size', 'lr', 'patience', 'seed')} }`;"
+                 f" selection on `{cfg['train']['monitor']}` (validation speakers only)")
+    if "wall_seconds" in summary:
+        lines.append(f"- wall time: {summary['wall_seconds']:.0f} s")
+    lines += ["", "## Test scores per fold", "", format_table(summary), ""]
+    if summary["task"] == "classification":
+        keys = ["wa", "ua", "macro_f1"]
+        confs = [np.asarray(f["confusion"]) for f in summary["folds"] if "confusion" in f]
+        if confs:
+            classes = summary["folds"][0]["classes"]
+            total = np.sum(confs, axis=0)
+            plot_confusion(total, classes, fig_dir / "confusion.png", "confusion, all test folds (row %)")
+            lines += ["## Confusion matrix (all folds)", "", "![confusion](figures/confusion.png)", ""]
+            rec = {c: summary["mean"].get(f"recall_{c}") for c in classes}
+            lines += ["Per-class recall (mean over folds): " + ", ".join(f"{c} {v:.3f}" for c, v in rec.items() if v is not None), ""]
+    else:
+        keys = [k for k in summary["mean"] if k.startswith("ccc_")]
+    plot_folds(summary, keys, fig_dir / "folds.png")
+    lines += ["## Per-fold scores", "", "![folds](figures/folds.png)", ""]
+    if plot_learning_curves(out_dir, cfg["train"]["monitor"], fig_dir / "learning_curves.png"):
+        lines += ["## Learning curves", "", "![curves](figures/learning_curves.png)", ""]
+    path = out_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,1 @@
+"""Training: the Lightning module, the trainer set-up, one-fold fitting and the cross-validation runner."""

@@ -1,0 +1,67 @@
+"""``serkit cv``, ``serkit train`` and ``serkit predict`` sub-commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _cv(args) -> int:
+    from serkit.train.cv import format_table, run_cv
+
+    folds = [int(x) for x in args.folds.split(",")] if args.folds else None
+    summary = run_cv(args.config, args.out, args.set, folds_only=folds)
+    print(format_table(summary))
+    print(f"results -> {args.out}/results.json, report -> {args.out}/report.md")
+    return 0
+
+
+def _train(args) -> int:
+    from serkit.train.final import train_final
+
+    path = train_final(args.config, args.out, args.set)
+    print(f"model -> {path}")
+    return 0
+
+
+def _predict(args) -> int:
+    from serkit.inference import Recognizer
+
+    rec = Recognizer.from_pretrained(args.model)
+    results = [rec.predict_file(f) for f in args.files]
+    if args.format == "json":
+        json.dump(results, sys.stdout, indent=1, default=float)
+        print()
+    else:
+        import pandas as pd
+
+        rows = []
+        for r in results:
+            row = {"file": r["file"], "duration": r["duration"], "label": r.get("label")}
+            row.update({f"p_{k}": v for k, v in r.get("probabilities", {}).items()})
+            row.update(r.get("values", {}))
+            row["windows"] = len(r["windows"])
+            rows.append(row)
+        pd.DataFrame(rows).to_csv(sys.stdout, index=False)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("cv", help="cross-validate a config over its protocol's folds (resumable)")
+    p.add_argument("config")
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--folds", help="only these folds, e.g. 0,1")
+    p.set_defaults(func=_cv)
+
+    p = sub.add_parser("train", help="train one model on the whole corpus (validation speakers carved out)")
+    p.add_argument("config")
+    p.add_argument("--out", required=True, help="model folder")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("predict", help="predict emotions of audio files with a trained model")
+    p.add_argument("model", help="model folder from `serkit train`")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.set_defaults(func=_predict)

@@ -1,0 +1,148 @@
+"""Cross-validation runner: every fold of the config's protocol, resumable per fold, then results + report.
+
+``DIR/results.json``::
+
+    {"task": ..., "protocol": ..., "speaker_independent": bool,
+     "folds": [{"fold": k, "test_speakers": [...], "n_test": n, "metrics": {...}}, ...],
+     "mean": {...}, "std": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from serkit.config import dump, load_config
+from serkit.io import atomic_write_json, atomic_write_text
+from serkit.metrics import mean_std
+from serkit.protocols import describe, load_folds, make_folds, save_folds
+
+
+def load_experiment_manifest(cfg: dict) -> pd.DataFrame:
+    """The config's manifest: a prepared table, or the corpus read from ``root`` / $SERKIT_DATA; class set applied."""
+    from serkit.corpora import apply_class_set, prepare
+    from serkit.manifest import read_manifest
+
+    if cfg["manifest"]:
+        df = read_manifest(cfg["manifest"])
+    else:
+        df = prepare(cfg["corpus"], cfg["root"])
+    if cfg["class_set"]:
+        df = apply_class_set(df, cfg["class_set"], corpus=cfg["corpus"])
+    if cfg["task"] == "regression":
+        df = df.dropna(subset=list(cfg["targets"])).reset_index(drop=True)
+    return df
+
+
+def experiment_protocol(cfg: dict, manifest: pd.DataFrame) -> dict:
+    if cfg["protocol"]:
+        return dict(cfg["protocol"])
+    from serkit.corpora import get_reader
+
+    return dict(get_reader(str(manifest["corpus"].iloc[0])).default_protocol)
+
+
+def feature_source(cfg: dict, manifest: pd.DataFrame, out_dir: Path):
+    """Make sure the feature cache holds every utterance (extracting what is missing) and return the store."""
+    if cfg["features"]["source"] != "cache":
+        return None
+    from serkit.train.features import ensure_features
+
+    return ensure_features(manifest, cfg, out_dir)
+
+
+def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, folds_only: list[int] | None = None,
+           log=print) -> dict:
+    cfg = load_config(config, overrides)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "config.yaml"
+    if cfg_path.exists():
+        old = cfg_path.read_text()
+        if old != dump(cfg):
+            raise SystemExit(
+                f"{cfg_path} holds a different config; use a new --out folder (or delete it) to change settings")
+    atomic_write_text(cfg_path, dump(cfg))
+    manifest = load_experiment_manifest(cfg)
+    source = feature_source(cfg, manifest, out)
+    if source is not None:
+        from serkit.train.features import usable_ids
+
+        n = len(manifest)
+        manifest = usable_ids(source, manifest)
+        if len(manifest) < n:
+            log(f"{n - len(manifest)} utterance(s) have no features (bad audio, see the store's errors.json); skipped")
+    protocol = experiment_protocol(cfg, manifest)
+    folds_path = out / "folds.json"
+    folds = make_folds(manifest, protocol, seed=int(cfg["train"]["seed"]))
+    if folds_path.exists():
+        saved = load_folds(folds_path)
+        if [f.to_dict() for f in saved] != [f.to_dict() for f in folds]:
+            raise SystemExit(f"{folds_path} differs from the folds this config builds now; refusing to mix them")
+    save_folds(folds, folds_path)
+    log(f"{cfg['name']}: {len(manifest)} utterances, protocol {protocol}, {len(folds)} fold(s)")
+    log(describe(folds, manifest).to_string(index=False))
+    from serkit.train.fit import fit_fold
+
+    results = []
+    t0 = time.time()
+    for fold in folds:
+        if folds_only is not None and fold.index not in folds_only:
+            continue
+        t = time.time()
+        res = fit_fold(cfg, manifest, fold, source, out / f"fold{fold.index}")
+        key = "ua" if cfg["task"] == "classification" else "ccc_mean"
+        log(f"fold {fold.index}: test {key} {res['metrics'][key]:.4f} (best epoch {res.get('best_epoch')}, "
+            f"val {res.get('best_val')}) [{time.time() - t:.0f} s]")
+        results.append(res)
+    summary = summarise(cfg, folds, results, protocol)
+    summary["wall_seconds"] = round(time.time() - t0, 1)
+    atomic_write_json(out / "results.json", summary)
+    from serkit.report import write_report
+
+    write_report(out, summary, cfg)
+    return summary
+
+
+def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
+    mean, std = mean_std([r["metrics"] for r in results])
+    si = all(f.speaker_independent for f in folds)
+    return {
+        "name": cfg["name"],
+        "recipe": cfg["recipe"],
+        "task": cfg["task"],
+        "protocol": protocol,
+        "speaker_independent": si,
+        "encoder": cfg["encoder"],
+        "folds": [
+            {k: r[k] for k in ("fold", "test_speakers", "n_test", "metrics", "best_epoch", "best_val", "confusion",
+                               "classes") if k in r}
+            for r in results
+        ],
+        "mean": mean,
+        "std": std,
+    }
+
+
+def format_table(summary: dict, keys: list[str] | None = None) -> str:
+    """Markdown table of per-fold metrics plus mean ± std (percent for classification)."""
+    if keys is None:
+        keys = ["wa", "ua", "macro_f1"] if summary["task"] == "classification" else \
+            [k for k in summary["mean"] if k.startswith("ccc_")]
+        keys += [k for k in ("speaker_eer", "speaker_wa", "speaker_ua") if k in summary["mean"]]
+    head = "| fold | test speakers | n | " + " | ".join(keys) + " |"
+    lines = [head, "|" + "---|" * (3 + len(keys))]
+    for f in summary["folds"]:
+        spk = " ".join(s.split("_")[-1] for s in f["test_speakers"][:6])
+        lines.append(f"| {f['fold']} | {spk} | {f['n_test']} | " +
+                     " | ".join(f"{f['metrics'].get(k, float('nan')):.4f}" for k in keys) + " |")
+    lines.append("| mean ± std | | | " + " | ".join(
+        f"{summary['mean'].get(k, float('nan')):.4f} ± {summary['std'].get(k, float('nan')):.4f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def load_results(out_dir) -> dict:
+    return json.loads((Path(out_dir) / "results.json").read_text())

@@ -1,0 +1,200 @@
+"""Fit one fold: data loaders, Lightning Trainer with checkpointing / early stopping on validation, resume, test.
+
+Model selection and early stopping look at the validation part only; the test part is scored once, with the
+checkpoint that validation chose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from serkit.data.features import collate
+from serkit.data.labels import LabelMap
+from serkit.io import atomic_write_json, atomic_write_text
+from serkit.metrics import classification_metrics, confusion, regression_metrics
+from serkit.models.registry import ModelSpec
+from serkit.protocols import Fold, check_leakage
+from serkit.recipes.base import get_recipe
+from serkit.train.module import SERModule
+
+log = logging.getLogger("serkit")
+
+
+def _quiet_lightning():
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*sync_dist.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*treespec.*")
+
+
+def make_trainer(cfg: dict, fold_dir: Path, extra_callbacks=()) -> L.Trainer:
+    t = cfg["train"]
+    monitor = t["monitor"]
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=fold_dir / "checkpoints", filename="best", monitor=monitor, mode="max", save_top_k=1,
+        save_last=True, enable_version_counter=False,
+    )
+    early = L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=int(t["patience"]))
+    precision = t["precision"]
+    if precision == "auto":
+        precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    logger = L.pytorch.loggers.CSVLogger(str(fold_dir), name="logs", version="")
+    return L.Trainer(
+        max_epochs=int(t["epochs"]), min_epochs=int(t["min_epochs"]), accelerator=t["accelerator"],
+        devices=t["devices"], strategy=t["strategy"], precision=precision, callbacks=[ckpt, early, *extra_callbacks],
+        logger=logger, deterministic=bool(t["deterministic"]) and not torch.cuda.is_available(),
+        gradient_clip_val=t["grad_clip"] or None, enable_progress_bar=bool(t["progress"]),
+        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10,
+    )
+
+
+def build_datasets(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: LabelMap, source):
+    """``source`` is a feature store (cache) or None (waveforms)."""
+    from serkit.data.features import FeatureDataset, WaveformDataset
+
+    f = cfg["features"]
+    if source is None:
+        from serkit.audio import CropPad
+
+        crop = CropPad(**f["crop"]) if isinstance(f["crop"], dict) else None
+        mk = lambda ids, train: WaveformDataset(manifest, ids, labels, crop=crop, train=train)  # noqa: E731
+    else:
+        mk = lambda ids, train: FeatureDataset(  # noqa: E731
+            source, manifest, ids, labels, level=f["level"], preload=f["preload"],
+            max_frames=cfg["train"].get("max_frames"), train=train)
+    return mk(fold.train, True), mk(fold.val, False), mk(fold.test, False)
+
+
+def model_spec(cfg: dict, labels: LabelMap, source) -> ModelSpec:
+    num_layers = len(source.layers) if source is not None else 0
+    hidden = int(source.hidden_size) if source is not None else 0
+    return ModelSpec(task=cfg["task"], num_outputs=labels.num_outputs, num_layers=num_layers, hidden_size=hidden, num_speakers=len(labels.speakers),
+                     class_names=list(labels.classes), extra={"encoder": cfg["encoder"]})
+
+
+@torch.no_grad()
+def predict_outputs(module: SERModule, loader: DataLoader) -> dict[str, np.ndarray]:
+    """Run the model over ``loader``; concatenate every per-utterance output (batch-first tensors)."""
+    module.eval()
+    device = next(module.parameters()).device
+    outs: dict[str, list] = {}
+    for batch in loader:
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        out = module.model(batch)
+        n = len(batch["emotion"])
+        for k, v in out.items():
+            if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == n and v.ndim <= 2 and k != "frame_mask":
+                outs.setdefault(k, []).append(v.float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path):
+    """Train on ``fold.train`` with selection on ``fold.val``; resumes from ``fold_dir/checkpoints/last.ckpt``.
+
+    Returns ``(module with the best validation weights, labels, recipe, (train, val, test) datasets, eval kwargs)``.
+    """
+    _quiet_lightning()
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg["train"]["seed"])
+    L.seed_everything(seed + fold.index, workers=True, verbose=False)
+    recipe = get_recipe(cfg["recipe"])
+    labels = LabelMap.fit(manifest, cfg["task"], cfg["targets"], fold.train)
+    train_ds, val_ds, test_ds = build_datasets(cfg, manifest, fold, labels, source)
+    spec = model_spec(cfg, labels, source)
+    model = recipe.build_model(cfg, spec)
+    objective = recipe.build_objective(cfg, labels, train_ds.enc, spec)
+    module = SERModule(model, objective, labels, {**cfg["train"], "seed": seed + fold.index},
+                       batch_hook=recipe.batch_hook(cfg, labels))
+    t = cfg["train"]
+    sampler = recipe.train_sampler(cfg, train_ds, seed + fold.index)
+    if isinstance(sampler, tuple) and sampler[0] == "batch_sampler":
+        train_dl = DataLoader(train_ds, batch_sampler=sampler[1], collate_fn=collate, num_workers=t["num_workers"])
+    else:
+        train_dl = DataLoader(train_ds, batch_size=t["batch_size"], sampler=sampler, collate_fn=collate,
+                              num_workers=t["num_workers"], drop_last=len(train_ds) > t["batch_size"])
+    eval_kw = dict(batch_size=t["eval_batch_size"], shuffle=False, collate_fn=collate, num_workers=t["num_workers"])
+    val_dl = DataLoader(val_ds, **eval_kw)
+    trainer = make_trainer(cfg, fold_dir)
+    last = fold_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if last.exists() else None)
+    best = fold_dir / "checkpoints" / "best.ckpt"
+    if best.exists():
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    module.spec = spec
+    return module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw
+
+
+def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: str | Path) -> dict:
+    """Train on ``fold.train``, select on ``fold.val``, score ``fold.test``; resumable; returns the fold result."""
+    fold_dir = Path(fold_dir)
+    result_path = fold_dir / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    check_leakage(fold, manifest)
+    module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw = train_module(cfg, manifest, fold, source, fold_dir)
+    test_dl = DataLoader(test_ds, **eval_kw)
+    outputs = predict_outputs(module, test_dl)
+    rows = test_ds.rows
+    res = {"fold": fold.index, "test_speakers": fold.test_speakers, "val_speakers": fold.val_speakers,
+           "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
+           "best_epoch": _best_epoch(fold_dir, cfg["train"]["monitor"]),
+           "best_val": _best_val(fold_dir, cfg["train"]["monitor"])}
+    pred_table = pd.DataFrame({"id": rows["id"], "speaker": rows["speaker"]})
+    if cfg["task"] == "classification":
+        y_true = test_ds.enc["emotion"]
+        probs = torch.softmax(torch.from_numpy(outputs["logits"]), -1).numpy()
+        y_pred = probs.argmax(-1)
+        res["metrics"] = classification_metrics(y_true, y_pred, labels.classes)
+        res["confusion"] = confusion(y_true, y_pred, len(labels.classes)).tolist()
+        pred_table["true"] = [labels.classes[i] for i in y_true]
+        pred_table["pred"] = [labels.classes[i] for i in y_pred]
+        for i, c in enumerate(labels.classes):
+            pred_table[f"p_{c}"] = probs[:, i]
+    else:
+        y_true = test_ds.enc["targets"]
+        res["metrics"] = regression_metrics(outputs["prediction"], y_true, labels.targets)
+        for i, a in enumerate(labels.targets):
+            pred_table[f"true_{a}"] = y_true[:, i]
+            pred_table[f"pred_{a}"] = outputs["prediction"][:, i]
+    res["metrics"].update(recipe.extra_test_metrics(outputs, rows, labels, fold))
+    res["classes"] = labels.classes
+    atomic_write_text(fold_dir / "predictions.csv", pred_table.to_csv(index=False))
+    if "embedding" in outputs:
+        np.save(fold_dir / "test_embeddings.npy", outputs["embedding"].astype(np.float32))
+    atomic_write_json(result_path, res)
+    return res
+
+
+def _metrics_table(fold_dir: Path) -> pd.DataFrame | None:
+    p = fold_dir / "logs" / "metrics.csv"
+    if not p.exists():
+        return None
+    return pd.read_csv(p)
+
+
+def _best_epoch(fold_dir: Path, monitor: str):
+    df = _metrics_table(fold_dir)
+    if df is None or monitor not in df:
+        return None
+    v = df.dropna(subset=[monitor])
+    return int(v.loc[v[monitor].idxmax(), "epoch"]) if len(v) else None
+
+
+def _best_val(fold_dir: Path, monitor: str):
+    df = _metrics_table(fold_dir)
+    if df is None or monitor not in df:
+        return None
+    v = df[monitor].dropna()
+    return float(v.max()) if len(v) else None

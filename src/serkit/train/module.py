@@ -1,0 +1,120 @@
+"""The LightningModule: a downstream model + an objective; validation metrics over the whole validation set."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+
+from serkit.data.labels import LabelMap
+from serkit.losses.base import Objective
+from serkit.metrics import classification_metrics, regression_metrics
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
+
+
+class SERModule(L.LightningModule):
+    """Holds ``model`` (batch dict -> out dict) and ``objective`` (weighted named losses).
+
+    Validation collects predictions of the whole validation set and logs ``val_ua``/``val_wa``/``val_macro_f1``
+    (classification) or ``val_ccc_mean`` and per-attribute CCC (regression) once per epoch; the lists are reset
+    at every epoch start. Randomness inside an epoch is seeded from (seed, epoch), so a run resumed from the
+    last epoch's checkpoint repeats exactly what the uninterrupted run would have done.
+    """
+
+    def __init__(self, model: torch.nn.Module, objective: Objective, labels: LabelMap, train_cfg: dict,
+                 batch_hook=None):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+        self.labels = labels
+        self.cfg = train_cfg
+        self.batch_hook = batch_hook  # e.g. waveform mixup: (batch, module) -> batch
+        self._val: list[tuple[np.ndarray, np.ndarray]] = []
+        self.history: list[dict] = []
+
+    def forward(self, batch: dict) -> dict:
+        return self.model(batch)
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        torch.manual_seed(epoch_seed(int(self.cfg.get("seed", 0)), self.current_epoch))
+        dl = self.trainer.train_dataloader
+        ds = getattr(dl, "dataset", None)
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(self.current_epoch)
+        sampler = getattr(dl, "batch_sampler", None)
+        for s in (sampler, getattr(dl, "sampler", None), getattr(sampler, "sampler", None)):
+            if hasattr(s, "set_epoch"):
+                s.set_epoch(self.current_epoch)
+
+    def training_step(self, batch: dict, batch_idx: int):
+        if self.batch_hook is not None:
+            batch = self.batch_hook(batch, self)
+        out = self.model(batch)
+        loss, parts = self.objective(out, batch)
+        bs = len(batch["emotion"])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=bs, prog_bar=True)
+        for k, v in parts.items():
+            self.log(f"train_{k}", v, on_step=False, on_epoch=True, batch_size=bs)
+        return loss
+
+    # -- validation -------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        out = self.model(batch)
+        loss, _ = self.objective(out, batch)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["emotion"]))
+        if self.labels.task == "classification":
+            self._val.append((out["logits"].argmax(-1).cpu().numpy(), batch["emotion"].cpu().numpy()))
+        else:
+            self._val.append((out["prediction"].float().cpu().numpy(), batch["targets"].cpu().numpy()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        pred = np.concatenate([p for p, _ in self._val])
+        true = np.concatenate([t for _, t in self._val])
+        if self.labels.task == "classification":
+            m = classification_metrics(true, pred, self.labels.classes)
+            keys = ("ua", "wa", "macro_f1")
+        else:
+            m = regression_metrics(pred, true, self.labels.targets)
+            keys = ("ccc_mean",) + tuple(f"ccc_{a}" for a in self.labels.targets)
+        for k in keys:
+            self.log(f"val_{k}", float(m[k]), prog_bar=k in ("ua", "ccc_mean"))
+        self._val = []
+
+    # -- optimisation -----------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.cfg
+        lr, wd = float(cfg["lr"]), float(cfg["weight_decay"])
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr, "weight_decay": wd}]
+        for term in self.objective.terms.values():
+            params = [p for p in term.parameters() if p.requires_grad]
+            if params:  # e.g. center-loss centres, with their own learning rate
+                groups.append({"params": params, "lr": float(getattr(term, "lr", lr)), "weight_decay": 0.0})
+        name = cfg.get("optimizer", "adamw")
+        if name == "adamw":
+            opt = torch.optim.AdamW(groups)
+        elif name == "adam":
+            opt = torch.optim.Adam(groups)
+        else:
+            opt = torch.optim.SGD(groups, momentum=0.9)
+        sched = cfg.get("scheduler", "none")
+        epochs = int(cfg["epochs"])
+        if sched == "cosine":
+            s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        elif sched == "exponential":  # MLL: x decay per epoch (e.g. 7/8) for the first `decay_epochs`
+            decay, until = float(cfg.get("lr_decay", 1.0)), int(cfg.get("decay_epochs", epochs) or epochs)
+            s = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: decay ** min(e, until))
+        elif sched == "warmup_linear":  # HCLD: linear warm-up then constant
+            w = max(1, int(cfg.get("warmup_epochs", 1)))
+            s = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: min(1.0, (e + 1) / w))
+        else:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": s, "interval": "epoch"}}

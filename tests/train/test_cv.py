@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pytest
+
+from serkit.errors import LeakageError
+from serkit.protocols import Fold
+from serkit.train.cv import run_cv
+from serkit.train.module import SERModule
+from tests.train.conftest import tiny_config
+
+
+def test_cv_writes_results_schema_and_report(tiny_corpus, tmp_path):
+    summary = run_cv(tiny_config(tiny_corpus), tmp_path / "run", log=lambda *a: None)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["task"] == "classification" and res["speaker_independent"] is True
+    assert res["protocol"]["name"] == "speaker_kfold" and len(res["folds"]) == 3
+    for f in res["folds"]:
+        assert set(f) >= {"fold", "test_speakers", "n_test", "metrics"}
+        assert len(f["test_speakers"]) == 2 and f["n_test"] == 24
+        assert {"wa", "ua", "macro_f1", "recall_low", "recall_mid", "recall_high"} <= set(f["metrics"])
+        assert 0 <= f["metrics"]["ua"] <= 1
+    assert {"wa", "ua", "macro_f1"} <= set(res["mean"]) and {"wa", "ua"} <= set(res["std"])
+    assert res["mean"]["ua"] == pytest.approx(np.mean([f["metrics"]["ua"] for f in res["folds"]]))
+    assert res["mean"]["ua"] > 0.6, "pitch classes are easy: a working trainer learns them"
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "speaker-independent" in report and "confusion.png" in report
+    assert (tmp_path / "run" / "figures" / "confusion.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "figures" / "learning_curves.png").exists()
+    assert summary["mean"] == res["mean"]
+
+
+def test_regression_cv(tiny_corpus, tmp_path):
+    cfg = tiny_config(tiny_corpus, task="regression", targets=["arousal", "valence"], objective=[{"name": "ccc"}],
+                      train={"epochs": 6})
+    res = run_cv(cfg, tmp_path / "reg", log=lambda *a: None)
+    assert res["task"] == "regression"
+    for k in ("ccc_arousal", "ccc_valence", "pearson_arousal", "mae_valence", "ccc_mean"):
+        assert k in res["mean"] and k in res["folds"][0]["metrics"]
+    assert res["mean"]["ccc_arousal"] > 0.3
+
+
+def test_killed_run_resumes_to_identical_results(tiny_corpus, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_corpus)
+    reference = run_cv(cfg, tmp_path / "ref", log=lambda *a: None)
+
+    original = SERModule.on_train_epoch_end if hasattr(SERModule, "on_train_epoch_end") else None
+    state = {"fired": False}
+
+    def crash(self):
+        if self.current_epoch == 2 and not state["fired"] and "fold1" in str(self.trainer.default_root_dir) + str(
+                self.trainer.log_dir):
+            state["fired"] = True
+            raise KeyboardInterrupt("simulated kill")
+        if original:
+            original(self)
+
+    monkeypatch.setattr(SERModule, "on_train_epoch_end", crash)
+    with pytest.raises((KeyboardInterrupt, SystemExit, Exception)):
+        run_cv(cfg, tmp_path / "killed", log=lambda *a: None)
+    assert state["fired"]
+    assert (tmp_path / "killed" / "fold0" / "result.json").exists()
+    assert not (tmp_path / "killed" / "fold1" / "result.json").exists()
+    assert (tmp_path / "killed" / "fold1" / "checkpoints" / "last.ckpt").exists()
+    monkeypatch.undo()
+    resumed = run_cv(cfg, tmp_path / "killed", log=lambda *a: None)
+    for a, b in zip(reference["folds"], resumed["folds"], strict=True):
+        assert a["metrics"] == pytest.approx(b["metrics"])
+    ref_pred = (tmp_path / "ref" / "fold1" / "predictions.csv").read_text()
+    res_pred = (tmp_path / "killed" / "fold1" / "predictions.csv").read_text()
+    assert ref_pred == res_pred
+
+
+def test_leaky_fold_is_refused(tiny_corpus, tmp_path):
+    from serkit.train.cv import load_experiment_manifest
+    from serkit.train.fit import fit_fold
+
+    cfg = __import__("serkit.config", fromlist=["load_config"]).load_config(tiny_config(tiny_corpus))
+    m = load_experiment_manifest(cfg)
+    ids = m["id"].tolist()
+    leaky = Fold(0, "speaker_kfold", True, ids[:60], ids[60:66], ids[66:])  # spk2's items split across parts
+    with pytest.raises(LeakageError):
+        fit_fold(cfg, m, leaky, None, tmp_path / "leak")
