@@ -4,6 +4,7 @@ Usage::
 
     python bench/kmeans.py [frames.npy] [--n 200000] [--dim 512] [--ks 64 512 4096]
                            [--backends faiss sklearn] [--niter 25] [--threads 0]
+                           [--sklearn-init random|k-means++]
 
 Without a path, times random Gaussian data of shape (n, dim). Prints a markdown table: fit and assignment
 seconds, and inertia per point (mean squared L2 distance to the nearest centroid, over all n points).
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--niter", type=int, default=25)
     ap.add_argument("--max-points-per-centroid", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sklearn-init", default="random", choices=["random", "k-means++"],
+                    help="MiniBatchKMeans init (k-means++ is very slow at large k)")
     ap.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0: faiss default)")
     args = ap.parse_args(argv)
 

@@ -72,3 +72,17 @@ def test_combine_errors():
         combine({"A": np.zeros((2, 1))}, {"B": 1.0})
     with pytest.raises(ValueError):
         combine({"A": np.zeros((2, 1)), "B": np.zeros((3, 1))}, {"A": 1.0, "B": 1.0})
+
+
+def test_fast_ccc_path_matches_plain_metric():
+    rng = np.random.default_rng(6)
+    y = rng.standard_normal((120, 3))
+    scores = {k: 0.5 * y * (i + 1) + rng.standard_normal(y.shape) + i for i, k in enumerate("ABC")}
+    w_fast, v_fast = search_weights(scores, y, mean_ccc)  # moment-based CCC
+
+    def plain(p, t):
+        return mean_ccc(p, t)
+
+    w_slow, v_slow = search_weights(scores, y, plain)
+    assert w_fast == w_slow and v_fast == pytest.approx(v_slow, abs=1e-9)
+    assert v_fast == pytest.approx(mean_ccc(combine(scores, w_fast), y), abs=1e-9)

@@ -4,7 +4,6 @@ import pytest
 
 from serkit.errors import ConfigError, LeakageError
 from serkit.protocols import Fold, check_leakage, load_folds, make_folds, save_folds
-
 from tests.conftest import CORPORA, needs_shared
 
 

@@ -92,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folds JSON")
     p.set_defaults(func=_folds)
 
-    for module in ("serkit.cache", "serkit.train.cli", "serkit.inference"):
+    import pkgutil
+
+    from serkit import recipes
+
+    recipe_modules = [f"serkit.recipes.{m.name}" for m in pkgutil.iter_modules(recipes.__path__)]
+    for module in ("serkit.cache", "serkit.train.cli", "serkit.inference", *recipe_modules):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ModuleNotFoundError as exc:

@@ -79,7 +79,7 @@ def _check_subkeys(cfg: dict):
             raise ConfigError(f"config: unknown key(s) {sorted(f'{section}.{k}' for k in extra)}; "
                               f"known: {sorted(allowed)}")
     if isinstance(cfg["encoder"], dict):
-        allowed = set(DEFAULTS["encoder"]) | {"revision", "chunk_seconds", "name"}
+        allowed = set(DEFAULTS["encoder"]) | {"revision", "chunk_seconds", "name", "finetune"}
         extra = set(cfg["encoder"]) - allowed
         if extra:
             raise ConfigError(f"config: unknown key(s) {sorted('encoder.' + k for k in extra)}; known: {sorted(allowed)}")

@@ -46,6 +46,12 @@ class Recognizer:
         meta = json.loads((d / "meta.json").read_text())
         spec = ModelSpec(**meta["spec"], extra={"encoder": cfg["encoder"]})
         model = get_recipe(cfg["recipe"]).build_model(cfg, spec)
+        if cfg["features"]["source"] == "waveform":
+            from serkit.models.encoder_model import EncoderDownstream
+            from serkit.train.fit import load_loop_encoder
+
+            encoder, layers = load_loop_encoder(cfg)
+            model = EncoderDownstream(encoder, model, layers, cfg["encoder"].get("finetune", False))
         model.load_state_dict(load_file(str(d / "model.safetensors")))
         return cls(model, cfg, labels, enc, device)
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from serkit.io import atomic_write_text  # noqa: E402
+from serkit.io import atomic_write_text
 
 
 def plot_confusion(conf: np.ndarray, classes: list[str], path: Path, title: str) -> None:
@@ -54,10 +54,11 @@ def plot_learning_curves(out_dir: Path, monitor: str, path: Path) -> bool:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
     any_ = False
     for fold_dir in sorted(out_dir.glob("fold*")):
-        p = fold_dir / "logs" / "metrics.csv"
-        if not p.exists():
+        from serkit.train.fit import read_fold_metrics
+
+        df = read_fold_metrics(fold_dir)
+        if df is None:
             continue
-        df = pd.read_csv(p)
         if "train_loss" in df:
             t = df.dropna(subset=["train_loss"])
             a1.plot(t["epoch"], t["train_loss"], label=fold_dir.name)

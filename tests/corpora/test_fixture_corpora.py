@@ -6,7 +6,6 @@ import pytest
 from serkit.corpora import apply_class_set, prepare
 from serkit.errors import CorpusError
 from serkit.protocols import make_folds
-
 from tests.conftest import write_tone
 
 

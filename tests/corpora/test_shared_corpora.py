@@ -4,7 +4,6 @@ import pytest
 
 from serkit.corpora import apply_class_set, prepare
 from serkit.manifest import read_manifest, write_manifest
-
 from tests.conftest import CORPORA, needs_shared
 
 pytestmark = needs_shared

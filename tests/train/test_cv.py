@@ -69,6 +69,13 @@ def test_killed_run_resumes_to_identical_results(tiny_corpus, tmp_path, monkeypa
     ref_pred = (tmp_path / "ref" / "fold1" / "predictions.csv").read_text()
     res_pred = (tmp_path / "killed" / "fold1" / "predictions.csv").read_text()
     assert ref_pred == res_pred
+    from serkit.train.fit import read_fold_metrics
+
+    curve = read_fold_metrics(tmp_path / "killed" / "fold1")
+    ref_curve = read_fold_metrics(tmp_path / "ref" / "fold1")
+    assert sorted(curve["epoch"].unique()) == sorted(ref_curve["epoch"].unique()) == [0, 1, 2, 3]
+    assert curve.dropna(subset=["val_ua"])["val_ua"].tolist() == pytest.approx(
+        ref_curve.dropna(subset=["val_ua"])["val_ua"].tolist())
 
 
 def test_leaky_fold_is_refused(tiny_corpus, tmp_path):
@@ -81,3 +88,10 @@ def test_leaky_fold_is_refused(tiny_corpus, tmp_path):
     leaky = Fold(0, "speaker_kfold", True, ids[:60], ids[60:66], ids[66:])  # spk2's items split across parts
     with pytest.raises(LeakageError):
         fit_fold(cfg, m, leaky, None, tmp_path / "leak")
+
+
+def test_waveform_source_runs_encoder_in_the_loop(tiny_corpus, tmp_path):
+    cfg = tiny_config(tiny_corpus, features={"source": "waveform"}, train={"epochs": 2})
+    res = run_cv(cfg, tmp_path / "wave", folds_only=[0], log=lambda *a: None)
+    assert len(res["folds"]) == 1 and 0 <= res["folds"][0]["metrics"]["ua"] <= 1
+    assert not (tmp_path / "wave" / "fold1").exists()

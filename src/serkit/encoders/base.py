@@ -93,6 +93,24 @@ class Encoder(nn.Module):
         """
         raise NotImplementedError
 
+    def forward_from(
+        self,
+        hidden_state: torch.Tensor,
+        layer_index: int,
+        frame_mask: torch.Tensor,
+        mask_time_indices: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Run the Transformer blocks from hidden state ``layer_index`` on (e.g. from a cached hidden state).
+
+        ``hidden_state`` ``(batch, frames, dim)`` is ``hidden_states[layer_index]`` of :meth:`forward` (what enters
+        block ``layer_index``), ``frame_mask`` ``(batch, frames)`` bool. Returns an :class:`EncoderOutput` with the
+        remaining ``num_layers - layer_index`` hidden states: index 0 is the (masked) input, -1 the top layer, as
+        :meth:`forward` gives them, so ``forward_from(forward(w).hidden_states[i], i, m).hidden_states[j]`` equals
+        ``forward(w).hidden_states[i + j]`` (in eval mode). ``mask_time_indices`` (bool ``(batch, frames)``)
+        replaces those input frames by the encoder's learned mask embedding (span masking at this depth).
+        """
+        raise NotImplementedError(f"{self.name}: running from a hidden state is not supported by this encoder")
+
     def describe(self) -> dict:
         """What a cache or a trained model must record to reproduce these features."""
         return {

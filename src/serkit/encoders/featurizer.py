@@ -69,6 +69,11 @@ def parse_layers(spec: str | int | Sequence[int], num_layers: int) -> tuple[list
     return out, weighted
 
 
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """Cached features arrive as float16; compute in float32 (or the autocast dtype) after choosing layers."""
+    return x.float() if x.dtype == torch.float16 and not torch.is_autocast_enabled() else x
+
+
 class Featurizer(nn.Module):
     """Pick, concatenate, stack or weight hidden states.
 
@@ -118,7 +123,7 @@ class Featurizer(nn.Module):
             if hidden_states.ndim != 4:
                 raise ValueError(f"expected (batch, layers, frames, dim), got {tuple(hidden_states.shape)}")
             available = hidden_states.shape[1]
-            get = lambda i: hidden_states[:, i]
+            get = lambda i: _as_float(hidden_states[:, i])
         else:
             available = len(hidden_states)
             get = lambda i: hidden_states[i]
@@ -131,11 +136,14 @@ class Featurizer(nn.Module):
             return chosen[0]
         if self.reduce == "concat":
             return torch.cat(chosen, dim=-1)
-        stacked = torch.stack(chosen, dim=1)  # (batch, k, frames, dim)
         if self.reduce == "stack":
-            return stacked
-        w = torch.softmax(self.weights, dim=0).to(stacked.dtype)
-        return torch.einsum("k,bktd->btd", w, stacked)
+            return torch.stack(chosen, dim=1)  # (batch, k, frames, dim)
+        # weighted sum, accumulated layer by layer (no (batch, k, frames, dim) copy: memory-bound on CPU)
+        w = torch.softmax(self.weights, dim=0).to(chosen[0].dtype)
+        out = chosen[0] * w[0]
+        for i in range(1, len(chosen)):
+            out = out + chosen[i] * w[i]
+        return out
 
     def extra_repr(self) -> str:
         return f"layers={self.indices}, reduce={self.reduce}, normalize={self.normalize}"

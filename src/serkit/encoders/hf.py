@@ -86,3 +86,84 @@ class HFSpeechEncoder(Encoder):
         states = tuple(out.hidden_states)
         frame_mask = length_mask(self.num_frames(lengths).to(x.device), states[0].shape[1])
         return EncoderOutput(hidden_states=states, frame_mask=frame_mask, frame_rate=self.frame_rate)
+
+    def forward_from(
+        self,
+        hidden_state: torch.Tensor,
+        layer_index: int,
+        frame_mask: torch.Tensor,
+        mask_time_indices: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Transformer layers ``layer_index..`` on ``hidden_state`` (see :meth:`Encoder.forward_from`).
+
+        ``0 <= layer_index < num_layers - 1``. Hidden states are what :meth:`forward` returns: with
+        ``transformers`` >= 5 the raw layer outputs (the stable-layer-norm variants' final layer norm is not in
+        them), with older versions the top one of those variants has it. The attention mask is built from
+        ``frame_mask`` exactly when :meth:`forward` passes one (layer-norm front ends); WavLM's relative position
+        bias is recomputed from its first layer. Masked frames become the model's ``masked_spec_embed`` (at this
+        depth, not before the positional convolution as in :meth:`forward`).
+        """
+        model, enc = self.model, self.model.encoder
+        layers = enc.layers
+        final_norm = _is_stable(enc) and _TOP_STATE_NORMED
+        if not 0 <= layer_index < len(layers):
+            raise ValueError(f"{self.name}: layer_index must lie in 0..{len(layers) - 1}, got {layer_index}")
+        param = next(model.parameters())
+        hidden = hidden_state.to(param.dtype)
+        frame_mask = frame_mask.bool().to(hidden.device)
+        if frame_mask.shape != hidden.shape[:2]:
+            raise ValueError(f"frame_mask must be (batch, frames)={tuple(hidden.shape[:2])}, got {tuple(frame_mask.shape)}")
+        if mask_time_indices is not None:
+            emb = getattr(model, "masked_spec_embed", None)
+            if emb is None:
+                raise ValueError(f"{self.name}: the model has no masked_spec_embed (mask_time_prob was 0 at creation)")
+            if mask_time_indices.shape != frame_mask.shape:
+                raise ValueError(
+                    f"mask_time_indices must be (batch, frames)={tuple(frame_mask.shape)}, "
+                    f"got {tuple(mask_time_indices.shape)}"
+                )
+            hidden = torch.where(mask_time_indices[..., None].to(hidden.device), emb.to(hidden.dtype), hidden)
+        raw_mask = frame_mask.long() if self.uses_attention_mask else None
+        wavlm = self.model.config.model_type == "wavlm"
+        if wavlm:
+            attn = raw_mask
+        else:
+            from transformers.masking_utils import create_bidirectional_mask
+
+            attn = create_bidirectional_mask(config=enc.config, inputs_embeds=hidden, attention_mask=raw_mask)
+        position_bias = None
+        if wavlm and layer_index > 0:
+            att0 = layers[0].attention
+            t = hidden.shape[1]
+            position_bias = att0.compute_bias(t, t)
+            position_bias = position_bias.unsqueeze(0).repeat(hidden.shape[0], 1, 1, 1).view(
+                hidden.shape[0] * att0.num_heads, t, t)
+        states = [hidden]
+        for i in range(layer_index, len(layers)):
+            if self.training and enc.config.layerdrop > 0.0 and not (wavlm and i == 0) \
+                    and torch.rand([]) < enc.config.layerdrop:
+                states.append(hidden)
+                continue
+            if wavlm:
+                hidden, position_bias = layers[i](hidden, attention_mask=attn, position_bias=position_bias, index=i)
+            else:
+                hidden = layers[i](hidden, attention_mask=attn)
+            states.append(hidden)
+        if final_norm:
+            states[-1] = enc.layer_norm(hidden)
+        return EncoderOutput(hidden_states=tuple(states), frame_mask=frame_mask, frame_rate=self.frame_rate)
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+#: transformers < 5 returns the stable-layer-norm variants' top hidden state after the final layer norm.
+_TOP_STATE_NORMED = _transformers_major() < 5
+
+
+def _is_stable(encoder: nn.Module) -> bool:
+    """Whether a ``transformers`` SSL encoder is a stable-layer-norm (pre-LN) variant: final layer norm on top."""
+    return "StableLayerNorm" in type(encoder).__name__

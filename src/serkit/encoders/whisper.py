@@ -142,9 +142,14 @@ class WhisperSpeechEncoder(Encoder):
             x = torch.where(mask_time_indices[..., None], self.mask_embedding.to(x.dtype), x)
         hidden = x + enc.embed_positions.weight[:n].to(x.dtype)  # first n positions of the full table
         hidden = F.dropout(hidden, p=enc.dropout, training=self.training)
+        states = self._run_blocks(hidden, frame_mask, 0)
+        return EncoderOutput(hidden_states=tuple(states), frame_mask=frame_mask, frame_rate=self.frame_rate)
 
+    def _run_blocks(self, hidden: torch.Tensor, frame_mask: torch.Tensor, start: int) -> list[torch.Tensor]:
+        """``[hidden, block start output, ..., final layer norm(top block output)]``."""
+        enc = self.encoder
         attn_mask = None
-        if native and not bool(frame_mask.all()):
+        if self.mode == "native" and not bool(frame_mask.all()):
             if enc.config._attn_implementation == "eager":
                 attn_mask = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)
                 attn_mask = attn_mask.masked_fill(~frame_mask, torch.finfo(hidden.dtype).min)[
@@ -153,14 +158,48 @@ class WhisperSpeechEncoder(Encoder):
             else:  # sdpa / flash: boolean, True = attend
                 attn_mask = frame_mask[:, None, None, :]
         states = [hidden]
-        for layer in enc.layers:
+        for layer in enc.layers[start:]:
             if self.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop:
                 states.append(hidden)
                 continue
             hidden = layer(hidden, attn_mask)
             states.append(hidden)
         states[-1] = enc.layer_norm(hidden)
-        return EncoderOutput(hidden_states=tuple(states), frame_mask=frame_mask, frame_rate=self.frame_rate)
+        return states
+
+    def forward_from(
+        self,
+        hidden_state: torch.Tensor,
+        layer_index: int,
+        frame_mask: torch.Tensor,
+        mask_time_indices: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Blocks ``layer_index..`` on ``hidden_state`` (see :meth:`Encoder.forward_from`); ``0 <= layer_index <
+        num_layers - 1`` (the top hidden state already has the final layer norm applied).
+
+        Masked frames become ``mask_embedding + positional embedding`` of the frame: at ``layer_index == 0`` this
+        is exactly what :meth:`forward` does with ``mask_time_indices``; deeper, the positional term keeps masked
+        frames distinguishable (Whisper's blocks have no other position information).
+        """
+        enc = self.encoder
+        if not 0 <= layer_index < len(enc.layers):
+            raise ValueError(f"{self.name}: layer_index must lie in 0..{len(enc.layers) - 1}, got {layer_index}")
+        hidden = hidden_state.to(enc.conv1.weight.dtype)
+        n = hidden.shape[1]
+        if frame_mask.shape != hidden.shape[:2]:
+            raise ValueError(f"frame_mask must be (batch, frames)={tuple(hidden.shape[:2])}, got {tuple(frame_mask.shape)}")
+        if mask_time_indices is not None:
+            if mask_time_indices.shape != frame_mask.shape:
+                raise ValueError(
+                    f"mask_time_indices must be (batch, frames)={tuple(frame_mask.shape)}, "
+                    f"got {tuple(mask_time_indices.shape)}"
+                )
+            fill = self.mask_embedding.to(hidden.dtype) + enc.embed_positions.weight[:n].to(hidden.dtype)
+            hidden = torch.where(mask_time_indices[..., None].to(hidden.device), fill[None], hidden)
+        if layer_index == 0:
+            hidden = F.dropout(hidden, p=enc.dropout, training=self.training)
+        states = self._run_blocks(hidden, frame_mask.bool(), layer_index)
+        return EncoderOutput(hidden_states=tuple(states), frame_mask=frame_mask.bool(), frame_rate=self.frame_rate)
 
 
 def whisper_mel_filters(n_mels: int, source: str | None = None) -> np.ndarray:

@@ -67,14 +67,23 @@ class PooledMLP(nn.Module):
     standardise -> (weighted sum or concatenation of layers) -> MLP head. A fast reference downstream."""
 
     def __init__(self, spec: ModelSpec, layers="all", hidden: list[int] | None = None, dropout: float = 0.2,
-                 combine: str = "concat"):
+                 combine: str = "concat", input_norm: str = "batchnorm"):
         super().__init__()
         from serkit.encoders.featurizer import parse_layers
 
         self.indices, _ = parse_layers(layers, spec.num_layers)
         self.combine = combine
         d = 2 * spec.hidden_size
-        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        # batchnorm: per-feature standardisation with running statistics of the training data (what a
+        # StandardScaler does for a linear model); layernorm: per-utterance, per-layer normalisation
+        if input_norm == "batchnorm":
+            self.norm = _FeatureBatchNorm(d, len(self.indices))
+        elif input_norm == "layernorm":
+            self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        elif input_norm == "none":
+            self.norm = nn.Identity()
+        else:
+            raise ValueError(f"pooled_mlp input_norm must be batchnorm, layernorm or none, got {input_norm!r}")
         if combine == "weighted":
             self.weights = nn.Parameter(torch.zeros(len(self.indices)))
             e = d
@@ -94,3 +103,15 @@ class PooledMLP(nn.Module):
         x = self.dropout(x)
         y = self.head(x)
         return {"embedding": x, "logits" if self.task == "classification" else "prediction": y}
+
+
+class _FeatureBatchNorm(nn.Module):
+    """Standardise every feature of ``(batch, layers, dim)`` with batch / running statistics (no affine)."""
+
+    def __init__(self, dim: int, layers: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim * layers, affine=False, momentum=0.05)
+
+    def forward(self, x):
+        b, k, d = x.shape
+        return self.bn(x.reshape(b, k * d)).reshape(b, k, d)

@@ -13,7 +13,7 @@ import torch
 
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
-from serkit.losses.base import Objective, _import_all, _LOSSES
+from serkit.losses.base import _LOSSES, Objective, _import_all
 from serkit.models.registry import ModelSpec, build_model
 
 _RECIPES: dict[str, type] = {}
@@ -79,7 +79,7 @@ class Recipe:
 
     def batch_hook(self, cfg: dict, labels: LabelMap):
         """A callable ``(batch, module) -> batch`` applied to training batches (e.g. mixup), or None."""
-        return None
+        return
 
     def extra_test_metrics(self, outputs: dict, rows, labels: LabelMap, fold) -> dict:
         """Metrics beyond the task's: speaker verification EER when the model exposes speaker features."""

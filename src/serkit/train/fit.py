@@ -68,17 +68,27 @@ def build_datasets(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: LabelM
         from serkit.audio import CropPad
 
         crop = CropPad(**f["crop"]) if isinstance(f["crop"], dict) else None
-        mk = lambda ids, train: WaveformDataset(manifest, ids, labels, crop=crop, train=train)  # noqa: E731
+        mk = lambda ids, train: WaveformDataset(manifest, ids, labels, crop=crop, train=train)
     else:
-        mk = lambda ids, train: FeatureDataset(  # noqa: E731
+        mk = lambda ids, train: FeatureDataset(
             source, manifest, ids, labels, level=f["level"], preload=f["preload"],
             max_frames=cfg["train"].get("max_frames"), train=train)
     return mk(fold.train, True), mk(fold.val, False), mk(fold.test, False)
 
 
-def model_spec(cfg: dict, labels: LabelMap, source) -> ModelSpec:
-    num_layers = len(source.layers) if source is not None else 0
-    hidden = int(source.hidden_size) if source is not None else 0
+def load_loop_encoder(cfg: dict):
+    """The encoder that runs inside the model when ``features.source: waveform``; returns (encoder, layers)."""
+    from serkit.encoders import load_encoder, parse_layers
+
+    enc = cfg["encoder"]
+    encoder = load_encoder(enc["id"], mode=enc.get("mode", "native"), eval_mode=True)
+    layers, _ = parse_layers(enc.get("layers", "all"), encoder.num_layers)
+    return encoder, layers
+
+
+def model_spec(cfg: dict, labels: LabelMap, source, encoder=None, layers=None) -> ModelSpec:
+    num_layers = len(source.layers) if source is not None else len(layers or [])
+    hidden = int(source.hidden_size) if source is not None else int(getattr(encoder, "hidden_size", 0))
     return ModelSpec(task=cfg["task"], num_outputs=labels.num_outputs, num_layers=num_layers, hidden_size=hidden, num_speakers=len(labels.speakers),
                      class_names=list(labels.classes), extra={"encoder": cfg["encoder"]})
 
@@ -110,9 +120,17 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
     L.seed_everything(seed + fold.index, workers=True, verbose=False)
     recipe = get_recipe(cfg["recipe"])
     labels = LabelMap.fit(manifest, cfg["task"], cfg["targets"], fold.train)
-    train_ds, val_ds, test_ds = build_datasets(cfg, manifest, fold, labels, source)
-    spec = model_spec(cfg, labels, source)
+    make_sets = getattr(recipe, "build_datasets", None) or build_datasets  # a recipe may add items (MLL variants)
+    train_ds, val_ds, test_ds = make_sets(cfg, manifest, fold, labels, source)
+    encoder = layers = None
+    if source is None:
+        encoder, layers = load_loop_encoder(cfg)
+    spec = model_spec(cfg, labels, source, encoder, layers)
     model = recipe.build_model(cfg, spec)
+    if encoder is not None:
+        from serkit.models.encoder_model import EncoderDownstream
+
+        model = EncoderDownstream(encoder, model, layers, cfg["encoder"].get("finetune", False))
     objective = recipe.build_objective(cfg, labels, train_ds.enc, spec)
     module = SERModule(model, objective, labels, {**cfg["train"], "seed": seed + fold.index},
                        batch_hook=recipe.batch_hook(cfg, labels))
@@ -127,6 +145,8 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
     val_dl = DataLoader(val_ds, **eval_kw)
     trainer = make_trainer(cfg, fold_dir)
     last = fold_dir / "checkpoints" / "last.ckpt"
+    if last.exists():  # resuming: keep the epochs logged before the crash (the CSV logger rewrites its file)
+        _keep_old_metrics(fold_dir)
     trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if last.exists() else None)
     best = fold_dir / "checkpoints" / "best.ckpt"
     if best.exists():
@@ -143,6 +163,9 @@ def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: st
     if result_path.exists():
         return json.loads(result_path.read_text())
     check_leakage(fold, manifest)
+    own = getattr(get_recipe(cfg["recipe"]), "fit_fold", None)
+    if own is not None:  # a multi-stage recipe (GMP-ATL) runs its own stages and writes result.json
+        return own(cfg, manifest, fold, source, fold_dir)
     module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw = train_module(cfg, manifest, fold, source, fold_dir)
     test_dl = DataLoader(test_ds, **eval_kw)
     outputs = predict_outputs(module, test_dl)
@@ -177,11 +200,32 @@ def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: st
     return res
 
 
-def _metrics_table(fold_dir: Path) -> pd.DataFrame | None:
+def _keep_old_metrics(fold_dir: Path) -> None:
     p = fold_dir / "logs" / "metrics.csv"
-    if not p.exists():
+    if p.exists():
+        n = len(list((fold_dir / "logs").glob("metrics-part*.csv")))
+        p.rename(fold_dir / "logs" / f"metrics-part{n:02d}.csv")
+
+
+def read_fold_metrics(fold_dir: Path) -> pd.DataFrame | None:
+    """The fold's per-epoch log, stitched across resumes (a later part wins for epochs it re-ran)."""
+    logs = Path(fold_dir) / "logs"
+    parts = sorted(logs.glob("metrics-part*.csv")) + ([logs / "metrics.csv"] if (logs / "metrics.csv").exists() else [])
+    if not parts:
         return None
-    return pd.read_csv(p)
+    out = None
+    for p in parts:
+        df = pd.read_csv(p)
+        if out is not None and "epoch" in df and len(df):
+            out = out[out["epoch"] < df["epoch"].min()]
+            out = pd.concat([out, df], ignore_index=True)
+        else:
+            out = df
+    return out
+
+
+def _metrics_table(fold_dir: Path) -> pd.DataFrame | None:
+    return read_fold_metrics(fold_dir)
 
 
 def _best_epoch(fold_dir: Path, monitor: str):

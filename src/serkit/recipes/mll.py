@@ -1,0 +1,340 @@
+"""Recipe ``mll``: multi-loss learning with energy-adaptive mixup and a frame-level attention module.
+
+Wang, Geng et al., "Multi-Loss Learning for Speech Emotion Recognition with Energy-Adaptive Mixup and Frame-Level
+Attention", Interspeech 2025 (``/work/shared/papers/mll-eam-flam-interspeech2025.txt``).
+
+* Mixup on raw waveforms before the encoder (config ``augment: {name: eam | lam | none, mode: ..., p, k, ...}``):
+    - ``mode: on_the_fly`` (needs ``features.source: waveform``): the encoder runs in the training loop
+      (:class:`~serkit.models.encoder_model.EncoderDownstream`); :meth:`MLLRecipe.batch_hook` mixes the batch's
+      waveforms (partners from the same batch, i.e. training speakers only) and adds ``emotion_soft``;
+    - ``mode: variants`` (cached features; the CPU mode): ``k`` pre-mixed variants per utterance, extracted once
+      into a separate feature store (:mod:`serkit.augment.variants`), added to a fold's training items with their
+      soft labels. Partners come from the parent's test group and variants whose partner is not a training item
+      of the fold (validation speakers) are left out, so no test or validation audio is ever trained on.
+    - ``mode: auto`` (default): ``on_the_fly`` with ``features.source: waveform``, else ``variants``.
+* Model ``mll``: featurizer over the encoder layers -> optional frame projection -> pooling (``mean`` | ``max`` |
+  ``flam``: ``F' = F + MSA(F)`` with 16 heads, then attention pooling) -> classifier; plus a 64-d projection ``z``
+  of the pooled ``f`` (``out["projection"]``, center loss) and 64-d projected frames of ``F'``
+  (``out["frame_projection"]``, frame-level SupCon with context broadcasting).
+* Objective (config ``objective:``): ``kl`` + ``focal`` + ``center`` (its own lr, 5e-3) + ``frame_supcon`` on the
+  soft labels, weights chosen so that each weighted term lies in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from serkit.data.features import FeatureDataset
+from serkit.encoders.featurizer import Featurizer
+from serkit.errors import ConfigError
+from serkit.models.heads import ClassificationHead
+from serkit.models.registry import ModelSpec, register_model
+from serkit.recipes.base import Recipe, register_recipe
+
+log = logging.getLogger("serkit")
+
+POOLINGS = ("mean", "max", "flam")
+
+
+# ------------------------------------------------------------------------------------------------------ model
+@register_model("mll")
+class MLLModel(nn.Module):
+    """Options (config ``model:``): ``layers`` (featurizer spec, default ``weighted``), ``normalize``,
+    ``proj_dim`` (frame projection width D, 256; 0 = none), ``pooling`` (``mean`` | ``max`` | ``flam``),
+    ``num_heads`` (FLAM heads, 16), ``attn_dropout``, ``embed_dim`` (64, the z of the center loss),
+    ``frame_embed_dim`` (64, frames for SupCon), ``hidden`` (classifier MLP sizes), ``dropout``.
+
+    Output: ``logits`` (B, C), ``embedding`` f (B, D), ``projection`` z (B, 64), ``frames`` F' (B, T, D),
+    ``frame_projection`` (B, T, 64), ``frame_mask`` (B, T).
+    """
+
+    def __init__(self, spec: ModelSpec, layers="weighted", normalize: bool = True, proj_dim: int = 256,
+                 pooling: str = "flam", num_heads: int = 16, attn_dropout: float = 0.0, embed_dim: int = 64,
+                 frame_embed_dim: int = 64, hidden: list[int] | None = None, dropout: float = 0.1):
+        super().__init__()
+        if spec.task != "classification":
+            raise ConfigError("model mll is a classification model (task: classification)")
+        if pooling not in POOLINGS:
+            raise ConfigError(f"model.pooling={pooling!r}: mll supports {POOLINGS}")
+        self.featurizer = Featurizer(spec.num_layers, spec.hidden_size, layers, normalize=normalize)
+        d = self.featurizer.output_size
+        if proj_dim:
+            self.frame_proj = nn.Sequential(nn.Linear(d, proj_dim), nn.ReLU(), nn.Dropout(dropout))
+            d = proj_dim
+        else:
+            self.frame_proj = nn.Identity()
+        self.pooling_name = pooling
+        if pooling == "flam":
+            from serkit.models.flam import FLAM
+
+            self.pool = FLAM(d, num_heads=num_heads, dropout=attn_dropout)
+        else:
+            from serkit.models.pooling import build_pooling
+
+            self.pool = build_pooling(pooling, d)
+        self.dim = d
+        self.projection = nn.Linear(d, embed_dim)
+        self.frame_projection = nn.Linear(d, frame_embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = ClassificationHead(d, spec.num_outputs, hidden, dropout)
+
+    def forward(self, batch: dict) -> dict:
+        frames = self.frame_proj(self.featurizer(batch["features"]))
+        mask = batch.get("frame_mask")
+        if mask is None:
+            mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
+        out = {}
+        if self.pooling_name == "flam":
+            res = self.pool(frames, mask, return_all=True)
+            pooled, refined = res.pooled, res.frames  # (attention weights not exported: (B, T) varies by batch)
+        else:
+            pooled, refined = self.pool(frames, mask), frames
+        out.update({
+            "embedding": pooled,
+            "frames": refined,
+            "frame_mask": mask,
+            "projection": self.projection(pooled),
+            "frame_projection": self.frame_projection(refined),
+            "logits": self.head(self.dropout(pooled)),
+        })
+        return out
+
+
+# ------------------------------------------------------------------------------------------------------ data
+class StridedFeatureDataset(FeatureDataset):
+    """:class:`~serkit.data.features.FeatureDataset` whose frames are (optionally) layer-normalised per frame and
+    averaged over non-overlapping windows of ``stride`` frames when read (a CPU concession: Whisper's 50 Hz frames
+    at ``stride: 4`` become 12.5 Hz). Layer normalisation has no parameters, so doing it here (per original frame,
+    before the averaging) instead of in the model's featurizer (``normalize: true``) costs nothing per step; with
+    ``stride: 1`` the model sees the same input as with the featurizer's normalisation. Processed arrays are
+    kept per process, so every fold and ablation row reuses them. Only for cached features
+    (``features.source: cache``); the encoder-in-the-loop path ignores these options."""
+
+    def __init__(self, *args, stride: int = 1, prenormalize: bool = False, **kw):
+        self.stride, self.prenormalize = max(1, int(stride)), bool(prenormalize)
+        super().__init__(*args, **kw)
+
+    def _read(self, i: int) -> np.ndarray:
+        if self.level != "frames" or (self.stride == 1 and not self.prenormalize):
+            return super()._read(i)
+        key = (str(getattr(self.store, "root", id(self.store))), self.ids[i], self.stride, self.prenormalize,
+               None if self.layers is None else tuple(self.layers))
+        x = _PROCESSED.get(key)
+        if x is None:
+            x = torch.from_numpy(np.asarray(super()._read(i), dtype=np.float32))
+            if self.prenormalize:
+                x = nn.functional.layer_norm(x, x.shape[-1:])
+            if self.stride > 1:
+                t = x.shape[1]
+                n = -(-t // self.stride)
+                if n * self.stride > t:  # repeat the last frame to fill the last window
+                    x = torch.cat([x, x[:, -1:].expand(-1, n * self.stride - t, -1)], dim=1)
+                x = x.reshape(x.shape[0], n, self.stride, x.shape[2]).mean(2)
+            x = x.to(torch.float16).numpy()
+            _PROCESSED[key] = x
+        return x
+
+
+#: processed (strided / normalised) frames shared by every fold and ablation row of a process
+_PROCESSED: dict = {}
+
+
+class SoftLabelTrainSet(Dataset):
+    """A fold's training items (one-hot ``emotion_soft``) followed by pre-mixed variants (their soft labels).
+
+    ``base`` and ``variants`` are feature datasets; ``soft`` is ``(len(variants), classes)``; ``parents`` (the
+    parent id of each variant) with ``per_epoch=m`` serves, per epoch, ``m`` variants of each parent (drawn from
+    ``(seed, epoch, parent)``) instead of all of them, so an epoch has ``len(base) + m * parents`` items.
+    ``enc`` / ``rows`` are the base set's (class weights etc. come from real utterances).
+    """
+
+    def __init__(self, base, variants, soft: np.ndarray, num_classes: int, parents=None, per_epoch: int | None = None,
+                 seed: int = 0):
+        self.base, self.variants = base, variants
+        self.soft = np.asarray(soft, dtype=np.float32)
+        if len(self.soft) != len(variants):
+            raise ValueError(f"{len(variants)} variants but {len(self.soft)} soft labels")
+        self.num_classes, self.seed, self.epoch = num_classes, int(seed), 0
+        self.enc, self.rows, self.ids = base.enc, base.rows, list(base.ids)
+        self.n_base = len(base)
+        self.per_epoch = int(per_epoch) if per_epoch else None
+        if self.per_epoch:
+            if parents is None:
+                raise ValueError("per_epoch needs the parents of the variants")
+            groups: dict[str, list[int]] = {}
+            for j, p in enumerate(parents):
+                groups.setdefault(str(p), []).append(j)
+            self.groups = [groups[p] for p in sorted(groups)]
+            self.n_extra = self.per_epoch * len(self.groups)
+        else:
+            self.n_extra = len(variants)
+
+    def __len__(self) -> int:
+        return self.n_base + self.n_extra
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        for d in (self.base, self.variants):
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
+
+    def variant_index(self, k: int) -> int:
+        if not self.per_epoch:
+            return k
+        g, r = divmod(k, self.per_epoch)
+        members = self.groups[g]
+        rng = np.random.default_rng((self.seed, self.epoch, g))
+        order = rng.permutation(len(members))
+        return members[order[r % len(members)]]
+
+    def __getitem__(self, i: int) -> dict:
+        if i < self.n_base:
+            item = dict(self.base[i])
+            soft = np.zeros(self.num_classes, dtype=np.float32)
+            soft[int(item["emotion"])] = 1.0
+        else:
+            j = self.variant_index(i - self.n_base)
+            item = dict(self.variants[j])
+            soft = self.soft[j]
+        item["index"] = i
+        item["emotion_soft"] = soft
+        return item
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def augment_options(cfg: dict) -> dict:
+    """The config's ``augment:`` with defaults and ``mode`` resolved (``variants`` | ``on_the_fly``)."""
+    aug = dict(cfg.get("augment") or {})
+    aug.setdefault("name", "none")
+    aug["name"] = str(aug["name"]).lower()
+    mode = aug.get("mode", "auto")
+    source = cfg["features"]["source"]
+    if mode == "auto":
+        mode = "on_the_fly" if source == "waveform" else "variants"
+    if mode not in ("variants", "on_the_fly"):
+        raise ConfigError(f"augment.mode={mode!r}: choose variants, on_the_fly or auto")
+    if aug["name"] != "none":
+        if mode == "on_the_fly" and source != "waveform":
+            raise ConfigError("augment.mode=on_the_fly mixes waveforms before the encoder: set features.source: waveform")
+        if mode == "variants" and source != "cache":
+            raise ConfigError("augment.mode=variants uses pre-extracted features: set features.source: cache")
+    aug["mode"] = mode
+    return aug
+
+
+def recipe_options(cfg: dict) -> dict:
+    """``recipe_options:`` of the mll recipe: ``frame_stride`` (1: average non-overlapping windows of this many
+    cached frames, a CPU concession), ``prenormalize`` (False: layer-normalise frames once in the dataset instead of
+    in the model's featurizer, same result, less work per step)."""
+    ro = dict(cfg.get("recipe_options") or {})
+    unknown = set(ro) - {"frame_stride", "prenormalize"}
+    if unknown:
+        raise ConfigError(f"recipe_options: unknown key(s) {sorted(unknown)} for recipe mll")
+    return {"frame_stride": int(ro.get("frame_stride", 1)), "prenormalize": bool(ro.get("prenormalize", False))}
+
+
+_VARIANT_STORES: dict = {}
+
+
+def variant_store(cfg: dict, manifest):
+    """``(store, table)`` of the config's pre-mixed variants (extracted on first use; cached per process)."""
+    from serkit.augment.variants import ensure_variant_store
+    from serkit.protocols import make_folds
+    from serkit.train.cv import experiment_protocol
+    from serkit.train.features import store_dir
+
+    aug = augment_options(cfg)
+    spec = {k: v for k, v in aug.items() if k not in ("mode", "p", "per_epoch", "preload")}
+    spec.setdefault("k", 2)
+    spec.setdefault("seed", int(cfg["train"]["seed"]))
+    folds = make_folds(manifest, experiment_protocol(cfg, manifest), seed=int(cfg["train"]["seed"]))
+    base = store_dir(cfg, manifest)
+    key = (str(base), repr(sorted(spec.items())), tuple(sorted(map(str, manifest["id"]))))
+    if key not in _VARIANT_STORES:
+        _VARIANT_STORES[key] = ensure_variant_store(manifest, folds, spec, cfg["encoder"], base,
+                                                    progress=bool(cfg["train"].get("progress", True)))
+    return _VARIANT_STORES[key]
+
+
+def _pad_waves(waves: list, device) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = [len(w) for w in waves]
+    buf = torch.zeros(len(waves), max(lengths), dtype=torch.float32)
+    for j, w in enumerate(waves):
+        buf[j, : len(w)] = torch.as_tensor(np.asarray(w, dtype=np.float32))
+    return buf.to(device), torch.tensor(lengths, dtype=torch.long, device=device)
+
+
+# ------------------------------------------------------------------------------------------------------ recipe
+@register_recipe("mll")
+class MLLRecipe(Recipe):
+    """MLL: waveform mixup (EAM/LAM) + the ``mll`` model + KL/focal/center/frame-SupCon on soft labels."""
+
+    def build_model(self, cfg: dict, spec: ModelSpec) -> nn.Module:
+        opts = dict(cfg["model"])
+        if recipe_options(cfg)["prenormalize"] and opts.get("name") == "mll" and cfg["features"]["source"] == "cache":
+            opts["normalize"] = False  # the cached-feature datasets already layer-normalised every frame
+        from serkit.models.registry import build_model
+
+        return build_model(spec, opts.pop("name"), **opts)
+
+    def build_datasets(self, cfg: dict, manifest, fold, labels, source):
+        from serkit.train.fit import build_datasets
+
+        ro = recipe_options(cfg)
+        f = cfg["features"]
+        if source is None or (ro["frame_stride"] == 1 and not ro["prenormalize"]):
+            train, val, test = build_datasets(cfg, manifest, fold, labels, source)
+        else:
+            mk = lambda ids, train: StridedFeatureDataset(
+                source, manifest, ids, labels, level=f["level"], preload=f["preload"],
+                max_frames=cfg["train"].get("max_frames"), train=train, stride=ro["frame_stride"],
+                prenormalize=ro["prenormalize"])
+            train, val, test = mk(fold.train, True), mk(fold.val, False), mk(fold.test, False)
+        aug = augment_options(cfg)
+        if source is None or aug["mode"] != "variants" or aug["name"] == "none":
+            return train, val, test
+        from serkit.augment.variants import soft_labels, valid_variants
+
+        store, table = variant_store(cfg, manifest)
+        ok = valid_variants(table, fold)
+        vds = StridedFeatureDataset(store, ok, ok["id"].tolist(), labels, level=f["level"],
+                                    preload=bool(aug.get("preload", f["preload"])),
+                                    max_frames=cfg["train"].get("max_frames"), train=True,
+                                    stride=ro["frame_stride"], prenormalize=ro["prenormalize"])
+        soft = soft_labels(ok, labels.classes)
+        per_epoch = aug.get("per_epoch")
+        log.info("fold %d: %d training utterances + %d %s variants (of %d planned for them)%s", fold.index,
+                 len(train), len(ok), aug["name"], int(table["parent"].isin(set(fold.train)).sum()),
+                 f", {per_epoch} per parent per epoch" if per_epoch else "")
+        return (SoftLabelTrainSet(train, vds, soft, labels.num_outputs, parents=ok["parent"].tolist(),
+                                  per_epoch=per_epoch, seed=int(cfg["train"]["seed"]) + fold.index), val, test)
+
+    def batch_hook(self, cfg: dict, labels):
+        aug = augment_options(cfg)
+        if aug["mode"] != "on_the_fly" or aug["name"] == "none":
+            return None
+        from serkit.augment.variants import build_mixup
+
+        mixup = build_mixup(aug["name"], **{k: v for k, v in aug.items() if k not in ("name", "mode")})
+        num_classes = labels.num_outputs
+
+        def hook(batch: dict, module=None) -> dict:
+            if "waveform" not in batch:
+                raise ConfigError("augment.mode=on_the_fly needs waveform batches (features.source: waveform)")
+            waves, lengths = batch["waveform"], batch["lengths"]
+            device = waves.device
+            # torch's global RNG is reseeded per epoch by SERModule: resumable, reproducible draws
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+            items = [waves[j, : int(lengths[j])].detach().cpu().numpy() for j in range(len(lengths))]
+            mixed, soft = mixup(items, batch["emotion"].cpu().numpy(), num_classes, rng)
+            out = dict(batch)
+            out["waveform"], out["lengths"] = _pad_waves(mixed, device)
+            out["emotion_soft"] = torch.from_numpy(soft).to(device)
+            return out
+
+        return hook

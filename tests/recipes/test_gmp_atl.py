@@ -1,0 +1,188 @@
+"""GMP-ATL: forward_from equality, staged encoder, pseudo-label shapes, three stages end to end, stage resumption."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from serkit.models.staged_encoder import StagedEncoder
+from serkit.recipes.gmp_atl import GMPStageModel, gmp_options
+from tests.encoders.tiny import FAMILIES, tiny_encoder
+from tests.encoders.tiny import tiny_config as tiny_encoder_config
+from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_from_equals_forward(family):
+    enc = tiny_encoder(family)
+    waves = torch.randn(2, 8000)
+    lengths = torch.tensor([8000, 6400]) if enc.padding_invariant else None
+    with torch.no_grad():
+        full = enc(waves, lengths)
+        m = full.frame_mask[..., None]
+        for i in range(enc.num_layers - 1):
+            part = enc.forward_from(full.hidden_states[i], i, full.frame_mask)
+            assert len(part.hidden_states) == enc.num_layers - i
+            for j, h in enumerate(part.hidden_states):
+                assert torch.allclose(h * m, full.hidden_states[i + j] * m, atol=1e-5), (family, i, j)
+
+
+def test_whisper_forward_from_masking_matches_forward_at_input():
+    enc = tiny_encoder("whisper")
+    torch.nn.init.normal_(enc.mask_embedding)
+    waves, lengths = torch.randn(2, 8000), torch.tensor([8000, 5000])
+    with torch.no_grad():
+        full = enc(waves, lengths)
+        mask = torch.zeros_like(full.frame_mask)
+        mask[:, 3:9] = True
+        masked = enc(waves, lengths, mask_time_indices=mask)
+        h0 = full.hidden_states[0]
+        part = enc.forward_from(h0, 0, full.frame_mask, mask_time_indices=mask)
+        m = full.frame_mask[..., None]
+        assert torch.allclose(part.hidden_states[-1] * m, masked.hidden_states[-1] * m, atol=1e-5)
+        deeper = enc.forward_from(full.hidden_states[1], 1, full.frame_mask, mask_time_indices=mask)
+        assert not torch.allclose(deeper.hidden_states[-1][0, 3], deeper.hidden_states[-1][0, 4])  # positions kept
+
+
+@pytest.mark.parametrize("family", ["whisper", "hubert-layer", "wavlm"])
+def test_staged_encoder_top_k_from_cache(family):
+    enc = tiny_encoder(family)
+    waves = torch.randn(2, 6400)
+    with torch.no_grad():
+        full = enc(waves)
+    runner = StagedEncoder(enc, "cache", "top:1")
+    assert runner.first_layer == enc.num_layers - 2
+    trainable = {n for n, p in runner.named_parameters() if p.requires_grad}
+    assert trainable and all(("layers.1." in n or "layer.1." in n or "norm" in n or "mask" in n) for n in trainable)
+    runner.eval()
+    batch = {"features": full.hidden_states[runner.first_layer][:, None], "frame_mask": full.frame_mask}
+    out = runner(batch)
+    assert torch.allclose(out.hidden_states[-1], full.hidden_states[-1], atol=1e-5)
+    frozen = StagedEncoder(tiny_encoder(family), "cache", False)
+    assert frozen.first_layer == enc.num_layers - 1 and not frozen.trains
+
+
+def test_stage2_pseudo_label_shapes_and_loss():
+    enc = tiny_encoder("whisper")
+    runner = StagedEncoder(enc, "cache", "top:1")
+    model = GMPStageModel(runner, 2, 3, hidden=8, ks=(4, 16), min_masks=2, span=3)
+    model.train()
+    b, t = 3, 20
+    fm = torch.ones(b, t, dtype=torch.bool)
+    fm[2, 15:] = False
+    pseudo = torch.full((b, 2, 25), -1, dtype=torch.long)
+    pseudo[:, 0, :t] = torch.randint(0, 4, (b, t))
+    pseudo[:, 1, :t] = torch.randint(0, 16, (b, t))
+    batch = {"features": torch.randn(b, 1, t, 32), "frame_mask": fm, "pseudo": pseudo, "emotion": torch.tensor([0, 1, 2])}
+    out = model(batch)
+    assert {k: tuple(v.shape) for k, v in out["pseudo_logits"].items()} == {4: (b, t, 4), 16: (b, t, 16)}
+    assert {k: tuple(v.shape) for k, v in out["pseudo_labels"].items()} == {4: (b, t), 16: (b, t)}
+    assert out["span_mask"].any() and not (out["span_mask"] & ~fm).any()
+    from serkit.losses.pseudo_label import PseudoLabelCE
+
+    loss = PseudoLabelCE()(out, {**batch, "pseudo_labels": out["pseudo_labels"]})
+    loss.backward()
+    assert torch.isfinite(loss) and runner.encoder.mask_embedding.grad is not None
+
+
+def _save_tiny(family, path):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = tiny_encoder_config(family)
+    model = transformers.WhisperForAudioClassification(cfg) if family == "whisper" else transformers.AutoModel.from_config(cfg)
+    model.save_pretrained(str(path))
+    return str(path)
+
+
+def _gmp_cfg(root, enc_dir, source, **ro):
+    cfg = tiny_config(root, name=f"gmp-{source}", recipe="gmp_atl",
+                      encoder={"id": enc_dir, "layers": "all"}, features={"source": source,
+                                                                          "cache_dir": str(root / "cache")},
+                      train={"epochs": 2, "batch_size": 8, "lr": 0.005, "patience": 5, "progress": False})
+    cfg["model"] = {"name": "none"}
+    cfg["recipe_options"] = {"stage1": {"hidden": 8, "proj_dim": 8},
+                             "cluster": {"layer": -3, "ks": [4, 8], "niter": 5, "max_points_per_centroid": 64},
+                             "stage2": {"hidden": 8, "span": 3, "finetune": "top:1"},
+                             "stage3": {"hidden": 8, "proj_dim": 8, "finetune": "top:1", "init_head": True}, **ro}
+    return cfg
+
+
+def test_three_stages_from_cache_and_resume(tiny_corpus, tmp_path):  # noqa: F811
+    from serkit.train.cv import run_cv
+
+    enc_dir = _save_tiny("whisper", tmp_path / "tiny-whisper")
+    cfg = _gmp_cfg(tiny_corpus, enc_dir, "cache", stage_root=str(tmp_path / "stages"))
+    summary = run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
+    res = summary["folds"][0]
+    assert 0.0 <= res["metrics"]["ua"] <= 1.0
+    fold_root = tmp_path / "stages" / "fold0"
+    dirs = sorted(p.name.split("-")[0] for p in fold_root.iterdir())
+    assert dirs == ["gmp", "stage1", "stage2", "stage3"]
+    for d in fold_root.iterdir():
+        marker = json.loads((d / "stage.json").read_text())
+        assert not (d / "checkpoints").exists()
+        if d.name.startswith("stage"):
+            assert (d / marker["state"]).exists()
+        if d.name.startswith("stage1"):
+            assert marker["encoder_trained"] is False  # frozen encoder in stage 1 here: only its head is kept
+    gmp = next(fold_root.glob("gmp-*"))
+    with np.load(gmp / "pseudo_labels.npz") as z:
+        arrs = [z[k] for k in z.files]
+    n_train = json.loads((tmp_path / "run" / "folds.json").read_text())
+    assert len(arrs) == len(n_train[0]["train"] if isinstance(n_train, list) else n_train["folds"][0]["train"])
+    assert all(a.shape[0] == 2 and a[0].max() < 4 and a[1].max() < 8 for a in arrs)
+    # a second run (new output folder, same stages) trains nothing: every stage is reused from its marker
+    before = {p: p.stat().st_mtime for p in fold_root.rglob("state.safetensors")}
+    summary2 = run_cv({**cfg, "name": "again"}, tmp_path / "run2", folds_only=[0], log=lambda *a: None)
+    assert summary2["folds"][0]["metrics"] == res["metrics"]
+    assert {p: p.stat().st_mtime for p in fold_root.rglob("state.safetensors")} == before
+    # the no-GMP row shares stage 1 and adds one stage 3
+    cfg3 = _gmp_cfg(tiny_corpus, enc_dir, "cache", stage_root=str(tmp_path / "stages"), stages=[1, 3])
+    run_cv(cfg3, tmp_path / "run3", folds_only=[0], log=lambda *a: None)
+    assert len(list(fold_root.glob("stage1-*"))) == 1 and len(list(fold_root.glob("stage3-*"))) == 2
+
+
+def test_three_stages_waveform_hubert_full_finetuning(tiny_corpus, tmp_path):  # noqa: F811
+    from serkit.train.cv import run_cv
+
+    enc_dir = _save_tiny("hubert-layer", tmp_path / "tiny-hubert")
+    cfg = _gmp_cfg(tiny_corpus, enc_dir, "waveform")
+    cfg["recipe_options"]["stage1"]["finetune"] = True
+    cfg["recipe_options"]["stage2"]["finetune"] = True
+    cfg["recipe_options"]["stage3"]["finetune"] = True
+    cfg["recipe_options"]["cluster"]["layer"] = -2
+    cfg["train"]["epochs"] = 1
+    run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
+    res = json.loads((tmp_path / "run" / "fold0" / "result.json").read_text())
+    assert set(res["stage_metrics"]) == {"stage1", "stage3"}
+    gmp = json.loads(next((tmp_path / "run" / "fold0").glob("gmp-*/stage.json")).read_text())
+    assert gmp["from_stage1"]  # the fine-tuned stage-1 encoder gives the clustered frames
+
+
+def test_options_checked():
+    from serkit.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        gmp_options({"recipe_options": {"stages": [2, 3]}})
+    with pytest.raises(ConfigError):
+        gmp_options({"recipe_options": {"stage3": {"loss": "focal"}}})
+    assert gmp_options({})["cluster"]["ks"] == [64, 512, 4096]
+
+
+def test_ablation_rows_share_stage_root(tmp_path):
+    from serkit.config import load_config
+    from serkit.recipes.gmp_atl_ablation import describe_row, row_config
+
+    base = load_config("configs/ravdess/gmp-atl.yaml")
+    rows = {r: row_config(base, r, str(tmp_path / "stages")) for r in ("stage1", "no_gmp", "full", "ce", "layer:-5")}
+    assert rows["stage1"]["recipe_options"]["stages"] == [1]
+    assert rows["no_gmp"]["recipe_options"]["stages"] == [1, 3]
+    assert rows["ce"]["recipe_options"]["stage3"]["loss"] == "cross_entropy"
+    assert rows["layer:-5"]["recipe_options"]["cluster"]["layer"] == -5
+    assert rows["full"]["recipe_options"]["cluster"]["layer"] == -3
+    assert len({r["recipe_options"]["stage_root"] for r in rows.values()}) == 1
+    assert describe_row(rows["stage1"], "stage1")["layer"] == "-" and describe_row(rows["full"], "full")["gmps"]
+    for cfg in rows.values():
+        gmp_options(cfg)

@@ -1,0 +1,121 @@
+"""HCLD recipe: model outputs, pair sampler, objective terms, EER in an end-to-end run_cv (tiny corpus)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from serkit.models.registry import ModelSpec, build_model
+from serkit.recipes.base import get_recipe
+from serkit.recipes.hcld import crop_pad_frames, pool_frames
+from serkit.recipes.hcld_ablation import VARIANT_TERMS, variant_config
+from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
+
+SMALL = {"cnn": {"channels": [8]}, "lstm": {"hidden_size": 4, "num_layers": 1},
+         "transformer": {"d_model": 8, "num_heads": 2, "num_layers": 1, "ff_dim": 16}}
+SPEC = ModelSpec(task="classification", num_outputs=3, num_layers=2, hidden_size=6, num_speakers=4,
+                 class_names=["a", "b", "c"])
+
+
+def _tiny(root, **over):
+    cfg = tiny_config(root, **over)
+    cfg["model"] = {"name": "hcld", "dim": 8, "extractor_opts": SMALL, **over.get("model", {})}
+    return cfg
+
+
+def _batch(b=5, t=11):
+    mask = torch.zeros(b, t, dtype=torch.bool)
+    for i in range(b):
+        mask[i, : t - i] = True
+    return {"features": torch.randn(b, 2, t, 6), "frame_mask": mask,
+            "emotion": torch.tensor([0, 1, 2, 0, 1][:b]), "speaker": torch.tensor([0, 0, 1, 1, -1][:b])}
+
+
+@pytest.mark.parametrize("emo,spk", [("cnn", "cnn"), ("lstm", "transformer"), ("transformer", "cnn"),
+                                     ("cnn", "lstm"), ("lstm", "lstm")])
+def test_model_keys_and_shapes(emo, spk):
+    m = build_model(SPEC, "hcld", emotion_extractor=emo, speaker_extractor=spk, dim=7, extractor_opts=SMALL,
+                    max_frames=8)
+    out = m(_batch())
+    assert out["logits"].shape == (5, 3) and out["speaker_logits"].shape == (5, 4)
+    assert out["emotion_features"].shape == (5, 7) and out["speaker_features"].shape == (5, 7)
+    assert torch.equal(out["embedding"], out["emotion_features"])
+    none = build_model(SPEC, "hcld", emotion_extractor=emo, speaker_extractor="none", dim=7, extractor_opts=SMALL)
+    assert "speaker_features" not in none(_batch()) and "speaker_logits" not in none(_batch())
+
+
+def test_crop_pad_and_pool():
+    x, mask = torch.randn(3, 10, 2), torch.zeros(3, 10, dtype=torch.bool)
+    mask[0], mask[1, :4], mask[2, :7] = True, True, True
+    y, m = crop_pad_frames(x, mask, 6)
+    assert y.shape == (3, 6, 2) and m.sum(1).tolist() == [6, 4, 6]
+    assert torch.equal(y[0], x[0, 2:8]) and torch.equal(y[1, :4], x[1, :4])  # centre crop; short rows untouched
+    y, m = crop_pad_frames(x, mask, 12, pad="zeros")
+    assert y.shape == (3, 12, 2) and bool(m.all()) and float(y[1, 4:].abs().sum()) == 0.0
+    p, pm = pool_frames(x[:, None], mask, 4)
+    assert p.shape == (3, 1, 3, 2) and pm.sum(1).tolist() == [3, 1, 2]
+    assert torch.allclose(p[2, 0, 1], x[2, 4:7].mean(0))  # padded frames excluded from the average
+
+
+def test_sampler_batches_contain_pairs_and_objective_terms(tiny_corpus):  # noqa: F811
+    from serkit.config import load_config
+    from serkit.data.labels import LabelMap
+    from serkit.data.pairs import count_pairs
+    from serkit.train.cv import load_experiment_manifest
+
+    cfg = load_config(variant_config(load_config(_tiny(tiny_corpus)), "cnn", "hcld"))
+    manifest = load_experiment_manifest(cfg)
+    labels = LabelMap.fit(manifest, "classification", [], list(manifest["id"]))
+
+    class DS:  # what the recipe reads from a FeatureDataset
+        enc = labels.encode(manifest)
+
+        def __len__(self):
+            return len(manifest)
+
+    recipe = get_recipe("hcld")
+    kind, sampler = recipe.train_sampler(cfg, DS(), seed=0)
+    assert kind == "batch_sampler"
+    batches = list(sampler)
+    assert len(batches) >= 3
+    for b in batches:
+        pos, neg = count_pairs(DS.enc["emotion"][b], DS.enc["speaker"][b])
+        assert pos >= 1 and neg >= 1
+    spec = ModelSpec("classification", len(labels.classes), 2, 6, len(labels.speakers), list(labels.classes))
+    obj = recipe.build_objective(cfg, labels, DS.enc, spec)
+    assert list(obj.terms) == VARIANT_TERMS["hcld"]
+    assert obj.terms["lcl"].label_embeddings.shape[0] == len(labels.classes)
+    model = recipe.build_model(cfg, spec)
+    batch = _batch()
+    batch["emotion"] = torch.tensor([0, 1, 2, 0, 1])
+    total, parts = obj(model(batch), batch)
+    assert set(parts) == set(VARIANT_TERMS["hcld"]) and torch.isfinite(total)
+    total.backward()
+
+
+def test_end_to_end_run_cv_reports_speaker_eer(tiny_corpus, tmp_path):  # noqa: F811
+    from serkit.recipes.hcld_ablation import run_ablation
+
+    base = _tiny(tiny_corpus, model={"max_frames": 375}, train={"epochs": 2, "batch_size": 12})
+    md, df = run_ablation(base, tmp_path / "abl", extractors=["cnn"], variants=["emotion_only", "hcld"],
+                          folds_only=[0], log=lambda *a: None)
+    res = json.loads((tmp_path / "abl" / "cnn-hcld" / "results.json").read_text())
+    m = res["folds"][0]["metrics"]
+    assert 0.0 <= m["speaker_eer"] <= 1.0 and 0.0 <= m["emotion_feature_eer"] <= 1.0
+    assert "speaker_wa" not in m  # speaker-independent fold: the closed-set head is not scored
+    assert len(df) == 2 and np.isnan(df.loc[0, "speaker_eer_mean"]) and df.loc[1, "speaker_eer_mean"] >= 0
+    assert "speaker EER" in md and (tmp_path / "abl" / "table.csv").exists()
+    md2, df2 = run_ablation(base, tmp_path / "abl", extractors=["cnn"], table_only=True, log=lambda *a: None)
+    assert md2 == md and len(df2) == 2  # finished rows read back, missing ones skipped
+
+
+def test_random_protocol_scores_speaker_head(tiny_corpus, tmp_path):  # noqa: F811
+    from serkit.config import load_config
+    from serkit.train.cv import run_cv
+
+    base = _tiny(tiny_corpus, protocol={"name": "random", "test_fraction": 0.2}, train={"epochs": 1, "batch_size": 12})
+    cfg = variant_config(load_config(base), "cnn", "no_lcl")
+    res = run_cv(cfg, tmp_path / "rnd", log=lambda *a: None)
+    m = res["folds"][0]["metrics"]
+    assert res["speaker_independent"] is False and {"speaker_wa", "speaker_ua", "speaker_eer"} <= set(m)

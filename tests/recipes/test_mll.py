@@ -1,0 +1,187 @@
+"""Recipe MLL: model outputs, the waveform-mixup hook, the pre-mixed variants builder, tiny end-to-end runs."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from serkit.augment.variants import build_mixup, fold_test_groups, plan_variants, soft_labels, valid_variants
+from serkit.data.labels import LabelMap
+from serkit.models.registry import ModelSpec
+from serkit.protocols import make_folds
+from serkit.recipes.base import get_recipe
+from serkit.recipes.mll import MLLModel
+from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
+
+MLL_OBJECTIVE = [
+    {"name": "kl", "weight": 0.5},
+    {"name": "focal", "weight": 0.5},
+    {"name": "center", "dim": 8, "lr": 0.005, "weight": 0.01},
+    {"name": "frame_supcon", "max_frames": 256, "weight": 0.1},
+]
+
+
+def _spec(classes=3):
+    return ModelSpec(task="classification", num_outputs=classes, num_layers=2, hidden_size=12,
+                     class_names=[f"c{i}" for i in range(classes)])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max", "flam"])
+def test_model_shapes_and_keys(pooling):
+    m = MLLModel(_spec(), proj_dim=16, pooling=pooling, num_heads=4, embed_dim=8, frame_embed_dim=6)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    out = m({"features": torch.randn(3, 2, 7, 12), "frame_mask": mask})
+    assert out["logits"].shape == (3, 3) and out["embedding"].shape == (3, 16)
+    assert out["projection"].shape == (3, 8) and out["frame_projection"].shape == (3, 7, 6)
+    assert out["frame_mask"].shape == (3, 7) and out["frames"].shape == (3, 7, 16)
+    assert torch.isfinite(out["logits"]).all()
+
+
+def _toy_manifest(speakers=8, per=4):
+    rows = []
+    for s in range(speakers):
+        for u in range(per):
+            rows.append({"id": f"s{s}_{u}", "path": f"/x/s{s}_{u}.wav", "speaker": f"s{s}",
+                         "gender": "female" if s % 2 else "male", "emotion": ["a", "b", "c"][u % 3]})
+    return pd.DataFrame(rows)
+
+
+def test_variants_partners_stay_in_test_group_and_skip_validation():
+    man = _toy_manifest()
+    folds = make_folds(man, {"name": "speaker_kfold", "k": 4, "val_speakers": 2}, seed=0)
+    groups = fold_test_groups(man, folds)
+    plan = plan_variants(man, folds, k=3, seed=1)
+    assert len(plan) == 3 * len(man)
+    assert (plan["parent"] != plan["partner"]).all()
+    assert all(groups[p] == groups[q] for p, q in zip(plan["parent"], plan["partner"]))
+    spk = man.set_index("id")["speaker"]
+    plan["lam"] = 0.25
+    n_excluded = 0
+    for f in folds:
+        ok = valid_variants(plan, f)
+        test_spk, val_spk = set(f.test_speakers), set(f.val_speakers)
+        assert ok["parent"].isin(set(f.train)).all() and ok["partner"].isin(set(f.train)).all()
+        assert not set(spk[ok["partner"]]) & (test_spk | val_spk)
+        assert not set(spk[ok["parent"]]) & (test_spk | val_spk)
+        planned = plan[plan["parent"].isin(set(f.train))]
+        n_excluded += len(planned) - len(ok)
+        # every exclusion is a partner among this fold's validation items (never a test item: same group)
+        dropped = planned[~planned["id"].isin(set(ok["id"]))]
+        assert dropped["partner"].isin(set(f.val)).all()
+    assert n_excluded > 0, "with validation speakers inside the groups some variants must be dropped"
+    y = soft_labels(plan, ["a", "b", "c"])
+    assert np.allclose(y.sum(1), 1.0)
+    # deterministic
+    assert plan_variants(man, folds, k=3, seed=1)["partner"].tolist() == plan["partner"].tolist()
+
+
+def test_mixup_hook_soft_labels_sum_to_one():
+    cfg = {"augment": {"name": "eam", "mode": "on_the_fly", "p": 1.0}, "features": {"source": "waveform"}}
+    labels = LabelMap("classification", ["a", "b", "c"], [], [])
+    hook = get_recipe("mll").batch_hook(cfg, labels)
+    torch.manual_seed(0)
+    lengths = torch.tensor([16000, 12000, 9000, 16000])
+    wave = torch.randn(4, 16000) * 0.1
+    for j, n in enumerate(lengths):
+        wave[j, n:] = 0
+    out = hook({"waveform": wave, "lengths": lengths, "emotion": torch.tensor([0, 1, 2, 0])}, None)
+    soft = out["emotion_soft"]
+    assert soft.shape == (4, 3) and torch.allclose(soft.sum(1), torch.ones(4))
+    assert (soft.max(1).values < 1).any(), "EAM with p=1 mixes"
+    assert out["lengths"].tolist() == lengths.tolist()  # EAM keeps lengths
+    lam_hook = get_recipe("mll").batch_hook({**cfg, "augment": {"name": "lam", "mode": "on_the_fly"}}, labels)
+    out = lam_hook({"waveform": wave, "lengths": lengths, "emotion": torch.tensor([0, 1, 2, 0])}, None)
+    assert torch.allclose(out["emotion_soft"].sum(1), torch.ones(4))
+    assert build_mixup("none") is None
+
+
+def test_tiny_end_to_end_variants(tiny_corpus, tmp_path):  # noqa: F811
+    from serkit.train.cv import run_cv
+
+    cfg = tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants", "k": 1, "per_epoch": 1},
+                      recipe_options={"frame_stride": 2, "prenormalize": True},
+                      model={"name": "mll", "proj_dim": 16, "pooling": "flam", "num_heads": 4, "embed_dim": 8,
+                             "frame_embed_dim": 8, "dropout": 0.0},
+                      objective=MLL_OBJECTIVE,
+                      train={"epochs": 3, "batch_size": 8, "eval_batch_size": 5, "optimizer": "adam", "lr": 0.005,
+                             "scheduler": "exponential", "lr_decay": 0.875, "decay_epochs": 20})
+    res = run_cv(cfg, tmp_path / "run", log=lambda *a: None)
+    assert len(res["folds"]) == 3 and 0 <= res["mean"]["ua"] <= 1
+    emb = np.load(tmp_path / "run" / "fold0" / "test_embeddings.npy")
+    assert emb.shape == (24, 16)
+    stores = list((tiny_corpus / "cache").glob("*/*-variants-eam-k1-*"))
+    assert stores and (stores[0] / "variants.csv").exists() and not (stores[0] / "audio").exists()
+    table = pd.read_csv(stores[0] / "variants.csv")
+    assert len(table) == 72 and table["lam"].between(0, 0.5).all()
+    # the center-loss centres got their own param group (lr 5e-3)
+    logs = pd.read_csv(tmp_path / "run" / "fold0" / "logs" / "metrics.csv")
+    assert {"train_kl", "train_focal", "train_center", "train_frame_supcon"} <= set(logs.columns)
+    json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+def test_tiny_end_to_end_on_the_fly(tiny_corpus, tmp_path):  # noqa: F811
+    from serkit.train.cv import run_cv
+
+    cfg = tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "on_the_fly"},
+                      features={"source": "waveform"},
+                      model={"name": "mll", "proj_dim": 16, "pooling": "mean", "embed_dim": 8, "frame_embed_dim": 8},
+                      objective=MLL_OBJECTIVE, protocol={"name": "speaker_kfold", "k": 3, "val_speakers": 1},
+                      train={"epochs": 2, "batch_size": 8})
+    res = run_cv(cfg, tmp_path / "otf", folds_only=[0], log=lambda *a: None)
+    assert len(res["folds"]) == 1
+
+
+def test_soft_label_train_set_per_epoch():
+    from serkit.recipes.mll import SoftLabelTrainSet
+
+    class Items:
+        def __init__(self, n, emo):
+            self.n, self.emo, self.enc, self.rows, self.ids = n, emo, {}, None, [str(i) for i in range(n)]
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            return {"index": i, "emotion": self.emo[i], "tag": i}
+
+    base = Items(3, [0, 1, 2])
+    var = Items(4, [0, 0, 1, 1])
+    soft = np.array([[0.7, 0.3, 0], [0.9, 0, 0.1], [0, 0.8, 0.2], [0.4, 0.6, 0]], dtype=np.float32)
+    ds = SoftLabelTrainSet(base, var, soft, 3, parents=["a", "a", "b", "b"], per_epoch=1)
+    assert len(ds) == 5
+    assert ds[0]["emotion_soft"].tolist() == [1, 0, 0]
+    seen = set()
+    for e in range(8):
+        ds.set_epoch(e)
+        tags = [ds[i]["tag"] for i in (3, 4)]
+        assert tags[0] in (0, 1) and tags[1] in (2, 3)
+        seen.update(tags)
+        assert np.allclose(ds[3]["emotion_soft"], soft[tags[0]])
+    assert seen == {0, 1, 2, 3}
+    assert len(SoftLabelTrainSet(base, var, soft, 3)) == 7
+
+
+def test_ablation_rows_and_table(tiny_corpus, tmp_path):  # noqa: F811
+    from serkit.config import load_config
+    from serkit.recipes.mll_ablation import DEFAULT_ROWS, collect, markdown, parse_row, row_overrides
+
+    base = load_config(tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants"},
+                                   model={"name": "mll"}, objective=MLL_OBJECTIVE))
+    over = row_overrides(base, "none", "max", "kcs")
+    cfg = load_config(tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants"},
+                                  model={"name": "mll"}, objective=MLL_OBJECTIVE), over)
+    assert cfg["augment"]["name"] == "none" and cfg["model"]["pooling"] == "max"
+    assert [t["name"] for t in cfg["objective"]] == ["kl", "center", "frame_supcon"]
+    assert cfg["objective"][1]["weight"] == 0.01
+    assert parse_row("eam-flam-all") == ("eam", "flam", "all")
+    (tmp_path / "eam-flam-all").mkdir()
+    (tmp_path / "eam-flam-all" / "results.json").write_text(json.dumps(
+        {"folds": [{"fold": 0}, {"fold": 1}], "mean": {"wa": 0.5, "ua": 0.4}, "std": {"wa": 0.1, "ua": 0.05},
+         "wall_seconds": 12.0}))
+    df = collect(tmp_path, DEFAULT_ROWS, base)
+    md = markdown(df, "t")
+    assert "| eam-flam-all | EAM | variants | FLAM | KL+Focal+Center+SupCon | 2 (0 1) |" in md
+    assert "40.00 ± 5.00" in md and "not run" in md
