@@ -38,17 +38,19 @@ class EncoderDownstream(nn.Module):
             for b in blocks[-k:]:
                 for p in b.parameters():
                     p.requires_grad = True
+            from serkit.models.staged_encoder import _final_norm_names
+
+            final = _final_norm_names(self.encoder)
             for name, p in self.encoder.named_parameters():
-                if "layer_norm" in name and not any(c in name for c in ("layers.", "layer.")):
-                    p.requires_grad = True  # final norm after the top block
+                if name in final:
+                    p.requires_grad = True  # the norm after the top block (Whisper, stable-layer-norm models)
         elif finetune not in (False, None, "none"):
             raise ConfigError(f"encoder.finetune must be false, true or 'top:K', got {finetune!r}")
 
     def _blocks(self) -> list[nn.Module]:
-        for mod in self.encoder.modules():
-            if isinstance(mod, nn.ModuleList) and len(mod) > 0 and mod[0].__class__.__name__.endswith("Layer"):
-                return list(mod)
-        raise ConfigError("encoder.finetune='top:K' needs an encoder with a list of Transformer layers")
+        from serkit.models.staged_encoder import encoder_blocks
+
+        return encoder_blocks(self.encoder)
 
     @property
     def trains_encoder(self) -> bool:

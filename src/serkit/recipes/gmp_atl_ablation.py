@@ -1,7 +1,7 @@
 """GMP-ATL Tables 3 and 4 in one command: rows = stage sets / stage-3 loss / clustering layer, stages shared.
 
     python -m serkit.recipes.gmp_atl_ablation CONFIG --out DIR [--rows stage1,no_gmp,full,ce]
-        [--layers -1,-5] [--set KEY=VALUE ...] [--folds 0,1]
+        [--layers=-1,-5] [--set KEY=VALUE ...] [--folds 0,1]
 
 Rows (every one a resumable ``run_cv`` of the ``gmp_atl`` recipe in ``DIR/<row>/``, ``DIR/<row>-folds0_1/`` with
 ``--folds 0,1``; all share
@@ -139,7 +139,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config")
     p.add_argument("--out", required=True, help="output folder (one subfolder per row, shared stages/)")
     p.add_argument("--rows", help=f"comma list from {','.join(ROWS)} (default {','.join(DEFAULT_ROWS)})")
-    p.add_argument("--layers", help="clustering layers for Table 4 rows, e.g. -1,-5 (the config's is 'full')")
+    p.add_argument("--layers", help="clustering layers for Table 4 rows, e.g. --layers=-1,-5 (the config's own layer is the full row)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--folds", help="only these folds, e.g. 0,1")
     p.add_argument("--table", default="table", help="name of the table files in --out (default: table)")
