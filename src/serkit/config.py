@@ -35,7 +35,7 @@ DEFAULTS: dict = {
               "scheduler": "none", "warmup_epochs": 0, "lr_decay": 1.0, "patience": 8, "seed": 0,
               "monitor": "auto", "precision": "auto", "accelerator": "auto", "devices": 1, "strategy": "auto",
               "num_workers": 0, "class_weights": None, "grad_clip": 1.0, "deterministic": True,
-              "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True,
+              "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True, "refit": False,
               "max_frames": None},
     "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
     "recipe_options": {},

@@ -95,3 +95,15 @@ def test_waveform_source_runs_encoder_in_the_loop(tiny_corpus, tmp_path):
     res = run_cv(cfg, tmp_path / "wave", folds_only=[0], log=lambda *a: None)
     assert len(res["folds"]) == 1 and 0 <= res["folds"][0]["metrics"]["ua"] <= 1
     assert not (tmp_path / "wave" / "fold1").exists()
+
+
+def test_refit_on_train_and_validation_uses_the_validated_epoch_count(tiny_corpus, tmp_path):
+    cfg = tiny_config(tiny_corpus, train={"epochs": 3, "refit": True})
+    res = run_cv(cfg, tmp_path / "refit", folds_only=[0], log=lambda *a: None)
+    fold = json.loads((tmp_path / "refit" / "fold0" / "result.json").read_text())
+    assert fold["refit_epochs"] == fold["best_epoch"] + 1
+    from serkit.train.fit import read_fold_metrics
+
+    refit_log = read_fold_metrics(tmp_path / "refit" / "fold0" / "refit")
+    assert refit_log["epoch"].max() == fold["refit_epochs"] - 1
+    assert 0 <= res["mean"]["ua"] <= 1

@@ -109,7 +109,7 @@ def predict_outputs(module: SERModule, loader: DataLoader) -> dict[str, np.ndarr
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path):
+def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path, select: bool = True):
     """Train on ``fold.train`` with selection on ``fold.val``; resumes from ``fold_dir/checkpoints/last.ckpt``.
 
     Returns ``(module with the best validation weights, labels, recipe, (train, val, test) datasets, eval kwargs)``.
@@ -149,7 +149,7 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
         _keep_old_metrics(fold_dir)
     trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if last.exists() else None)
     best = fold_dir / "checkpoints" / "best.ckpt"
-    if best.exists():
+    if select and best.exists():
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
     module.spec = spec
@@ -167,6 +167,19 @@ def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: st
     if own is not None:  # a multi-stage recipe (GMP-ATL) runs its own stages and writes result.json
         return own(cfg, manifest, fold, source, fold_dir)
     module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw = train_module(cfg, manifest, fold, source, fold_dir)
+    refit_epochs = None
+    if cfg["train"].get("refit"):
+        # Refit on train + validation for the epoch count that validation chose (as GridSearchCV's refit);
+        # the test part is still never looked at before scoring.
+        import copy
+
+        refit_epochs = (_best_epoch(fold_dir, cfg["train"]["monitor"]) or 0) + 1
+        rcfg = copy.deepcopy(cfg)
+        rcfg["train"].update(epochs=refit_epochs, min_epochs=refit_epochs, patience=refit_epochs + 1)
+        whole = Fold(fold.index, fold.protocol, fold.speaker_independent, fold.train + fold.val, fold.val, fold.test,
+                     fold.test_speakers, fold.val_speakers)
+        module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw = train_module(
+            rcfg, manifest, whole, source, fold_dir / "refit", select=False)
     test_dl = DataLoader(test_ds, **eval_kw)
     outputs = predict_outputs(module, test_dl)
     rows = test_ds.rows
@@ -193,6 +206,8 @@ def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: st
             pred_table[f"pred_{a}"] = outputs["prediction"][:, i]
     res["metrics"].update(recipe.extra_test_metrics(outputs, rows, labels, fold))
     res["classes"] = labels.classes
+    if refit_epochs is not None:
+        res["refit_epochs"] = refit_epochs
     atomic_write_text(fold_dir / "predictions.csv", pred_table.to_csv(index=False))
     if "embedding" in outputs:
         np.save(fold_dir / "test_embeddings.npy", outputs["embedding"].astype(np.float32))
