@@ -34,6 +34,7 @@ import pandas as pd
 
 from serkit.config import load_config
 from serkit.io import atomic_write_text
+from serkit.recipes.ablation import percent_mean_std, split_list
 
 ROWS = ("stage1", "no_gmp_ce", "no_gmp", "ce", "full")
 DEFAULT_ROWS = ("stage1", "no_gmp", "full", "ce")
@@ -68,10 +69,6 @@ def row_config(base: dict, row: str, stage_root: str) -> dict:
     return cfg
 
 
-def _fmt(mean: dict, std: dict, key: str) -> str:
-    if key not in mean or mean[key] != mean[key]:
-        return "-"
-    return f"{100 * mean[key]:.2f} ± {100 * std.get(key, 0.0):.2f}"
 
 
 def describe_row(cfg: dict, row: str) -> dict:
@@ -90,7 +87,7 @@ def make_table(rows: list[dict]) -> tuple[str, pd.DataFrame]:
                     {"ua_mean": 100 * r["mean"].get("ua", float("nan")), "ua_std": 100 * r["std"].get("ua", float("nan")),
                      "wa_mean": 100 * r["mean"].get("wa", float("nan")), "wa_std": 100 * r["std"].get("wa", float("nan"))})
         lines.append(f"| {r['row']} | {r['stages']} | {'✓' if r['gmps'] else '-'} | {r['loss']} | {r['layer']} | "
-                     f"{r['folds']} | {_fmt(r['mean'], r['std'], 'ua')} | {_fmt(r['mean'], r['std'], 'wa')} | "
+                     f"{r['folds']} | {percent_mean_std(r['mean'], r['std'], 'ua')} | {percent_mean_std(r['mean'], r['std'], 'wa')} | "
                      f"{r['seconds']:.0f} |")
     return "\n".join(lines), pd.DataFrame(recs)
 
@@ -114,7 +111,7 @@ def run_ablation(config, out_dir, rows=DEFAULT_ROWS, layers=(), overrides=None, 
         rec = {**describe_row(cfg, row), "folds": len(summary["folds"]), "mean": summary["mean"],
                "std": summary["std"], "seconds": round(time.time() - t, 1)}
         done.append(rec)
-        log(f"   {row}: UA {_fmt(rec['mean'], rec['std'], 'ua')}, WA {_fmt(rec['mean'], rec['std'], 'wa')} "
+        log(f"   {row}: UA {percent_mean_std(rec['mean'], rec['std'], 'ua')}, WA {percent_mean_std(rec['mean'], rec['std'], 'wa')} "
             f"[{rec['seconds']:.0f} s]")
         md, df = make_table(done)
         atomic_write_text(out / f"{table}.md", _header(base, folds_only) + md + "\n")
@@ -131,8 +128,6 @@ def _header(base: dict, folds_only=None) -> str:
             f"validation speakers. Wall seconds exclude stages reused from earlier rows.\n\n")
 
 
-def _split(s: str | None, default) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()] if s else list(default)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -147,8 +142,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _main(args) -> int:
     folds = [int(x) for x in args.folds.split(",")] if args.folds else None
-    layers = [int(x) for x in _split(args.layers, [])]
-    md, _ = run_ablation(args.config, args.out, _split(args.rows, DEFAULT_ROWS), layers, args.set, folds,
+    layers = [int(x) for x in split_list(args.layers, [])]
+    md, _ = run_ablation(args.config, args.out, split_list(args.rows, DEFAULT_ROWS), layers, args.set, folds,
                          table=args.table)
     print(md)
     print(f"table -> {args.out}/{args.table}.md, {args.out}/{args.table}.csv")

@@ -36,6 +36,7 @@ import pandas as pd
 
 from serkit.config import load_config
 from serkit.io import atomic_write_text
+from serkit.recipes.ablation import percent_mean_std, split_list
 
 EXTRACTORS = ("cnn", "lstm", "transformer")
 VARIANTS = ("emotion_only", "orth", "hcld", "no_supcon", "no_lcl")
@@ -79,10 +80,6 @@ def variant_config(base: dict, extractor: str, variant: str) -> dict:
     return cfg
 
 
-def _fmt(mean: dict, std: dict, key: str) -> str:
-    if key not in mean or mean[key] != mean[key]:
-        return "-"
-    return f"{100 * mean[key]:.2f} ± {100 * std.get(key, 0.0):.2f}"
 
 
 def make_table(rows: list[dict], speaker_dependent: bool) -> tuple[str, pd.DataFrame]:
@@ -100,7 +97,7 @@ def make_table(rows: list[dict], speaker_dependent: bool) -> tuple[str, pd.DataF
     lines = [head, "|" + "---|" * (3 + len(keys))]
     for r in rows:
         lines.append(f"| {r['extractor']} | {VARIANT_LABEL.get(r['variant'], r['variant'])} | {r['folds']} | "
-                     + " | ".join(_fmt(r["mean"], r["std"], k) for k, _ in keys) + " |")
+                     + " | ".join(percent_mean_std(r["mean"], r["std"], k) for k, _ in keys) + " |")
     return "\n".join(lines), df
 
 
@@ -129,8 +126,8 @@ def run_ablation(config, out_dir, extractors=EXTRACTORS, variants=VARIANTS, over
             rows.append({"extractor": ext, "variant": var, "folds": len(summary["folds"]),
                          "mean": summary["mean"], "std": summary["std"], "seconds": round(time.time() - t, 1)})
             if not table_only:
-                log(f"   {ext}/{var}: UA {_fmt(summary['mean'], summary['std'], 'ua')}, "
-                    f"speaker EER {_fmt(summary['mean'], summary['std'], 'speaker_eer')} [{time.time() - t:.0f} s]")
+                log(f"   {ext}/{var}: UA {percent_mean_std(summary['mean'], summary['std'], 'ua')}, "
+                    f"speaker EER {percent_mean_std(summary['mean'], summary['std'], 'speaker_eer')} [{time.time() - t:.0f} s]")
             md, df = make_table(rows, speaker_dependent)  # partial table after every row
             atomic_write_text(out / "table.md", _header(base, speaker_dependent) + md + "\n")
             atomic_write_text(out / "table.csv", df.to_csv(index=False))
@@ -149,8 +146,6 @@ def _header(base: dict, speaker_dependent: bool) -> str:
             "decoupled).\n\n")
 
 
-def _split(s: str | None, default) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()] if s else list(default)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -165,7 +160,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _main(args) -> int:
     folds = [int(x) for x in args.folds.split(",")] if args.folds else None
-    md, _ = run_ablation(args.config, args.out, _split(args.extractors, EXTRACTORS), _split(args.variants, VARIANTS),
+    md, _ = run_ablation(args.config, args.out, split_list(args.extractors, EXTRACTORS), split_list(args.variants, VARIANTS),
                          args.set, folds, table_only=args.table_only)
     print(md)
     print(f"table -> {args.out}/table.md, {args.out}/table.csv")

@@ -76,12 +76,6 @@ def row_overrides(base_cfg: dict, mix: str, pool: str, losses: str) -> list[str]
     return [f"augment.name={mix}", f"model.pooling={pool}", "objective=" + json.dumps(objective)]
 
 
-def _fmt(mean: dict, std: dict, key: str) -> str:
-    if key not in mean:
-        return "n/a"
-    return f"{100 * mean[key]:.2f} ± {100 * std[key]:.2f}"
-
-
 def collect(out: Path, rows: list[tuple[str, str, str]], base_cfg: dict) -> pd.DataFrame:
     from serkit.recipes.mll import augment_options
 
