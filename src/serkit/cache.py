@@ -80,6 +80,12 @@ def _atomic_write_bytes(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def pooled_statistics(feats: torch.Tensor) -> torch.Tensor:
+    """Per-layer mean then standard deviation over frames: ``(layers, frames, dim)`` -> ``(layers, 2*dim)``."""
+    std, mean = torch.std_mean(feats, dim=1, correction=0)
+    return torch.cat([mean, std], dim=-1)
+
+
 class FeatureStore:
     """Read (and, through :meth:`create`, write) a feature store folder.
 
@@ -246,8 +252,7 @@ class FeatureStore:
             raise ValueError(
                 f"{utt_id}: features must be (layers={len(self.layers)}, frames>=1, dim), got {tuple(feats.shape)}"
             )
-        std, mean = torch.std_mean(feats, dim=1, correction=0)
-        pooled = torch.cat([mean, std], dim=-1).numpy()
+        pooled = pooled_statistics(feats).numpy()
         frames = feats.to(torch.float16).numpy()
         _atomic_write_bytes(self._feat_path(audio_hash), lambda fh: np.save(fh, frames))
         _atomic_write_bytes(self._pooled_path(audio_hash), lambda fh: np.save(fh, pooled))

@@ -71,12 +71,12 @@ class Recognizer:
         return self._encoder
 
     def _features(self, signal: np.ndarray) -> torch.Tensor:
-        """``(layers, frames, dim)`` exactly as the feature cache stores them (float16-rounded)."""
+        """Float32 ``(layers, frames, dim)``, as the feature cache computes them before storing."""
         from serkit.encoders.runner import encode_signals
 
         layers = self.encoder_info["layers"]
         ((_, feats),) = list(encode_signals(self.encoder, [("x", signal)], layers))
-        return feats.to(torch.float16).to(torch.float32)
+        return feats
 
     @torch.no_grad()
     def _score(self, signal: np.ndarray) -> np.ndarray:
@@ -86,10 +86,12 @@ class Recognizer:
         else:
             feats = self._features(signal)
             if self.cfg["features"].get("level") == "pooled":
-                std, mean = torch.std_mean(feats, dim=1, correction=0)
-                batch = {"pooled": torch.cat([mean, std], -1)[None].to(self.device)}
+                from serkit.cache import pooled_statistics
+
+                batch = {"pooled": pooled_statistics(feats)[None].to(self.device)}
             else:
-                batch = {"features": feats[None].to(self.device),
+                # the cache stores frames as float16 (and pools before rounding): match it exactly
+                batch = {"features": feats.to(torch.float16).float()[None].to(self.device),
                          "frame_mask": torch.ones(1, feats.shape[1], dtype=torch.bool, device=self.device)}
         out = self.model(batch)
         if self.labels.task == "classification":

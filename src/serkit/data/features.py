@@ -16,7 +16,42 @@ from torch.utils.data import Dataset
 from serkit.data.labels import LabelMap
 
 
-class FeatureDataset(Dataset):
+class _LabelledUtterances(Dataset):
+    """What every training dataset shares: the manifest rows of ``ids``, their encoded labels, an epoch counter
+    (Lightning calls :meth:`set_epoch`; random crops draw from ``(epoch, index)``) and an in-memory cache of what
+    :meth:`_read` returns (filled up front when ``preload``)."""
+
+    def __init__(self, manifest: pd.DataFrame, ids: Sequence[str], labels: LabelMap, train: bool, preload: bool):
+        self.ids = [str(i) for i in ids]
+        self.rows = manifest.set_index("id").loc[self.ids].reset_index()
+        self.enc = labels.encode(self.rows)
+        self.train, self.epoch = train, 0
+        self._cache: dict[int, np.ndarray] = {}
+        if preload:
+            for i in range(len(self.ids)):
+                self._cache[i] = self._read(i)
+
+    def _read(self, i: int) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _get(self, i: int) -> np.ndarray:
+        x = self._cache.get(i)
+        return self._read(i) if x is None else x
+
+    def _item(self, i: int, key: str, value: np.ndarray) -> dict:
+        item = {"index": i, key: value}
+        for k, v in self.enc.items():
+            item[k] = v[i]
+        return item
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class FeatureDataset(_LabelledUtterances):
     """Utterances of ``ids`` with their cached features and encoded labels.
 
     ``store`` has ``load(id) -> (layers, frames, dim)`` and ``pooled(id) -> (layers, 2*dim)``. ``level``
@@ -27,17 +62,8 @@ class FeatureDataset(Dataset):
 
     def __init__(self, store, manifest: pd.DataFrame, ids: Sequence[str], labels: LabelMap, level: str = "frames",
                  preload: bool = True, max_frames: int | None = None, train: bool = False, layers: list[int] | None = None):
-        self.store, self.level, self.max_frames, self.train = store, level, max_frames, train
-        self.layers = layers
-        self.ids = [str(i) for i in ids]
-        rows = manifest.set_index("id").loc[self.ids].reset_index()
-        self.rows = rows
-        self.enc = labels.encode(rows)
-        self._cache: dict[int, np.ndarray] = {}
-        self.epoch = 0
-        if preload:
-            for i in range(len(self.ids)):
-                self._cache[i] = self._read(i)
+        self.store, self.level, self.max_frames, self.layers = store, level, max_frames, layers
+        super().__init__(manifest, ids, labels, train, preload)
 
     def _read(self, i: int) -> np.ndarray:
         uid = self.ids[i]
@@ -46,16 +72,8 @@ class FeatureDataset(Dataset):
             x = x[self.layers]
         return np.asarray(x, dtype=np.float16 if self.level == "frames" else np.float32)
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __getitem__(self, i: int) -> dict:
-        x = self._cache.get(i)
-        if x is None:
-            x = self._read(i)
+        x = self._get(i)
         if self.level == "frames" and self.max_frames and x.shape[1] > self.max_frames:
             if self.train:
                 rng = np.random.default_rng((self.epoch, i))
@@ -63,10 +81,7 @@ class FeatureDataset(Dataset):
             else:
                 s = (x.shape[1] - self.max_frames) // 2
             x = x[:, s : s + self.max_frames]
-        item = {"index": i, ("features" if self.level == "frames" else "pooled"): x}
-        for k, v in self.enc.items():
-            item[k] = v[i]
-        return item
+        return self._item(i, "features" if self.level == "frames" else "pooled", x)
 
 
 def collate(items: list[dict]) -> dict:
@@ -106,36 +121,24 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
-class WaveformDataset(Dataset):
+class WaveformDataset(_LabelledUtterances):
     """Utterances as waveforms ``(samples,)`` at 16 kHz (for recipes that run the encoder in the loop, e.g.
     waveform mixup or encoder fine-tuning). ``crop`` is a :class:`serkit.audio.CropPad`. Unreadable files raise
     :class:`AudioError` (filter them out beforehand with ``serkit check``)."""
 
     def __init__(self, manifest: pd.DataFrame, ids: Sequence[str], labels: LabelMap, crop=None, train: bool = False,
                  preload: bool = True):
+        self.crop = crop
+        super().__init__(manifest, ids, labels, train, preload)
+
+    def _read(self, i: int) -> np.ndarray:
         from serkit.audio import read_audio
 
-        self.ids = [str(i) for i in ids]
-        self.rows = manifest.set_index("id").loc[self.ids].reset_index()
-        self.enc = labels.encode(self.rows)
-        self.crop, self.train, self.epoch = crop, train, 0
-        self._read = read_audio
-        self._cache = {i: read_audio(p) for i, p in enumerate(self.rows["path"])} if preload else {}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        return read_audio(self.rows["path"].iloc[i])
 
     def __getitem__(self, i: int) -> dict:
-        x = self._cache.get(i)
-        if x is None:
-            x = self._read(self.rows["path"].iloc[i])
+        x = self._get(i)
         if self.crop is not None:
             rng = np.random.default_rng((self.epoch, i)) if self.train else None
             x = self.crop(x, rng) if self.train or self.crop.mode != "random" else x
-        item = {"index": i, "waveform": x}
-        for k, v in self.enc.items():
-            item[k] = v[i]
-        return item
+        return self._item(i, "waveform", x)

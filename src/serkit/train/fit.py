@@ -239,12 +239,9 @@ def read_fold_metrics(fold_dir: Path) -> pd.DataFrame | None:
     return out
 
 
-def _metrics_table(fold_dir: Path) -> pd.DataFrame | None:
-    return read_fold_metrics(fold_dir)
-
 
 def _best_epoch(fold_dir: Path, monitor: str):
-    df = _metrics_table(fold_dir)
+    df = read_fold_metrics(fold_dir)
     if df is None or monitor not in df:
         return None
     v = df.dropna(subset=[monitor])
@@ -252,7 +249,7 @@ def _best_epoch(fold_dir: Path, monitor: str):
 
 
 def _best_val(fold_dir: Path, monitor: str):
-    df = _metrics_table(fold_dir)
+    df = read_fold_metrics(fold_dir)
     if df is None or monitor not in df:
         return None
     v = df[monitor].dropna()
