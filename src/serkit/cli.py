@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -66,7 +67,21 @@ def _folds(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: command -> (module that registers it, one-line help)
+LAZY_COMMANDS = {
+    "extract": ("serkit.cache", "extract encoder features of a manifest into a feature store"),
+    "cv": ("serkit.train.cli", "cross-validate a config over its protocol's folds (resumable)"),
+    "train": ("serkit.train.cli", "train one model on the whole corpus (validation speakers carved out)"),
+    "predict": ("serkit.train.cli", "predict emotions of audio files with a trained model"),
+    "ablate-mll": ("serkit.recipes.mll_ablation", "MLL ablation table (mixup x pooling x losses)"),
+    "ablate-hcld": ("serkit.recipes.hcld_ablation", "HCLD Table II: extractor x variant + table"),
+    "ablate-gmp-atl": ("serkit.recipes.gmp_atl_ablation", "GMP-ATL Tables 3/4: stages, loss, clustering layer"),
+    "mvse": ("serkit.recipes.if_mvse", "IF-MVSE: score sets per fold, fusion weights searched on validation"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``serkit`` parser; ``command`` (the first argument) selects which heavy sub-command to import."""
     parser = argparse.ArgumentParser(prog="serkit", description="Speech emotion recognition toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -92,26 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folds JSON")
     p.set_defaults(func=_folds)
 
-    import pkgutil
-
-    from serkit import recipes
-
-    recipe_modules = [f"serkit.recipes.{m.name}" for m in pkgutil.iter_modules(recipes.__path__)]
-    for module in ("serkit.cache", "serkit.train.cli", "serkit.inference", *recipe_modules):
-        try:
-            mod = __import__(module, fromlist=["add_parser"])
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("serkit"):
-                continue  # sub-command not built yet
-            raise
-        for name in ("add_parser", "add_extract_parser", "add_parsers"):
-            if hasattr(mod, name):
-                getattr(mod, name)(sub)
+    # Heavy sub-commands (torch, transformers, Lightning) are imported only when they are the command being run;
+    # otherwise a light stub keeps them listed in --help. One table names each command's module.
+    wanted = command if command in LAZY_COMMANDS else None
+    if wanted is not None:
+        mod = importlib.import_module(LAZY_COMMANDS[wanted][0])
+        for fn in ("add_parsers", "add_extract_parser"):
+            if hasattr(mod, fn):
+                getattr(mod, fn)(sub)
+    registered = set(sub.choices)
+    for name, (_, help_text) in LAZY_COMMANDS.items():
+        if name not in registered:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     from serkit.errors import SerkitError
 
