@@ -45,12 +45,18 @@ def register_loss(name: str):
     return deco
 
 
-def build_loss(name: str, **kwargs) -> nn.Module:
+def loss_class(name: str) -> Callable[..., nn.Module]:
+    """The registered loss class ``name`` (ConfigError naming the known ones otherwise)."""
     _import_all()
     if name not in _LOSSES:
         raise ConfigError(f"objective: unknown loss {name!r}; known: {sorted(_LOSSES)}")
+    return _LOSSES[name]
+
+
+def build_loss(name: str, **kwargs) -> nn.Module:
+    cls = loss_class(name)
     try:
-        return _LOSSES[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"objective: bad options for loss {name!r}: {exc}") from None
 

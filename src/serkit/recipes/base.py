@@ -13,7 +13,7 @@ import torch
 
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
-from serkit.losses.base import _LOSSES, Objective, _import_all
+from serkit.losses.base import Objective, loss_class
 from serkit.models.registry import ModelSpec, build_model
 
 _RECIPES: dict[str, type] = {}
@@ -52,15 +52,11 @@ class Recipe:
         return ctx
 
     def build_objective(self, cfg: dict, labels: LabelMap, train_enc: dict, spec: ModelSpec) -> Objective:
-        _import_all()
         ctx = self.objective_context(cfg, labels, train_enc, spec)
         terms = []
         for term in cfg["objective"]:
             term = dict(term)
-            cls = _LOSSES.get(term["name"])
-            if cls is None:
-                raise ConfigError(f"objective: unknown loss {term['name']!r}; known: {sorted(_LOSSES)}")
-            params = inspect.signature(cls.__init__).parameters
+            params = inspect.signature(loss_class(term["name"]).__init__).parameters
             for k, v in ctx.items():
                 if k in params and k not in term:
                     term[k] = v
