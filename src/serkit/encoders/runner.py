@@ -130,12 +130,14 @@ def encode_signals(
         )
         with torch.inference_mode(), amp:
             out = encoder(waves, lengths_d)
-            feats = torch.stack([out.hidden_states[i] for i in layers], dim=1).float().cpu()  # (B, L, F, D)
-        frames = out.frame_mask.sum(dim=1).cpu()
+            kept = [out.hidden_states[i] for i in layers]  # L x (B, F, D)
+            frames = out.frame_mask.sum(dim=1).cpu()
+            # one copy per item, straight into (L, frames_j, D) (no (B, L, F, D) stack and slice copy)
+            items = [torch.stack([h[j, : int(frames[j])] for h in kept]).float().cpu() for j in range(len(batch))]
         done = []
         for j, (key, idx, _) in enumerate(batch):
             p = pending[key]
-            p.outputs[idx] = feats[j, :, : int(frames[j])].clone()
+            p.outputs[idx] = items[j]
             if len(p.outputs) == p.n_chunks:
                 done.append(key)
         for key in done:

