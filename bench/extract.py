@@ -71,25 +71,30 @@ def _sync(device: str) -> None:
 
 
 def phase_peak(args) -> dict:
-    """Measured matmul rate (GFLOP/s) in the benchmark's precision."""
+    """Measured matmul rate (GFLOP/s) in the benchmark's precision: the best 1 s window over several square sizes
+    (a shared VM's speed drifts, so the best window is the honest ceiling; the main run repeats it at the end)."""
     import torch
 
-    n = 2048 if args.device == "cpu" else 8192
+    sizes = (1024, 2048, 3072) if args.device == "cpu" else (4096, 8192)
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     if args.device == "cpu":
         dt = torch.float32
-    a = torch.randn(n, n, device=args.device, dtype=dt)
-    b = torch.randn(n, n, device=args.device, dtype=dt)
-    torch.matmul(a, b)
-    _sync(args.device)
-    iters, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < 3.0:
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=args.device, dtype=dt)
+        b = torch.randn(n, n, device=args.device, dtype=dt)
         torch.matmul(a, b)
-        iters += 1
-        if args.device == "cuda" and iters % 10 == 0:
+        _sync(args.device)
+        for _ in range(3):
+            iters, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < 1.0:
+                torch.matmul(a, b)
+                iters += 1
+                if args.device == "cuda" and iters % 10 == 0:
+                    _sync(args.device)
             _sync(args.device)
-    _sync(args.device)
-    return {"gflops": 2 * n**3 * iters / (time.perf_counter() - t0) / 1e9, "dtype": str(dt)}
+            best = max(best, 2 * n**3 * iters / (time.perf_counter() - t0) / 1e9)
+    return {"gflops": best, "dtype": str(dt)}
 
 
 def phase_naive(args) -> dict:
@@ -205,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--manifest", help="manifest CSV/Parquet (default: --glob)")
     p.add_argument("--glob", default=str(SHARED / "corpora" / "ravdess" / "Actor_*" / "*.flac"))
     p.add_argument("--encoder", default="openai/whisper-base")
-    p.add_argument("--naive-n", type=int, default=60, help="clips the naive loop times (extrapolated to all)")
+    p.add_argument("--naive-n", type=int, default=120, help="clips the naive loop times (extrapolated to all)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--batch-seconds", type=float, default=120.0)
@@ -226,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     peak = _child("peak", raw)
     naive = _child("naive", raw)
     ours = _child("serkit", raw)
+    peak_end = _child("peak", raw)
+    peak_seen = (peak["gflops"], peak_end["gflops"])
+    peak = max(peak, peak_end, key=lambda p: p["gflops"])
     per_clip = naive["seconds_timed"] / naive["clips_timed"]
     naive_all = per_clip * n
     rows = [
@@ -247,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\n{args.encoder} on {n} clips ({audio / 60:.1f} min of audio), device {args.device}, {args.dtype}; "
         f"torch threads {__import__('torch').get_num_threads()}; "
-        f"measured matmul peak {peak['gflops']:.1f} GFLOP/s ({peak['dtype']})\n"
+        f"measured matmul peak {peak['gflops']:.1f} GFLOP/s ({peak['dtype']}; best 1 s window, "
+        f"{peak_seen[0]:.1f} before and {peak_seen[1]:.1f} after the timed phases)\n"
     )
     print(
         "| method | wall s (all clips) | utt/s | RTF | peak RSS MiB | GFLOP/clip | GFLOP/s | % of peak |"

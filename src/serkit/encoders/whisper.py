@@ -207,14 +207,33 @@ class WhisperSpeechEncoder(Encoder):
 FFN_CHUNK_ROWS = 512
 
 
+def _inference_attention(attn: nn.Module, hidden: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """``WhisperAttention`` (self-attention, no cache) with one fused q/k/v projection and no layout copies.
+
+    ``hidden`` ``(batch, frames, d_model)``; ``attn_mask`` boolean ``(batch, 1, 1, frames)`` (True = attend) or
+    None. Same arithmetic as ``transformers``: queries scaled after their projection, softmax scale 1.
+    """
+    batch, frames, dim = hidden.shape
+    heads = attn.num_heads
+    weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+    k_bias = attn.k_proj.bias if attn.k_proj.bias is not None else torch.zeros_like(attn.q_proj.bias)
+    bias = torch.cat([attn.q_proj.bias, k_bias, attn.v_proj.bias])
+    qkv = F.linear(hidden, weight, bias).view(batch, frames, 3, heads, dim // heads)
+    q = (qkv[:, :, 0] * attn.scaling).transpose(1, 2)  # (batch, heads, frames, head_dim)
+    k, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        attn_mask = attn_mask.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
+    return attn.out_proj(out.transpose(1, 2).reshape(batch, frames, dim))
+
+
 def _inference_block(layer: nn.Module, hidden: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
     """One ``WhisperEncoderLayer`` without autograd: the same operations as its ``forward`` (pre-norm attention,
-    pre-norm GELU feed-forward, residuals), with the feed-forward run over chunks of ``FFN_CHUNK_ROWS`` frames so
-    that its wide intermediate stays in cache (about 10% faster on a 2-core CPU; equal up to float rounding).
+    pre-norm GELU feed-forward, residuals), with a fused q/k/v projection and the feed-forward run over chunks of
+    ``FFN_CHUNK_ROWS`` frames so that its wide intermediate stays in cache (together about 20% faster on a 2-core
+    CPU; equal up to float rounding). Used by :meth:`WhisperSpeechEncoder._run_blocks` when no gradient is needed.
     """
-    residual = hidden
-    attended, _ = layer.self_attn(hidden_states=layer.self_attn_layer_norm(hidden), attention_mask=attn_mask)
-    hidden = residual + attended
+    hidden = hidden + _inference_attention(layer.self_attn, layer.self_attn_layer_norm(hidden), attn_mask)
     flat = hidden.reshape(-1, hidden.shape[-1])
     out = torch.empty_like(flat)
     norm, fc1, fc2 = layer.final_layer_norm, layer.fc1, layer.fc2
