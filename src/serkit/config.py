@@ -26,7 +26,7 @@ DEFAULTS: dict = {
     "encoder": {"id": "openai/whisper-base", "mode": "native", "layers": "all", "device": "auto",
                 "batch_seconds": 120.0, "dtype": "auto"},
     "features": {"source": "cache", "cache_dir": None, "max_seconds": None, "crop": "none", "level": "frames",
-                 "preload": True},
+                 "preload": True, "normalize": "none"},
     "model": {"name": "baseline"},
     "objective": None,
     "augment": None,
@@ -53,6 +53,7 @@ CHOICES = {
     "encoder.mode": ("native", "padded"),
     "features.source": ("cache", "waveform"),
     "features.level": ("frames", "pooled"),
+    "features.normalize": ("none", "speaker"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.scheduler": ("none", "cosine", "exponential", "warmup_linear"),
 }

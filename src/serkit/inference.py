@@ -23,6 +23,10 @@ from serkit.errors import SerkitError
 from serkit.models.registry import ModelSpec
 
 
+#: Least audio (seconds) from which :meth:`Recognizer.speaker_statistics` estimates a speaker's statistics.
+MIN_ENROLL_SECONDS = 10.0
+
+
 class Recognizer:
     def __init__(self, model: torch.nn.Module, cfg: dict, labels: LabelMap, encoder_info: dict, device: str = "cpu"):
         self.model = model.eval().to(device)
@@ -31,6 +35,8 @@ class Recognizer:
         p = cfg.get("predict", {})
         self.window = float(p.get("window_seconds", 10.0))
         self.hop = float(p.get("hop_seconds", 5.0))
+        #: "speaker" when the model was trained on speaker-normalised features (see serkit.data.normalize)
+        self.normalize = cfg.get("features", {}).get("normalize", "none")
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str = "cpu") -> Recognizer:
@@ -78,20 +84,47 @@ class Recognizer:
         ((_, feats),) = list(encode_signals(self.encoder, [("x", signal)], layers))
         return feats
 
+    def speaker_statistics(self, signals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Feature statistics ``(mean, std)`` ``(layers, dim)`` of one speaker over the frames of ``signals``
+        (16 kHz float32), for models trained with ``features.normalize: speaker``. Raises :class:`SerkitError`
+        when they hold less than ``MIN_ENROLL_SECONDS`` of audio (too little to estimate a speaker's statistics).
+        """
+        from serkit.cache import pooled_statistics
+        from serkit.data.normalize import frame_stats
+
+        seconds = sum(len(x) for x in signals) / SAMPLE_RATE
+        if seconds < MIN_ENROLL_SECONDS:
+            raise SerkitError(
+                f"this model normalises features per speaker (features.normalize: speaker) and needs at least "
+                f"{MIN_ENROLL_SECONDS:.0f} s of the speaker's audio to estimate them, got {seconds:.1f} s: pass "
+                f"several files of the speaker together (predict_files / `serkit predict` with all of them) or "
+                f"enrolment audio (`enroll=` / `--enroll`)")
+        feats = [self._features(x) for x in signals]
+        pooled = np.stack([pooled_statistics(f).numpy() for f in feats])
+        return frame_stats(pooled, [f.shape[1] for f in feats])
+
     @torch.no_grad()
-    def _score(self, signal: np.ndarray) -> np.ndarray:
+    def _score(self, signal: np.ndarray, stats=None) -> np.ndarray:
         if self.cfg["features"]["source"] == "waveform":
             batch = {"waveform": torch.from_numpy(signal)[None].to(self.device),
                      "lengths": torch.tensor([len(signal)], device=self.device)}
         else:
+            from serkit.data.normalize import normalize_frames, normalize_pooled
+
             feats = self._features(signal)
             if self.cfg["features"].get("level") == "pooled":
                 from serkit.cache import pooled_statistics
 
-                batch = {"pooled": pooled_statistics(feats)[None].to(self.device)}
+                pooled = pooled_statistics(feats).numpy()
+                if stats is not None:
+                    pooled = normalize_pooled(pooled, *stats)
+                batch = {"pooled": torch.from_numpy(pooled)[None].to(self.device)}
             else:
                 # the cache stores frames as float16 (and pools before rounding): match it exactly
-                batch = {"features": feats.to(torch.float16).float()[None].to(self.device),
+                frames = feats.to(torch.float16).numpy()
+                if stats is not None:
+                    frames = normalize_frames(frames, *stats)
+                batch = {"features": torch.from_numpy(frames).float()[None].to(self.device),
                          "frame_mask": torch.ones(1, feats.shape[1], dtype=torch.bool, device=self.device)}
         out = self.model(batch)
         if self.labels.task == "classification":
@@ -107,19 +140,36 @@ class Recognizer:
             starts.append(n - w)
         return [(s, s + w) for s in starts]
 
-    def predict(self, audio, sample_rate: int | None = None, name: str | None = None) -> dict:
-        """``audio``: a path, or an array ``(samples,)`` / ``(samples, channels)`` with ``sample_rate``."""
+    def _signal(self, audio, sample_rate: int | None = None, name: str | None = None) -> tuple[np.ndarray, str]:
         if isinstance(audio, (str, Path)):
-            name = str(audio)
-            signal = read_audio(audio, allow_silent=False)
-        else:
-            if sample_rate is None:
-                raise SerkitError("predict: give sample_rate with an array input")
-            signal = prepare_signal(np.asarray(audio), sample_rate, name=name or "<array>", allow_silent=False)
+            return read_audio(audio, allow_silent=False), str(audio)
+        if sample_rate is None:
+            raise SerkitError("predict: give sample_rate with an array input")
+        return prepare_signal(np.asarray(audio), sample_rate, name=name or "<array>", allow_silent=False), name
+
+    def _enrolment(self, enroll) -> tuple[np.ndarray, np.ndarray] | None:
+        """Speaker statistics from ``enroll`` (paths / 16 kHz arrays, or ready ``(mean, std)``); None if unused."""
+        if self.normalize == "none" or enroll is None:
+            return None
+        if isinstance(enroll, tuple) and len(enroll) == 2 and all(isinstance(x, np.ndarray) for x in enroll):
+            return enroll
+        return self.speaker_statistics([self._signal(x)[0] for x in enroll])
+
+    def predict(self, audio, sample_rate: int | None = None, name: str | None = None, enroll=None) -> dict:
+        """``audio``: a path, or an array ``(samples,)`` / ``(samples, channels)`` with ``sample_rate``.
+
+        ``enroll``: for a model trained with speaker normalisation, audio of the same speaker (paths or 16 kHz
+        arrays) or ready statistics from :meth:`speaker_statistics`; without it the file itself must hold at
+        least ``MIN_ENROLL_SECONDS``.
+        """
+        signal, name = self._signal(audio, sample_rate, name)
+        stats = self._enrolment(enroll)
+        if self.normalize != "none" and stats is None:
+            stats = self.speaker_statistics([signal])
         windows = []
         scores = []
         for s, e in self._windows(len(signal)):
-            sc = self._score(signal[s:e])
+            sc = self._score(signal[s:e], stats)
             scores.append((e - s, sc))
             windows.append({"start": s / SAMPLE_RATE, "end": e / SAMPLE_RATE, **self._describe(sc)})
         weights = np.array([n for n, _ in scores], dtype=float)
@@ -137,19 +187,48 @@ class Recognizer:
     def predict_file(self, path) -> dict:
         return self.predict(path)
 
-    def predict_files(self, paths) -> list[dict]:
-        """Every file; a bad file yields ``{"file", "error"}`` instead of stopping the list."""
+    def predict_files(self, paths, enroll=None) -> list[dict]:
+        """Every file; a bad file yields ``{"file", "error"}`` instead of stopping the list.
+
+        For a model trained with speaker normalisation the files are taken as one speaker: their statistics are
+        estimated from all readable files together (or from ``enroll``, see :meth:`predict`).
+        """
+        paths = [str(p) for p in paths]
+        stats = self._enrolment(enroll)
+        errors: dict[str, str] = {}
+        if self.normalize != "none" and stats is None:
+            signals = []
+            for p in paths:
+                try:
+                    signals.append(read_audio(p, allow_silent=False))
+                except SerkitError as exc:
+                    errors[p] = str(exc)
+            try:
+                stats = self.speaker_statistics(signals)
+            except SerkitError as exc:
+                return [{"file": p, "error": errors.get(p, str(exc))} for p in paths]
         out = []
         for p in paths:
             try:
-                out.append(self.predict(p))
+                if p in errors:
+                    raise SerkitError(errors[p])
+                out.append(self.predict(p, enroll=stats))
             except SerkitError as exc:
-                out.append({"file": str(p), "error": str(exc)})
+                out.append({"file": p, "error": str(exc)})
         return out
 
     def predict_manifest(self, manifest: pd.DataFrame) -> pd.DataFrame:
+        """One row per manifest row; with speaker normalisation, statistics per ``speaker`` column value."""
+        if self.normalize != "none" and "speaker" in manifest:
+            results = {}
+            for _, group in manifest.groupby(manifest["speaker"].astype(str)):
+                for uid, r in zip(group["id"], self.predict_files(group["path"]), strict=True):
+                    results[uid] = r
+            predicted = [results[u] for u in manifest["id"]]
+        else:
+            predicted = self.predict_files(manifest["path"])
         rows = []
-        for r, uid in zip(self.predict_files(manifest["path"]), manifest["id"], strict=True):
+        for r, uid in zip(predicted, manifest["id"], strict=True):
             row = {"id": uid, "file": r["file"], "label": r.get("label"), "error": r.get("error")}
             row.update({f"p_{k}": v for k, v in r.get("probabilities", {}).items()})
             row.update(r.get("values", {}))

@@ -89,6 +89,9 @@ def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
                  + ("**speaker-independent**" if si else "**speaker-DEPENDENT** (test speakers also in training)"))
     enc = cfg["encoder"]
     lines.append(f"- encoder: `{enc}`; features: `{cfg['features']['source']}`")
+    norm = summary.get("feature_normalisation", "none")
+    if norm != "none":
+        lines.append(f"- feature normalisation: **{norm}**")
     lines.append(f"- model: `{cfg['model']}`; objective: `{cfg['objective']}`")
     lines.append(f"- schedule: `{ {k: cfg['train'][k] for k in ('epochs', 'batch_size', 'lr', 'patience', 'seed')} }`;"
                  f" selection on `{cfg['train']['monitor']}` (validation speakers only)")

@@ -107,3 +107,18 @@ def test_refit_on_train_and_validation_uses_the_validated_epoch_count(tiny_corpu
     refit_log = read_fold_metrics(tmp_path / "refit" / "fold0" / "refit")
     assert refit_log["epoch"].max() == fold["refit_epochs"] - 1
     assert 0 <= res["mean"]["ua"] <= 1
+
+
+def test_speaker_normalisation_is_recorded_and_refused_where_unsupported(tiny_corpus, tmp_path):
+    from serkit.errors import ConfigError
+
+    cfg = tiny_config(tiny_corpus, features={"level": "pooled", "normalize": "speaker"})
+    cfg["model"] = {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.0}
+    res = run_cv(cfg, tmp_path / "spk", log=lambda *a: None)
+    assert res["feature_normalisation"].startswith("speaker") and res["mean"]["ua"] > 0.6
+    assert "feature normalisation" in (tmp_path / "spk" / "report.md").read_text()
+    plain = run_cv(tiny_config(tiny_corpus), tmp_path / "plain", log=lambda *a: None)
+    assert plain["feature_normalisation"] == "none"
+    wave = tiny_config(tiny_corpus, features={"source": "waveform", "normalize": "speaker"})
+    with pytest.raises(ConfigError, match="features.normalize"):
+        run_cv(wave, tmp_path / "wave", log=lambda *a: None)

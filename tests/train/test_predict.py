@@ -40,3 +40,26 @@ def test_train_save_and_predict_short_and_long(tiny_corpus, tmp_path, capsys):
     bad.write_bytes(b"nope")
     results = rec.predict_files([bad, short])
     assert "unreadable" in results[0]["error"] and results[1]["label"]
+
+
+def test_speaker_normalised_model_needs_enough_audio_of_the_speaker(tiny_corpus, tmp_path):
+    import pytest
+
+    from serkit.errors import SerkitError
+
+    cfg = tiny_config(tiny_corpus, features={"level": "pooled", "normalize": "speaker"})
+    cfg["model"] = {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.0}
+    model_dir = train_final(cfg, tmp_path / "model", log=lambda *a: None)
+    rec = Recognizer.from_pretrained(model_dir)
+    assert rec.normalize == "speaker"
+    files = sorted((tiny_corpus / "spk2").glob("*.wav"))  # 12 clips, about 6.6 s
+    with pytest.raises(SerkitError, match="needs at least 10 s"):
+        rec.predict(files[0])
+    # one speaker's files together, enrolled with a second copy of them, reach the minimum and predict well
+    results = rec.predict_files(files, enroll=files + files)
+    assert all("error" not in r for r in results)
+    correct = sum(r["label"] == f.stem.split("_")[0] for r, f in zip(results, files, strict=True))
+    assert correct >= 8, [r["label"] for r in results]
+    # too little audio: every row says why, nothing raises
+    short = rec.predict_files(files[:2])
+    assert all("needs at least" in r["error"] for r in short)

@@ -57,17 +57,22 @@ class FeatureDataset(_LabelledUtterances):
     ``store`` has ``load(id) -> (layers, frames, dim)`` and ``pooled(id) -> (layers, 2*dim)``. ``level``
     ``"frames"`` serves ``features``; ``"pooled"`` serves ``pooled``. ``preload`` reads everything into memory once
     (float16), which is what makes CPU training fast; ``max_frames`` crops long items (random crop when
-    ``train``, centre otherwise).
+    ``train``, centre otherwise). ``normalizer`` (speaker normalisation) is applied before ``layers`` selects.
     """
 
     def __init__(self, store, manifest: pd.DataFrame, ids: Sequence[str], labels: LabelMap, level: str = "frames",
-                 preload: bool = True, max_frames: int | None = None, train: bool = False, layers: list[int] | None = None):
+                 preload: bool = True, max_frames: int | None = None, train: bool = False, layers: list[int] | None = None,
+                 normalizer=None):
         self.store, self.level, self.max_frames, self.layers = store, level, max_frames, layers
+        #: optional :class:`serkit.data.normalize.SpeakerNormalizer`, applied to the stored layers on reading
+        self.normalizer = normalizer
         super().__init__(manifest, ids, labels, train, preload)
 
     def _read(self, i: int) -> np.ndarray:
         uid = self.ids[i]
         x = self.store.pooled(uid) if self.level == "pooled" else self.store.load(uid)
+        if self.normalizer is not None:
+            x = self.normalizer.apply(self.rows["speaker"].iloc[i], x, self.level)
         if self.layers is not None:
             x = x[self.layers]
         return np.asarray(x, dtype=np.float16 if self.level == "frames" else np.float32)

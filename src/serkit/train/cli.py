@@ -28,7 +28,9 @@ def _predict(args) -> int:
     from serkit.inference import Recognizer
 
     rec = Recognizer.from_pretrained(args.model)
-    results = [rec.predict_file(f) for f in args.files]
+    # one bad file is reported in its row, never the end of the list; speaker-normalised models take the files
+    # (or --enroll) as one speaker
+    results = rec.predict_files(args.files, enroll=args.enroll)
     if args.format == "json":
         json.dump(results, sys.stdout, indent=1, default=float)
         print()
@@ -37,10 +39,11 @@ def _predict(args) -> int:
 
         rows = []
         for r in results:
-            row = {"file": r["file"], "duration": r["duration"], "label": r.get("label")}
+            row = {"file": r["file"], "duration": r.get("duration"), "label": r.get("label")}
             row.update({f"p_{k}": v for k, v in r.get("probabilities", {}).items()})
             row.update(r.get("values", {}))
-            row["windows"] = len(r["windows"])
+            row["windows"] = len(r.get("windows", []))
+            row["error"] = r.get("error", "")
             rows.append(row)
         pd.DataFrame(rows).to_csv(sys.stdout, index=False)
     return 0
@@ -64,4 +67,7 @@ def add_parsers(sub) -> None:
     p.add_argument("model", help="model folder from `serkit train`")
     p.add_argument("files", nargs="+")
     p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.add_argument("--enroll", nargs="+", metavar="FILE",
+                   help="audio of the speaker, for models trained with features.normalize: speaker "
+                        "(default: the files themselves, taken as one speaker)")
     p.set_defaults(func=_predict)

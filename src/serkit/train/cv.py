@@ -107,6 +107,13 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
     return summary
 
 
+FEATURE_NORMALISATION = {
+    "none": "none",
+    "speaker": "speaker: each speaker's frames z-scored with that speaker's own feature statistics (no labels; "
+               "test speakers' statistics from their test utterances, i.e. transductive)",
+}
+
+
 def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
     mean, std = mean_std([r["metrics"] for r in results])
     si = all(f.speaker_independent for f in folds)
@@ -117,6 +124,7 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
         "protocol": protocol,
         "speaker_independent": si,
         "encoder": cfg["encoder"],
+        "feature_normalisation": FEATURE_NORMALISATION[cfg["features"].get("normalize", "none")],
         "folds": [
             {k: r[k] for k in ("fold", "test_speakers", "n_test", "metrics", "best_epoch", "best_val", "confusion",
                                "classes") if k in r}

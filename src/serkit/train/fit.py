@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from serkit.data.features import collate
 from serkit.data.labels import LabelMap
+from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
 from serkit.metrics import classification_metrics, confusion, regression_metrics
 from serkit.models.registry import ModelSpec
@@ -70,10 +71,22 @@ def build_datasets(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: LabelM
         crop = CropPad(**f["crop"]) if isinstance(f["crop"], dict) else None
         mk = lambda ids, train: WaveformDataset(manifest, ids, labels, crop=crop, train=train)
     else:
+        normalizer = speaker_normalizer(cfg, manifest, fold, source)
         mk = lambda ids, train: FeatureDataset(
             source, manifest, ids, labels, level=f["level"], preload=f["preload"],
-            max_frames=cfg["train"].get("max_frames"), train=train)
+            max_frames=cfg["train"].get("max_frames"), train=train, normalizer=normalizer)
     return mk(fold.train, True), mk(fold.val, False), mk(fold.test, False)
+
+
+def speaker_normalizer(cfg: dict, manifest: pd.DataFrame, fold: Fold, source):
+    """A :class:`~serkit.data.normalize.SpeakerNormalizer` over the fold's speakers when the config asks for one
+    (``features.normalize: speaker``), else None. Features only: each speaker's statistics use that speaker's own
+    utterances (a test speaker's come from its test utterances, never from a label)."""
+    if cfg["features"].get("normalize", "none") == "none":
+        return None
+    from serkit.data.normalize import SpeakerNormalizer
+
+    return SpeakerNormalizer.from_store(source, manifest, fold.train + fold.val + fold.test)
 
 
 def load_loop_encoder(cfg: dict):
@@ -121,6 +134,10 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
     recipe = get_recipe(cfg["recipe"])
     labels = LabelMap.fit(manifest, cfg["task"], cfg["targets"], fold.train)
     make_sets = getattr(recipe, "build_datasets", None) or build_datasets  # a recipe may add items (MLL variants)
+    if cfg["features"].get("normalize", "none") != "none" and (make_sets is not build_datasets or source is None):
+        raise ConfigError(
+            f"features.normalize: {cfg['features']['normalize']!r} works on cached features with the default "
+            f"datasets; recipe {cfg['recipe']!r} / features.source {cfg['features']['source']!r} does not support it")
     train_ds, val_ds, test_ds = make_sets(cfg, manifest, fold, labels, source)
     encoder = layers = None
     if source is None:
