@@ -122,8 +122,9 @@ class StridedFeatureDataset(FeatureDataset):
     def _read(self, i: int) -> np.ndarray:
         if self.level != "frames" or (self.stride == 1 and not self.prenormalize):
             return super()._read(i)
+        # speaker statistics use every utterance of the speaker, whatever the fold, so a flag identifies them
         key = (str(getattr(self.store, "root", id(self.store))), self.ids[i], self.stride, self.prenormalize,
-               None if self.layers is None else tuple(self.layers))
+               None if self.layers is None else tuple(self.layers), self.normalizer is not None)
         x = _PROCESSED.get(key)
         if x is None:
             x = torch.from_numpy(np.asarray(super()._read(i), dtype=np.float32))
@@ -282,18 +283,22 @@ class MLLRecipe(Recipe):
 
         return build_model(spec, opts.pop("name"), **opts)
 
+    #: cached-feature datasets honour ``features.normalize`` (variants use their parent speaker's statistics)
+    supports_feature_normalisation = True
+
     def build_datasets(self, cfg: dict, manifest, fold, labels, source):
-        from serkit.train.fit import build_datasets
+        from serkit.train.fit import build_datasets, speaker_normalizer
 
         ro = recipe_options(cfg)
         f = cfg["features"]
+        normalizer = None if source is None else speaker_normalizer(cfg, manifest, fold, source)
         if source is None or (ro["frame_stride"] == 1 and not ro["prenormalize"]):
             train, val, test = build_datasets(cfg, manifest, fold, labels, source)
         else:
             mk = lambda ids, train: StridedFeatureDataset(
                 source, manifest, ids, labels, level=f["level"], preload=f["preload"],
                 max_frames=cfg["train"].get("max_frames"), train=train, stride=ro["frame_stride"],
-                prenormalize=ro["prenormalize"])
+                prenormalize=ro["prenormalize"], normalizer=normalizer)
             train, val, test = mk(fold.train, True), mk(fold.val, False), mk(fold.test, False)
         aug = augment_options(cfg)
         if source is None or aug["mode"] != "variants" or aug["name"] == "none":
@@ -305,7 +310,7 @@ class MLLRecipe(Recipe):
         vds = StridedFeatureDataset(store, ok, ok["id"].tolist(), labels, level=f["level"],
                                     preload=bool(aug.get("preload", f["preload"])),
                                     max_frames=cfg["train"].get("max_frames"), train=True,
-                                    stride=ro["frame_stride"], prenormalize=ro["prenormalize"])
+                                    stride=ro["frame_stride"], prenormalize=ro["prenormalize"], normalizer=normalizer)
         soft = soft_labels(ok, labels.classes)
         per_epoch = aug.get("per_epoch")
         log.info("fold %d: %d training utterances + %d %s variants (of %d planned for them)%s", fold.index,

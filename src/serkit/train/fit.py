@@ -134,7 +134,8 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
     recipe = get_recipe(cfg["recipe"])
     labels = LabelMap.fit(manifest, cfg["task"], cfg["targets"], fold.train)
     make_sets = getattr(recipe, "build_datasets", None) or build_datasets  # a recipe may add items (MLL variants)
-    if cfg["features"].get("normalize", "none") != "none" and (make_sets is not build_datasets or source is None):
+    own_sets = make_sets is not build_datasets and not getattr(recipe, "supports_feature_normalisation", False)
+    if cfg["features"].get("normalize", "none") != "none" and (own_sets or source is None):
         raise ConfigError(
             f"features.normalize: {cfg['features']['normalize']!r} works on cached features with the default "
             f"datasets; recipe {cfg['recipe']!r} / features.source {cfg['features']['source']!r} does not support it")
