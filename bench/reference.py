@@ -1,7 +1,10 @@
 """Reference scores from pooled cached features: mean+std of every layer -> standardise -> logistic regression
 (classification) or ridge regression (dimensional), on the config's folds (test folds are never used to fit).
+With the config's ``features.normalize: speaker`` the pooled features are speaker-normalised exactly as serkit's
+datasets do it (see serkit.data.normalize).
 
     python bench/reference.py configs/ravdess/baseline.yaml
+    python bench/reference.py configs/ravdess/baseline.yaml --set features.normalize=none
 """
 
 from __future__ import annotations
@@ -32,7 +35,13 @@ def main() -> None:
     m = load_experiment_manifest(cfg)
     store = ensure_features(m, cfg)
     m = usable_ids(store, m)
-    X = np.stack([store.pooled(i).reshape(-1) for i in m["id"]])
+    if cfg["features"].get("normalize", "none") == "speaker":
+        from serkit.data.normalize import SpeakerNormalizer
+
+        norm = SpeakerNormalizer.from_store(store, m)
+        X = np.stack([norm.apply(s, store.pooled(i), "pooled").reshape(-1) for i, s in zip(m["id"], m["speaker"])])
+    else:
+        X = np.stack([store.pooled(i).reshape(-1) for i in m["id"]])
     folds = make_folds(m, experiment_protocol(cfg, m), seed=int(cfg["train"]["seed"]))
     idx = {u: i for i, u in enumerate(m["id"])}
     per = []
@@ -53,7 +62,8 @@ def main() -> None:
             per.append(regression_metrics(reg.predict(X[te]), Y[te], cfg["targets"]))
     mean, std = mean_std(per)
     keys = ["wa", "ua", "macro_f1"] if cfg["task"] == "classification" else ["ccc_arousal", "ccc_valence", "ccc_dominance", "ccc_mean"]
-    print(f"{cfg['name']}: reference on pooled mean+std of layers {store.layers}, {len(folds)} folds, "
+    print(f"{cfg['name']}: reference on pooled mean+std of layers {store.layers} "
+          f"(normalisation: {cfg['features'].get('normalize', 'none')}), {len(folds)} folds, "
           f"{time.time() - t0:.0f} s")
     for k in keys:
         print(f"  {k}: {mean[k]:.4f} ± {std[k]:.4f}   per fold: " + " ".join(f"{p[k]:.3f}" for p in per))
