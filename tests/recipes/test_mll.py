@@ -122,6 +122,23 @@ def test_tiny_end_to_end_variants(tiny_corpus, tmp_path):  # noqa: F811
     json.loads((tmp_path / "run" / "results.json").read_text())
 
 
+def test_tiny_variants_with_speaker_normalisation_and_refit(tiny_corpus, tmp_path):  # noqa: F811
+    from serkit.train.cv import run_cv
+
+    cfg = tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants", "k": 1, "per_epoch": 1},
+                      features={"normalize": "speaker"},
+                      recipe_options={"frame_stride": 2, "prenormalize": True},
+                      model={"name": "mll", "proj_dim": 16, "pooling": "flam", "num_heads": 4, "embed_dim": 8,
+                             "frame_embed_dim": 8, "dropout": 0.0},
+                      objective=MLL_OBJECTIVE,
+                      train={"epochs": 3, "batch_size": 8, "eval_batch_size": 5, "optimizer": "adam", "lr": 0.005,
+                             "refit": True})
+    res = run_cv(cfg, tmp_path / "run", log=lambda *a: None)
+    assert res["feature_normalisation"].startswith("speaker") and 0 <= res["mean"]["ua"] <= 1
+    fold = json.loads((tmp_path / "run" / "fold0" / "result.json").read_text())
+    assert 1 <= fold["refit_epochs"] <= 3 and (tmp_path / "run" / "fold0" / "refit").is_dir()
+
+
 def test_tiny_end_to_end_on_the_fly(tiny_corpus, tmp_path):  # noqa: F811
     from serkit.train.cv import run_cv
 
