@@ -30,6 +30,11 @@ def _predict(args) -> int:
     rec = Recognizer.from_pretrained(args.model)
     # one bad file is reported in its row, never the end of the list; speaker-normalised models take the files
     # (or --enroll) as one speaker
+    if rec.normalize != "none" and not args.enroll:
+        print(f"note: this model normalises features per speaker; their statistics are estimated from the "
+              f"{len(args.files)} given file(s) taken as one speaker. Give --enroll with several seconds of the "
+              f"speaker's emotionally varied speech for reliable labels (statistics from one emotion only "
+              f"cancel that emotion).", file=sys.stderr)
     results = rec.predict_files(args.files, enroll=args.enroll)
     if args.format == "json":
         json.dump(results, sys.stdout, indent=1, default=float)
