@@ -122,3 +122,21 @@ def test_speaker_normalisation_is_recorded_and_refused_where_unsupported(tiny_co
     wave = tiny_config(tiny_corpus, features={"source": "waveform", "normalize": "speaker"})
     with pytest.raises(ConfigError, match="features.normalize"):
         run_cv(wave, tmp_path / "wave", log=lambda *a: None)
+
+
+def test_a_run_saved_before_a_new_default_still_resumes(tiny_corpus, tmp_path):
+    import yaml
+
+    from serkit.config import dump, load_config
+
+    raw = tiny_config(tiny_corpus, train={"epochs": 1})
+    cfg = load_config(raw)
+    out = tmp_path / "old"
+    out.mkdir()
+    saved = yaml.safe_load(dump(cfg))
+    del saved["features"]["normalize"]  # as written by a version without that option
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    run_cv(raw, out, log=lambda *a: None)  # same settings: resumes instead of refusing
+    changed = tiny_config(tiny_corpus, train={"epochs": 2})
+    with pytest.raises(SystemExit, match="different config"):
+        run_cv(changed, out, log=lambda *a: None)

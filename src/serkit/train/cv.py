@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from serkit.config import dump, load_config
 from serkit.io import atomic_write_json, atomic_write_text
@@ -62,7 +63,9 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
     cfg_path = out / "config.yaml"
     if cfg_path.exists():
         old = cfg_path.read_text()
-        if old != dump(cfg):
+        # compare after filling in today's defaults, so that a default added later (e.g. features.normalize)
+        # does not refuse to resume a run whose settings are otherwise the same
+        if old != dump(cfg) and yaml.safe_load(dump(load_config(yaml.safe_load(old)))) != yaml.safe_load(dump(cfg)):
             raise SystemExit(
                 f"{cfg_path} holds a different config; use a new --out folder (or delete it) to change settings")
     atomic_write_text(cfg_path, dump(cfg))
