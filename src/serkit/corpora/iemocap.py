@@ -37,7 +37,6 @@ class Iemocap(CorpusReader):
     def rows(self, root: Path):
         for label_file in sorted(root.glob("Session*/dialog/EmoEvaluation/*.txt")):
             session_dir = label_file.parents[2]
-            session = session_dir.name.replace("Session", "Ses0")[-5:]
             dialog = label_file.stem
             for line in label_file.read_text(errors="replace").splitlines():
                 m = LINE.match(line.strip())
