@@ -196,15 +196,15 @@ class Recognizer:
         paths = [str(p) for p in paths]
         stats = self._enrolment(enroll)
         errors: dict[str, str] = {}
+        signals: dict[str, np.ndarray] = {}  # read once, for the statistics and for scoring
         if self.normalize != "none" and stats is None:
-            signals = []
             for p in paths:
                 try:
-                    signals.append(read_audio(p, allow_silent=False))
+                    signals[p] = read_audio(p, allow_silent=False)
                 except SerkitError as exc:
                     errors[p] = str(exc)
             try:
-                stats = self.speaker_statistics(signals)
+                stats = self.speaker_statistics(list(signals.values()))
             except SerkitError as exc:
                 return [{"file": p, "error": errors.get(p, str(exc))} for p in paths]
         out = []
@@ -212,7 +212,8 @@ class Recognizer:
             try:
                 if p in errors:
                     raise SerkitError(errors[p])
-                out.append(self.predict(p, enroll=stats))
+                audio = signals.get(p, p)
+                out.append(self.predict(audio, SAMPLE_RATE if p in signals else None, name=p, enroll=stats))
             except SerkitError as exc:
                 out.append({"file": p, "error": str(exc)})
         return out

@@ -147,6 +147,14 @@ class Encoder(nn.Module):
             )
 
 
+def check_time_mask(mask_time_indices: torch.Tensor, frame_mask: torch.Tensor) -> None:
+    """Refuse a span mask whose shape is not the frame mask's ``(batch, frames)``."""
+    if mask_time_indices.shape != frame_mask.shape:
+        raise ValueError(
+            f"mask_time_indices must be (batch, frames)={tuple(frame_mask.shape)}, got {tuple(mask_time_indices.shape)}"
+        )
+
+
 def length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     """Bool ``(batch, size)``: True at positions ``< lengths``."""
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]

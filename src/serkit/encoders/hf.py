@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from serkit.constants import SAMPLE_RATE
-from serkit.encoders.base import Encoder, EncoderOutput, length_mask
+from serkit.encoders.base import Encoder, EncoderOutput, check_time_mask, length_mask
 
 #: ``config.model_type`` values handled here.
 SSL_MODEL_TYPES = ("hubert", "wavlm", "wav2vec2", "data2vec-audio")
@@ -117,11 +117,7 @@ class HFSpeechEncoder(Encoder):
             emb = getattr(model, "masked_spec_embed", None)
             if emb is None:
                 raise ValueError(f"{self.name}: the model has no masked_spec_embed (mask_time_prob was 0 at creation)")
-            if mask_time_indices.shape != frame_mask.shape:
-                raise ValueError(
-                    f"mask_time_indices must be (batch, frames)={tuple(frame_mask.shape)}, "
-                    f"got {tuple(mask_time_indices.shape)}"
-                )
+            check_time_mask(mask_time_indices, frame_mask)
             hidden = torch.where(mask_time_indices[..., None].to(hidden.device), emb.to(hidden.dtype), hidden)
         raw_mask = frame_mask.long() if self.uses_attention_mask else None
         wavlm = self.model.config.model_type == "wavlm"

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from serkit.constants import SAMPLE_RATE
-from serkit.encoders.base import Encoder, EncoderOutput, length_mask
+from serkit.encoders.base import Encoder, EncoderOutput, check_time_mask, length_mask
 
 #: Whisper's STFT: 25 ms window, 10 ms hop at 16 kHz.
 N_FFT = 400
@@ -134,11 +134,7 @@ class WhisperSpeechEncoder(Encoder):
             raise ValueError(f"{self.name}: {n} frames exceed the {self.max_positions} positional embeddings")
         frame_mask = length_mask(self.num_frames(lengths), n)
         if mask_time_indices is not None:
-            if mask_time_indices.shape != frame_mask.shape:
-                raise ValueError(
-                    f"mask_time_indices must be (batch, frames)={tuple(frame_mask.shape)}, "
-                    f"got {tuple(mask_time_indices.shape)}"
-                )
+            check_time_mask(mask_time_indices, frame_mask)
             x = torch.where(mask_time_indices[..., None], self.mask_embedding.to(x.dtype), x)
         hidden = x + enc.embed_positions.weight[:n].to(x.dtype)  # first n positions of the full table
         hidden = F.dropout(hidden, p=enc.dropout, training=self.training)
@@ -190,11 +186,7 @@ class WhisperSpeechEncoder(Encoder):
         if frame_mask.shape != hidden.shape[:2]:
             raise ValueError(f"frame_mask must be (batch, frames)={tuple(hidden.shape[:2])}, got {tuple(frame_mask.shape)}")
         if mask_time_indices is not None:
-            if mask_time_indices.shape != frame_mask.shape:
-                raise ValueError(
-                    f"mask_time_indices must be (batch, frames)={tuple(frame_mask.shape)}, "
-                    f"got {tuple(mask_time_indices.shape)}"
-                )
+            check_time_mask(mask_time_indices, frame_mask)
             fill = self.mask_embedding.to(hidden.dtype) + enc.embed_positions.weight[:n].to(hidden.dtype)
             hidden = torch.where(mask_time_indices[..., None].to(hidden.device), fill[None], hidden)
         if layer_index == 0:
