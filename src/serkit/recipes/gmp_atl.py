@@ -528,7 +528,7 @@ class GMPATLRecipe(Recipe):
                 c = fit_kmeans(x, int(k), backend=oc["backend"], niter=int(oc["niter"]), seed=int(oc["seed"]),
                                max_points_per_centroid=oc["max_points_per_centroid"])
                 cents[str(k)] = c
-                labs[int(k)] = assign(x, c)
+                labs[int(k)] = assign(x, c, device="auto" if oc["backend"] == "torch" else None)
             bounds = np.cumsum([0] + [len(f) for f in feats])
             per = {i: np.stack([labs[int(k)][bounds[j]:bounds[j + 1]] for k in oc["ks"]]).astype(np.int32)
                    for j, i in enumerate(ids)}
@@ -556,6 +556,8 @@ class GMPATLRecipe(Recipe):
         runner = self._runner(cfg, o1["finetune"])
         model = GMPStageModel(runner, 1, labels.num_outputs, hidden=o1["hidden"], proj_dim=o1["proj_dim"])
         self._load_encoder_state(model, dir1)
+        device = _inference_device(cfg)
+        model.to(device)
         runner.eval()
         first = runner.first_layer
         if layer < first:
@@ -571,11 +573,21 @@ class GMPATLRecipe(Recipe):
         bs = int(cfg["train"]["eval_batch_size"]) if runner.encoder.padding_invariant else 1
         out = []
         for batch in DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=collate):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             enc = runner(batch)
-            h = enc.hidden_states[layer - runner.first_layer].float()
+            h = enc.hidden_states[layer - runner.first_layer].float().cpu()
             for j, n in enumerate(enc.frame_mask.sum(1).tolist()):
                 out.append(h[j, :n].numpy())
+        model.to("cpu")
         return out
+
+
+def _inference_device(cfg: dict) -> torch.device:
+    """Where the recipe's own no-grad passes run: the GPU when training would use one (``train.accelerator``)."""
+    acc = str(cfg["train"].get("accelerator", "auto"))
+    if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def _last_val(stage_dir: Path, monitor: str):
