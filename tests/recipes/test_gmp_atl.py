@@ -186,3 +186,29 @@ def test_ablation_rows_share_stage_root(tmp_path):
     assert describe_row(rows["stage1"], "stage1")["layer"] == "-" and describe_row(rows["full"], "full")["gmps"]
     for cfg in rows.values():
         gmp_options(cfg)
+
+
+def test_ablation_merge_combines_fold_parts(tmp_path):
+    """Rows run as fold parts (--folds in several processes) merge into one table; a fold counted once."""
+    import json
+
+    from serkit.recipes.gmp_atl_ablation import merge_parts
+
+    def put(sub, fold, ua, wa):
+        d = tmp_path / sub / f"fold{fold}"
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"fold": fold, "metrics": {"ua": ua, "wa": wa}}))
+
+    put("full-folds0_1", 0, 0.5, 0.6)
+    put("full-folds0_1", 1, 0.7, 0.8)
+    put("full-folds2_3", 2, 0.6, 0.7)
+    put("full", 2, 0.6, 0.7)  # the same fold again, agreeing
+    (tmp_path / "part-0_1-rows.json").write_text(json.dumps([{"row": "full", "seconds": 10.0}]))
+    (tmp_path / "part-2_3-rows.json").write_text(json.dumps([{"row": "full", "seconds": 5.0}]))
+    md, df = merge_parts("configs/ravdess/gmp-atl.yaml", tmp_path, rows=["stage1", "full"], table="t")
+    assert list(df["row"]) == ["full"] and int(df["folds"].iloc[0]) == 3
+    assert abs(df["ua_mean"].iloc[0] - 60.0) < 1e-9 and abs(df["seconds"].iloc[0] - 15.0) < 1e-9
+    assert (tmp_path / "t.md").exists()
+    put("full-folds4_5", 2, 0.9, 0.9)  # disagreeing duplicate
+    with pytest.raises(SystemExit, match="fold 2"):
+        merge_parts("configs/ravdess/gmp-atl.yaml", tmp_path, rows=["full"], table="t")

@@ -89,6 +89,13 @@ class FeatureDataset(_LabelledUtterances):
         return self._item(i, "features" if self.level == "frames" else "pooled", x)
 
 
+def loader_workers(train_cfg: dict) -> dict:
+    """DataLoader keyword arguments for ``train.num_workers``: worker processes kept alive between epochs (no
+    re-forking every epoch for every loader: on a GPU that start-up would cost more than an epoch's compute)."""
+    n = int(train_cfg.get("num_workers", 0) or 0)
+    return {"num_workers": n, "persistent_workers": n > 0}
+
+
 def collate(items: list[dict]) -> dict:
     """Stack labels; pad ``features`` (layers, frames, dim) along frames and build ``frame_mask``."""
     out: dict = {}

@@ -67,7 +67,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from serkit.augment.masking import compute_span_mask
-from serkit.data.features import collate
+from serkit.data.features import collate, loader_workers
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
@@ -282,10 +282,8 @@ class GMPATLRecipe(Recipe):
         t = cfg_s["train"]
         module = SERModule(model, _StageObjective(terms), labels, {**t, "seed": seed})
         train_dl = DataLoader(train_ds, batch_size=t["batch_size"], sampler=SeededShuffleSampler(len(train_ds), seed),
-                              collate_fn=collate, num_workers=t["num_workers"],
-                              drop_last=len(train_ds) > t["batch_size"])
-        eval_kw = {"batch_size": t["eval_batch_size"], "shuffle": False, "collate_fn": collate,
-                       "num_workers": t["num_workers"]}
+                              collate_fn=collate, drop_last=len(train_ds) > t["batch_size"], **loader_workers(t))
+        eval_kw = {"batch_size": t["eval_batch_size"], "shuffle": False, "collate_fn": collate, **loader_workers(t)}
         trainer = make_trainer(cfg_s, stage_dir)
         last = stage_dir / "checkpoints" / "last.ckpt"
         trainer.fit(module, train_dl, DataLoader(val_ds, **eval_kw), ckpt_path=str(last) if last.exists() else None)
@@ -572,7 +570,8 @@ class GMPATLRecipe(Recipe):
             ds = FeatureDataset(source, manifest, ids, labels, layers=[source.layers.index(first)], preload=False)
         bs = int(cfg["train"]["eval_batch_size"]) if runner.encoder.padding_invariant else 1
         out = []
-        for batch in DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=collate):
+        for batch in DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=collate,
+                                num_workers=int(cfg["train"].get("num_workers", 0) or 0)):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             enc = runner(batch)
             h = enc.hidden_states[layer - runner.first_layer].float().cpu()

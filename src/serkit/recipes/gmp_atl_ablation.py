@@ -1,7 +1,7 @@
 """GMP-ATL Tables 3 and 4 in one command: rows = stage sets / stage-3 loss / clustering layer, stages shared.
 
     python -m serkit.recipes.gmp_atl_ablation CONFIG --out DIR [--rows stage1,no_gmp,full,ce]
-        [--layers=-1,-5] [--set KEY=VALUE ...] [--folds 0,1]
+        [--layers=-1,-5] [--set KEY=VALUE ...] [--folds 0,1] [--table NAME] [--merge]
 
 Rows (every one a resumable ``run_cv`` of the ``gmp_atl`` recipe in ``DIR/<row>/``, ``DIR/<row>-folds0_1/`` with
 ``--folds 0,1``; all share
@@ -120,6 +120,44 @@ def run_ablation(config, out_dir, rows=DEFAULT_ROWS, layers=(), overrides=None, 
     return md, df
 
 
+def merge_parts(config, out_dir, rows=DEFAULT_ROWS, layers=(), overrides=None, table: str = "table",
+                log=print) -> tuple[str, pd.DataFrame]:
+    """One table from rows run in parts (``--folds`` in several processes or machines): every
+    ``DIR/<row>[-folds...]/fold<k>/result.json`` of a row counts once per fold; a fold found twice must agree.
+    Wall seconds are the sum of the parts' row times where their ``<table>-rows.json`` recorded them."""
+    from serkit.metrics import mean_std
+
+    base = load_config(config, overrides)
+    out = Path(out_dir)
+    seconds: dict[str, float] = {}
+    for f in out.glob("*-rows.json"):
+        for r in json.loads(f.read_text()):
+            seconds[r["row"]] = seconds.get(r["row"], 0.0) + float(r.get("seconds") or 0.0)
+    done = []
+    for row in list(rows) + [f"layer:{int(L)}" for L in layers]:
+        sub = row.replace(":", "")
+        per_fold: dict[int, dict] = {}
+        for d in [out / sub, *sorted(out.glob(f"{sub}-folds*"))]:
+            for rf in sorted(d.glob("fold*/result.json")):
+                r = json.loads(rf.read_text())
+                k = int(r["fold"])
+                if k in per_fold and per_fold[k]["metrics"] != r["metrics"]:
+                    raise SystemExit(f"merge: fold {k} of row {row} differs between parts ({rf})")
+                per_fold[k] = r
+        if not per_fold:
+            log(f"merge: no folds for row {row}; skipped")
+            continue
+        cfg = row_config(base, row, str(out / "stages"))
+        mean, std = mean_std([per_fold[k]["metrics"] for k in sorted(per_fold)])
+        done.append({**describe_row(cfg, row), "folds": len(per_fold), "mean": mean, "std": std,
+                     "seconds": round(seconds.get(row, float("nan")), 1),
+                     "per_fold_ua": {k: per_fold[k]["metrics"].get("ua") for k in sorted(per_fold)}})
+    md, df = make_table(done)
+    atomic_write_text(out / f"{table}.md", _header(base) + md + "\n")
+    atomic_write_text(out / f"{table}.csv", df.to_csv(index=False))
+    return md, df
+
+
 def _header(base: dict, folds_only=None) -> str:
     enc = base["encoder"].get("id") if isinstance(base["encoder"], dict) else base["encoder"]
     return (f"# GMP-ATL ablation (Tables 3 and 4): {base['name']}\n\n"
@@ -138,11 +176,17 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--folds", help="only these folds, e.g. 0,1")
     p.add_argument("--table", default="table", help="name of the table files in --out (default: table)")
+    p.add_argument("--merge", action="store_true",
+                   help="train nothing: one table from the rows' fold results already in --out (parts run with --folds)")
 
 
 def _main(args) -> int:
     folds = [int(x) for x in args.folds.split(",")] if args.folds else None
     layers = [int(x) for x in split_list(args.layers, [])]
+    if args.merge:
+        md, _ = merge_parts(args.config, args.out, split_list(args.rows, DEFAULT_ROWS), layers, args.set, args.table)
+        print(md)
+        return 0
     md, _ = run_ablation(args.config, args.out, split_list(args.rows, DEFAULT_ROWS), layers, args.set, folds,
                          table=args.table)
     print(md)

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from serkit.data.features import collate
+from serkit.data.features import collate, loader_workers
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
@@ -155,11 +155,11 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
     t = cfg["train"]
     sampler = recipe.train_sampler(cfg, train_ds, seed + fold.index)
     if isinstance(sampler, tuple) and sampler[0] == "batch_sampler":
-        train_dl = DataLoader(train_ds, batch_sampler=sampler[1], collate_fn=collate, num_workers=t["num_workers"])
+        train_dl = DataLoader(train_ds, batch_sampler=sampler[1], collate_fn=collate, **loader_workers(t))
     else:
         train_dl = DataLoader(train_ds, batch_size=t["batch_size"], sampler=sampler, collate_fn=collate,
-                              num_workers=t["num_workers"], drop_last=len(train_ds) > t["batch_size"])
-    eval_kw = dict(batch_size=t["eval_batch_size"], shuffle=False, collate_fn=collate, num_workers=t["num_workers"])
+                              drop_last=len(train_ds) > t["batch_size"], **loader_workers(t))
+    eval_kw = dict(batch_size=t["eval_batch_size"], shuffle=False, collate_fn=collate, **loader_workers(t))
     val_dl = DataLoader(val_ds, **eval_kw)
     trainer = make_trainer(cfg, fold_dir)
     last = fold_dir / "checkpoints" / "last.ckpt"
