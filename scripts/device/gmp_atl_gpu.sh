@@ -3,6 +3,7 @@
 # scripts/device/pack.py arrives in .gpu/a and .gpu/b (two calls to one warm machine) and is unpacked to /tmp.
 #   unpack              install the wheels, restore the encoder's hub cache (fp32), copy the speakers present
 #   smoke               unpack + one fold of all three stages on part a's speakers, 1-2 epochs per stage
+#   step                time one whole-encoder fine-tuning step (bench/finetune_step.py)
 #   kmeans              k-means timings on the corpus's layer -3 frames: torch on the GPU vs MiniBatchKMeans
 #   full                unpack + k-means timings (torch, GPU) + configs/ravdess/gmp-atl-gpu.yaml as an ablation
 #                       (rows stage1, full, no_gmp; three processes of two folds) + MiniBatchKMeans timings
@@ -58,6 +59,10 @@ smoke)
     find /tmp/smoke -name stage.json | xargs -I{} sh -c 'echo {}; cat {}; echo' > "$OUT/smoke-stages.txt" 2>/dev/null
     cp /tmp/smoke/smoke.md "$OUT/" 2>/dev/null
     exit $rc ;;
+step)
+    # where a fine-tuning step's time goes (data, forward, backward, optimiser) before a long run
+    unpack
+    python3 bench/finetune_step.py --batch 64 --steps 10 --workers 4 2>&1 | tee "$OUT/step.md" ;;
 kmeans)
     unpack
     python3 bench/kmeans.py --config configs/ravdess/baseline.yaml --layer -3 --ks 64 512 4096 \
@@ -104,5 +109,5 @@ full)
             --ks 64 512 4096 --backends sklearn --niter 25 2>&1 | tee "$OUT/kmeans-sklearn.md"
     fi
     exit $rc ;;
-*) echo "usage: $0 unpack|smoke|kmeans|full [--set KEY=VALUE ...]"; exit 2 ;;
+*) echo "usage: $0 unpack|smoke|step|kmeans|full [--set KEY=VALUE ...]"; exit 2 ;;
 esac
