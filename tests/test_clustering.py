@@ -83,3 +83,14 @@ def test_torch_matches_faiss_quality_on_random_data():
     i_t = inertia_per_point(x, fit_kmeans(x, 32, backend="torch", niter=20, seed=0))
     i_f = inertia_per_point(x, fit_kmeans(x, 32, backend="faiss", niter=20, seed=0))
     assert abs(i_t - i_f) / i_f < 0.05
+
+
+def test_auto_backend_resolves():
+    import torch
+
+    from serkit.clustering import resolve_backend
+
+    assert resolve_backend("auto") == ("torch" if torch.cuda.is_available() else "faiss")
+    assert resolve_backend("sklearn") == "sklearn"
+    x, _ = _blobs(n_per=20)
+    assert fit_kmeans(x, 4, backend="auto", niter=5).shape == (4, 8)

@@ -3,7 +3,7 @@
 GMP-ATL Sec. 3.1: k-means on the third-to-last HuBERT layer's frame features with k = 64, 512 and 4096; the
 cluster index of every frame at every scale is a pseudo-label for retraining (Sec. 3.2).
 
-Backends:
+Backends (``"auto"``: torch on a GPU when there is one, else faiss):
 
 * ``"faiss"`` (default): ``faiss.Kmeans`` on CPU, Euclidean (``spherical=False``), Lloyd iterations on a
   subsample of at most ``k * max_points_per_centroid`` points (faiss's own default: 256).
@@ -26,7 +26,22 @@ from collections.abc import Iterable
 
 import numpy as np
 
-BACKENDS = ("faiss", "torch", "sklearn")
+BACKENDS = ("auto", "faiss", "torch", "sklearn")
+
+
+def resolve_backend(backend: str) -> str:
+    """``"auto"``: torch on a GPU when there is one, else faiss (torch on the CPU if faiss is not installed)."""
+    if backend != "auto":
+        return backend
+    import torch
+
+    if torch.cuda.is_available():
+        return "torch"
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "faiss"
 
 
 def _as_features(features) -> np.ndarray:
@@ -54,7 +69,7 @@ def fit_kmeans(features: np.ndarray, k: int, backend: str = "faiss", niter: int 
     Args:
         features: (N, d) float32 frame features (N >= k).
         k: number of clusters.
-        backend: ``"faiss"``, ``"torch"`` or ``"sklearn"``.
+        backend: ``"auto"`` (:func:`resolve_backend`), ``"faiss"``, ``"torch"`` or ``"sklearn"``.
         niter: Lloyd iterations (faiss) or epochs over the data (MiniBatchKMeans ``max_iter``).
         seed: random seed (initialisation and subsampling).
         max_points_per_centroid: train on at most ``k * max_points_per_centroid`` random points; None: all.
@@ -71,6 +86,7 @@ def fit_kmeans(features: np.ndarray, k: int, backend: str = "faiss", niter: int 
     x = _as_features(features)
     if backend not in BACKENDS:
         raise ValueError(f"k-means: unknown backend {backend!r}; known: {BACKENDS}")
+    backend = resolve_backend(backend)
     if k < 1:
         raise ValueError(f"k-means: k must be >= 1, got {k}")
     if len(x) < k:

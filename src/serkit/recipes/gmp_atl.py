@@ -43,7 +43,7 @@ training, a killed stage resumes from its ``checkpoints/last.ckpt``.
     stages: [1, 2, 3]            # [1]: stage 1 only; [1, 3]: without GMPs
     stage_root: null
     stage1: {finetune: false, hidden: 256, proj_dim: 256, alpha: 0.9, train: {...overrides of train}}
-    cluster: {layer: -3, ks: [64, 512, 4096], backend: faiss, niter: 25, max_points_per_centroid: 256, seed: 0}
+    cluster: {layer: -3, ks: [64, 512, 4096], backend: auto, niter: 25, max_points_per_centroid: 256, seed: 0}
     stage2: {finetune: true, mask_prob: 0.08, span: 10, min_masks: 2, hidden: 256, masked_only: true, train: {}}
     stage3: {finetune: true, loss: am_softmax, s: 30.0, m: 0.2, hidden: 256, proj_dim: 256, init_head: false,
              train: {}}
@@ -84,7 +84,7 @@ DEFAULTS: dict = {
     "stages": [1, 2, 3],
     "stage_root": None,
     "stage1": {"finetune": False, "hidden": 256, "proj_dim": 256, "alpha": 0.9, "train": {}},
-    "cluster": {"layer": -3, "ks": [64, 512, 4096], "backend": "faiss", "niter": 25,
+    "cluster": {"layer": -3, "ks": [64, 512, 4096], "backend": "auto", "niter": 25,
                 "max_points_per_centroid": 256, "seed": 0},
     "stage2": {"finetune": True, "mask_prob": 0.08, "span": 10, "min_masks": 2, "hidden": 256,
                "masked_only": True, "train": {}},
@@ -497,7 +497,7 @@ class GMPATLRecipe(Recipe):
     def _gmps(self, cfg, manifest, fold, labels, source, root: Path, base: dict, key1: str, m1: dict, dir1: Path,
               oc: dict):
         """Multi-scale k-means on training frames of hidden state ``oc["layer"]``; ``(dir, {id: (S, T) int}, s)``."""
-        from serkit.clustering import assign, fit_kmeans
+        from serkit.clustering import assign, fit_kmeans, resolve_backend
 
         num_layers = self._encoder_layers(cfg, source)
         layer = int(oc["layer"]) % num_layers
@@ -526,7 +526,7 @@ class GMPATLRecipe(Recipe):
                 c = fit_kmeans(x, int(k), backend=oc["backend"], niter=int(oc["niter"]), seed=int(oc["seed"]),
                                max_points_per_centroid=oc["max_points_per_centroid"])
                 cents[str(k)] = c
-                labs[int(k)] = assign(x, c, device="auto" if oc["backend"] == "torch" else None)
+                labs[int(k)] = assign(x, c, device="auto" if resolve_backend(oc["backend"]) == "torch" else None)
             bounds = np.cumsum([0] + [len(f) for f in feats])
             per = {i: np.stack([labs[int(k)][bounds[j]:bounds[j + 1]] for k in oc["ks"]]).astype(np.int32)
                    for j, i in enumerate(ids)}
@@ -535,6 +535,7 @@ class GMPATLRecipe(Recipe):
             counts = {str(k): len(np.unique(labs[int(k)])) for k in oc["ks"]}
             mc = self._finish(dirc, keyc, "gmps", None, time.time() - t0,
                               {"layer": layer, "frames": len(x), "utterances": len(ids), "used_clusters": counts,
+                               "backend": resolve_backend(oc["backend"]),
                                "from_stage1": from_stage1})
             del x, feats
         with np.load(path) as z:
