@@ -88,7 +88,7 @@ def make_table(rows: list[dict]) -> tuple[str, pd.DataFrame]:
                      "wa_mean": 100 * r["mean"].get("wa", float("nan")), "wa_std": 100 * r["std"].get("wa", float("nan"))})
         lines.append(f"| {r['row']} | {r['stages']} | {'✓' if r['gmps'] else '-'} | {r['loss']} | {r['layer']} | "
                      f"{r['folds']} | {percent_mean_std(r['mean'], r['std'], 'ua')} | {percent_mean_std(r['mean'], r['std'], 'wa')} | "
-                     f"{r['seconds']:.0f} |")
+                     f"{'-' if r['seconds'] != r['seconds'] else format(r['seconds'], '.0f')} |")
     return "\n".join(lines), pd.DataFrame(recs)
 
 
