@@ -133,9 +133,11 @@ def test_three_stages_from_cache_and_resume(tiny_corpus, tmp_path):  # noqa: F81
     n_train = json.loads((tmp_path / "run" / "folds.json").read_text())
     assert len(arrs) == len(n_train[0]["train"] if isinstance(n_train, list) else n_train["folds"][0]["train"])
     assert all(a.shape[0] == 2 and a[0].max() < 4 and a[1].max() < 8 for a in arrs)
-    # a second run (new output folder, same stages) trains nothing: every stage is reused from its marker
+    # a second run (new output folder, same stages; another progress setting, which cannot change results) trains
+    # nothing: every stage is reused from its marker
     before = {p: p.stat().st_mtime for p in fold_root.rglob("state.safetensors")}
-    summary2 = run_cv({**cfg, "name": "again"}, tmp_path / "run2", folds_only=[0], log=lambda *a: None)
+    cfg2 = {**cfg, "name": "again", "train": {**cfg["train"], "progress": not cfg["train"].get("progress", True)}}
+    summary2 = run_cv(cfg2, tmp_path / "run2", folds_only=[0], log=lambda *a: None)
     assert summary2["folds"][0]["metrics"] == res["metrics"]
     assert {p: p.stat().st_mtime for p in fold_root.rglob("state.safetensors")} == before
     # the no-GMP row shares stage 1 and adds one stage 3
@@ -212,3 +214,11 @@ def test_ablation_merge_combines_fold_parts(tmp_path):
     put("full-folds4_5", 2, 0.9, 0.9)  # disagreeing duplicate
     with pytest.raises(SystemExit, match="fold 2"):
         merge_parts("configs/ravdess/gmp-atl.yaml", tmp_path, rows=["full"], table="t")
+
+
+def test_stage_keys_ignore_result_neutral_settings():
+    from serkit.recipes.gmp_atl import _schedule
+
+    t = {"epochs": 3, "lr": 1e-4, "num_workers": 8, "progress": False}
+    assert _schedule(t) == _schedule({**t, "num_workers": 0, "progress": True}) == {"epochs": 3, "lr": 1e-4}
+    assert _schedule(t) != _schedule({**t, "lr": 1e-3})

@@ -122,6 +122,15 @@ def _hash(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+#: ``train`` settings that cannot change a stage's result (data-loading processes, progress bars): left out of the
+#: stage keys, so a rerun with another worker count reuses the stages
+RESULT_NEUTRAL_TRAIN_KEYS = ("num_workers", "progress")
+
+
+def _schedule(train: dict) -> dict:
+    return {k: v for k, v in train.items() if k not in RESULT_NEUTRAL_TRAIN_KEYS}
+
+
 # -- model ---------------------------------------------------------------------------------------------------------
 class GMPStageModel(nn.Module):
     """One GMP-ATL stage: a :class:`StagedEncoder` and the stage's head (see the module docstring).
@@ -386,7 +395,8 @@ class GMPATLRecipe(Recipe):
         # stage 1 -----------------------------------------------------------------------------------------------
         o1 = opts["stage1"]
         cfg1 = self._stage_cfg(cfg, o1["train"])
-        key1 = _hash([base, "stage1-v2", {k: v for k, v in o1.items() if k != "train"}, cfg1["train"]])
+        key1 = _hash([base, "stage1-v2", {k: v for k, v in o1.items() if k != "train"},
+                     _schedule(cfg1["train"])])
         dir1 = root / f"stage1-{key1}"
         m1 = self._marker(dir1, key1)
         runner1 = None
@@ -417,7 +427,7 @@ class GMPATLRecipe(Recipe):
             timings["clustering"] = tc
             cfg2 = self._stage_cfg(cfg, o2["train"], keep_last=True)
             key2 = _hash([base, "stage2", key1, dirc.name, {k: v for k, v in o2.items() if k != "train"},
-                          cfg2["train"]])
+                          _schedule(cfg2["train"])])
             dir2 = root / f"stage2-{key2}"
             m2 = self._marker(dir2, key2)
             if m2 is None:
@@ -448,7 +458,8 @@ class GMPATLRecipe(Recipe):
         if 3 in opts["stages"]:
             o3 = opts["stage3"]
             cfg3 = self._stage_cfg(cfg, o3["train"])
-            key3 = _hash([base, "stage3", up_key, {k: v for k, v in o3.items() if k != "train"}, cfg3["train"]])
+            key3 = _hash([base, "stage3", up_key, {k: v for k, v in o3.items() if k != "train"},
+                          _schedule(cfg3["train"])])
             dir3 = root / f"stage3-{key3}"
             m3 = self._marker(dir3, key3)
             if m3 is None:
