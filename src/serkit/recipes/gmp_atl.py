@@ -68,6 +68,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from serkit.augment.masking import compute_span_mask
 from serkit.data.features import collate, loader_workers
+from serkit.train.fit import inference_device
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
@@ -302,11 +303,12 @@ class GMPATLRecipe(Recipe):
         return module, eval_kw
 
     @staticmethod
-    def _score(module, test_ds, labels: LabelMap, eval_kw: dict, stage_dir: Path, monitor: str) -> dict:
+    def _score(module, test_ds, labels: LabelMap, eval_kw: dict, stage_dir: Path, monitor: str,
+               device: torch.device | None = None) -> dict:
         from serkit.metrics import classification_metrics, confusion
         from serkit.train.fit import _best_epoch, _best_val, predict_outputs
 
-        outputs = predict_outputs(module, DataLoader(test_ds, **eval_kw))
+        outputs = predict_outputs(module, DataLoader(test_ds, **eval_kw), device)
         y_true = test_ds.enc["emotion"]
         probs = torch.softmax(torch.from_numpy(outputs["logits"]), -1).numpy()
         y_pred = probs.argmax(-1)
@@ -410,7 +412,8 @@ class GMPATLRecipe(Recipe):
                      {"name": "gender_ce", "weight": 1.0 - float(o1["alpha"])}]
             module, eval_kw = self._fit(cfg1, model, terms, labels, StageItems(tr, None, mf, True, seed),
                                         StageItems(va), dir1, seed)
-            res1 = self._score(module, StageItems(te), labels, eval_kw, dir1, monitor)
+            res1 = self._score(module, StageItems(te), labels, eval_kw, dir1, monitor,
+                               inference_device(cfg["train"]))
             m1 = self._finish(dir1, key1, 1, model, time.time() - t0,
                               {"result": res1, "first_layer": runner1.first_layer, "encoder_trained": runner1.trains})
             del module, model, tr, va, te
@@ -477,7 +480,8 @@ class GMPATLRecipe(Recipe):
                     if o3["loss"] == "am_softmax" else {"name": "cross_entropy"}
                 module, eval_kw = self._fit(cfg3, model, [term], labels, StageItems(tr, None, mf, True, seed),
                                             StageItems(va), dir3, seed)
-                res3 = self._score(module, StageItems(te), labels, eval_kw, dir3, monitor)
+                res3 = self._score(module, StageItems(te), labels, eval_kw, dir3, monitor,
+                                   inference_device(cfg["train"]))
                 m3 = self._finish(dir3, key3, 3, model, time.time() - t0,
                                   {"result": res3, "first_layer": runner3.first_layer})
                 del module, model, tr, va, te
@@ -566,7 +570,7 @@ class GMPATLRecipe(Recipe):
         runner = self._runner(cfg, o1["finetune"])
         model = GMPStageModel(runner, 1, labels.num_outputs, hidden=o1["hidden"], proj_dim=o1["proj_dim"])
         self._load_encoder_state(model, dir1)
-        device = _inference_device(cfg)
+        device = inference_device(cfg["train"])
         model.to(device)
         runner.eval()
         first = runner.first_layer
@@ -592,13 +596,6 @@ class GMPATLRecipe(Recipe):
         model.to("cpu")
         return out
 
-
-def _inference_device(cfg: dict) -> torch.device:
-    """Where the recipe's own no-grad passes run: the GPU when training would use one (``train.accelerator``)."""
-    acc = str(cfg["train"].get("accelerator", "auto"))
-    if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def _last_val(stage_dir: Path, monitor: str):

@@ -106,19 +106,38 @@ def model_spec(cfg: dict, labels: LabelMap, source, encoder=None, layers=None) -
                      class_names=list(labels.classes), extra={"encoder": cfg["encoder"]})
 
 
+def inference_device(train_cfg: dict | None = None) -> torch.device:
+    """Where no-grad passes outside Lightning run (test scoring, frame extraction): the GPU when training would use
+    one (``train.accelerator`` auto / gpu / cuda and CUDA available), else the CPU."""
+    acc = str((train_cfg or {}).get("accelerator", "auto"))
+    if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 @torch.no_grad()
-def predict_outputs(module: SERModule, loader: DataLoader) -> dict[str, np.ndarray]:
-    """Run the model over ``loader``; concatenate every per-utterance output (batch-first tensors)."""
+def predict_outputs(module: SERModule, loader: DataLoader, device: torch.device | str | None = None
+                    ) -> dict[str, np.ndarray]:
+    """Run the model over ``loader``; concatenate every per-utterance output (batch-first tensors).
+
+    ``device``: where to run (default :func:`inference_device`); Lightning hands a trained module back on the CPU,
+    so without this a GPU run would score its test set on the CPU. The module goes back where it was afterwards.
+    """
     module.eval()
-    device = next(module.parameters()).device
+    home = next(module.parameters()).device
+    device = torch.device(device) if device is not None else inference_device()
+    module.to(device)
     outs: dict[str, list] = {}
-    for batch in loader:
-        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        out = module.model(batch)
-        n = len(batch["emotion"])
-        for k, v in out.items():
-            if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == n and v.ndim <= 2 and k != "frame_mask":
-                outs.setdefault(k, []).append(v.float().cpu().numpy())
+    try:
+        for batch in loader:
+            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            out = module.model(batch)
+            n = len(batch["emotion"])
+            for k, v in out.items():
+                if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == n and v.ndim <= 2 and k != "frame_mask":
+                    outs.setdefault(k, []).append(v.float().cpu().numpy())
+    finally:
+        module.to(home)
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
@@ -199,7 +218,7 @@ def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: st
         module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw = train_module(
             rcfg, manifest, whole, source, fold_dir / "refit", select=False)
     test_dl = DataLoader(test_ds, **eval_kw)
-    outputs = predict_outputs(module, test_dl)
+    outputs = predict_outputs(module, test_dl, inference_device(cfg["train"]))
     rows = test_ds.rows
     res = {"fold": fold.index, "test_speakers": fold.test_speakers, "val_speakers": fold.val_speakers,
            "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
