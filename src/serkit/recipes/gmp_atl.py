@@ -68,7 +68,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from serkit.augment.masking import compute_span_mask
 from serkit.data.features import collate, loader_workers
-from serkit.train.fit import inference_device
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
@@ -413,7 +412,7 @@ class GMPATLRecipe(Recipe):
             module, eval_kw = self._fit(cfg1, model, terms, labels, StageItems(tr, None, mf, True, seed),
                                         StageItems(va), dir1, seed)
             res1 = self._score(module, StageItems(te), labels, eval_kw, dir1, monitor,
-                               inference_device(cfg["train"]))
+                               _inference_device(cfg))
             m1 = self._finish(dir1, key1, 1, model, time.time() - t0,
                               {"result": res1, "first_layer": runner1.first_layer, "encoder_trained": runner1.trains})
             del module, model, tr, va, te
@@ -481,7 +480,7 @@ class GMPATLRecipe(Recipe):
                 module, eval_kw = self._fit(cfg3, model, [term], labels, StageItems(tr, None, mf, True, seed),
                                             StageItems(va), dir3, seed)
                 res3 = self._score(module, StageItems(te), labels, eval_kw, dir3, monitor,
-                                   inference_device(cfg["train"]))
+                                   _inference_device(cfg))
                 m3 = self._finish(dir3, key3, 3, model, time.time() - t0,
                                   {"result": res3, "first_layer": runner3.first_layer})
                 del module, model, tr, va, te
@@ -570,7 +569,7 @@ class GMPATLRecipe(Recipe):
         runner = self._runner(cfg, o1["finetune"])
         model = GMPStageModel(runner, 1, labels.num_outputs, hidden=o1["hidden"], proj_dim=o1["proj_dim"])
         self._load_encoder_state(model, dir1)
-        device = inference_device(cfg["train"])
+        device = _inference_device(cfg)
         model.to(device)
         runner.eval()
         first = runner.first_layer
@@ -605,3 +604,9 @@ def _last_val(stage_dir: Path, monitor: str):
     df = pd.read_csv(p)
     v = df[monitor].dropna() if monitor in df else []
     return float(v.iloc[-1]) if len(v) else None
+
+
+def _inference_device(cfg: dict) -> torch.device:
+    from serkit.train.fit import inference_device  # lazily: serkit.train.fit imports the recipe registry
+
+    return inference_device(cfg["train"])
