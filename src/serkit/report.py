@@ -91,11 +91,15 @@ def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
     norm = summary.get("feature_normalisation", "none")
     if norm != "none":
         lines.append(f"- feature normalisation: **{norm}**")
+    aug = summary.get("augmentation", "none")
+    if aug != "none":
+        lines.append(f"- augmentation: **{aug}**")
     lines.append(f"- model: `{cfg['model']}`; objective: `{cfg['objective']}`")
     lines.append(f"- schedule: `{ {k: cfg['train'][k] for k in ('epochs', 'batch_size', 'lr', 'patience', 'seed')} }`;"
                  f" selection on `{cfg['train']['monitor']}` (validation speakers only)")
     if "wall_seconds" in summary:
-        lines.append(f"- wall time: {summary['wall_seconds']:.0f} s")
+        spent = f"; the folds took {summary['fold_seconds']:.0f} s when trained" if "fold_seconds" in summary else ""
+        lines.append(f"- wall time: {summary['wall_seconds']:.0f} s (this invocation{spent})")
     lines += ["", "## Test scores per fold", "", format_table(summary), ""]
     if summary["task"] == "classification":
         keys = ["wa", "ua", "macro_f1"]

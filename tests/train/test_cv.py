@@ -28,6 +28,12 @@ def test_cv_writes_results_schema_and_report(tiny_corpus, tmp_path):
     assert (tmp_path / "run" / "figures" / "confusion.png").stat().st_size > 1000
     assert (tmp_path / "run" / "figures" / "learning_curves.png").exists()
     assert summary["mean"] == res["mean"]
+    # each fold records what it cost; a resumed invocation (nothing left to train) keeps those figures
+    fold_secs = [json.loads((tmp_path / "run" / f"fold{i}" / "result.json").read_text())["seconds"] for i in range(3)]
+    assert all(s > 0 for s in fold_secs) and res["fold_seconds"] == pytest.approx(sum(fold_secs), abs=0.2)
+    again = run_cv(tiny_config(tiny_corpus), tmp_path / "run", log=lambda *a: None)
+    assert again["fold_seconds"] == res["fold_seconds"] and again["wall_seconds"] < res["wall_seconds"]
+    assert res["augmentation"] == "none"
 
 
 def test_regression_cv(tiny_corpus, tmp_path):
@@ -140,3 +146,15 @@ def test_a_run_saved_before_a_new_default_still_resumes(tiny_corpus, tmp_path):
     changed = tiny_config(tiny_corpus, train={"epochs": 2})
     with pytest.raises(SystemExit, match="different config"):
         run_cv(changed, out, log=lambda *a: None)
+
+
+def test_augmentation_mode_is_stated():
+    from serkit.train.cv import describe_augmentation
+
+    cache = {"features": {"source": "cache"}}
+    assert describe_augmentation({**cache, "augment": None}) == "none"
+    assert describe_augmentation({**cache, "augment": {"name": "none"}}) == "none"
+    v = describe_augmentation({**cache, "augment": {"name": "eam", "mode": "auto", "k": 4}})
+    assert v.startswith("eam, mode variants") and "K=4" in v
+    live = describe_augmentation({"features": {"source": "waveform"}, "augment": {"name": "eam"}})
+    assert "on_the_fly" in live and "encoder in the loop" in live

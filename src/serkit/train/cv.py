@@ -103,6 +103,9 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
         results.append(res)
     summary = summarise(cfg, folds, results, protocol)
     summary["wall_seconds"] = round(time.time() - t0, 1)
+    known = [r["seconds"] for r in results if r.get("seconds") is not None]
+    if len(known) == len(results) and results:
+        summary["fold_seconds"] = round(float(sum(known)), 1)
     atomic_write_json(out / "results.json", summary)
     from serkit.report import write_report
 
@@ -117,6 +120,21 @@ FEATURE_NORMALISATION = {
 }
 
 
+def describe_augmentation(cfg: dict) -> str:
+    """One line for results and reports: which augmentation produced a number, and how (cached variants or live)."""
+    aug = cfg.get("augment") or {}
+    name = str(aug.get("name", "none")).lower()
+    if name == "none":
+        return "none"
+    mode = aug.get("mode", "auto")
+    if mode == "auto":
+        mode = "on_the_fly" if cfg["features"]["source"] == "waveform" else "variants"
+    if mode == "variants":
+        return (f"{name}, mode variants: K={aug.get('k')} pre-mixed variants per training utterance, extracted once "
+                f"into the feature cache ({aug.get('per_epoch', 1)} per utterance per epoch)")
+    return f"{name}, mode {mode}: mixed anew in the training loop on waveforms, encoder in the loop"
+
+
 def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
     mean, std = mean_std([r["metrics"] for r in results])
     si = all(f.speaker_independent for f in folds)
@@ -128,6 +146,7 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
         "speaker_independent": si,
         "encoder": cfg["encoder"],
         "feature_normalisation": FEATURE_NORMALISATION[cfg["features"].get("normalize", "none")],
+        "augmentation": describe_augmentation(cfg),
         "folds": [
             {k: r[k] for k in ("fold", "test_speakers", "n_test", "metrics", "best_epoch", "best_val", "confusion",
                                "classes") if k in r}

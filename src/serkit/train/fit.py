@@ -7,6 +7,7 @@ checkpoint that validation chose.
 from __future__ import annotations
 
 import json
+import time
 import logging
 import warnings
 from pathlib import Path
@@ -194,11 +195,23 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
 
 
 def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: str | Path) -> dict:
-    """Train on ``fold.train``, select on ``fold.val``, score ``fold.test``; resumable; returns the fold result."""
+    """Train on ``fold.train``, select on ``fold.val``, score ``fold.test``; resumable; returns the fold result.
+
+    The result carries ``seconds``: the wall time of the call that produced it (a finished fold is read back as it
+    was, so a resumed run still reports what each fold cost)."""
     fold_dir = Path(fold_dir)
     result_path = fold_dir / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
+    t0 = time.time()
+    res = _fit_fold(cfg, manifest, fold, source, fold_dir)
+    res = {**res, "seconds": round(time.time() - t0, 1)}
+    atomic_write_json(result_path, res)
+    return res
+
+
+def _fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path) -> dict:
+    result_path = fold_dir / "result.json"
     check_leakage(fold, manifest)
     own = getattr(get_recipe(cfg["recipe"]), "fit_fold", None)
     if own is not None:  # a multi-stage recipe (GMP-ATL) runs its own stages and writes result.json
