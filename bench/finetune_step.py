@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     from torch.utils.data import DataLoader
 
     from serkit.config import load_config
-    from serkit.data.features import WaveformDataset, collate, loader_workers
+    from serkit.data.features import WaveformDataset, collate, loader_workers, to_device
     from serkit.data.labels import LabelMap
     from serkit.encoders.registry import load_encoder
     from serkit.models.staged_encoder import StagedEncoder
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         timed = i >= args.warmup
         _sync(dev)
         s0 = time.perf_counter()
-        b = {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+        b = to_device(b, dev)
         _sync(dev)
         s1 = time.perf_counter()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):

@@ -23,6 +23,7 @@ Features are float32 (N, d); labels are int64 (N,). Assignment is always exact n
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -124,6 +125,19 @@ def _torch_device(device: str):
     return torch.device(device)
 
 
+@contextmanager
+def _full_fp32_matmul():
+    """Plain float32 matrix products inside (no TF32), the previous setting restored after."""
+    import torch
+
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
 def _nearest(x, c, chunk: int):
     """Nearest centroid of every row of torch tensors ``x`` (N, d), ``c`` (k, d): labels (N,) int64, d2 (N,)."""
     import torch
@@ -158,9 +172,7 @@ def torch_kmeans(features: np.ndarray, k: int, niter: int = 25, seed: int = 0, n
         raise ValueError(f"k-means: {len(x_np)} points cannot make k={k} clusters; need N >= k")
     dev = _torch_device(device)
     gen = torch.Generator().manual_seed(int(seed))
-    prev = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
+    with _full_fp32_matmul():
         x = torch.from_numpy(x_np).to(dev)
         n, d = x.shape
         best, best_inertia = None, float("inf")
@@ -187,8 +199,6 @@ def torch_kmeans(features: np.ndarray, k: int, niter: int = 25, seed: int = 0, n
             if inertia < best_inertia:
                 best, best_inertia = c, inertia
         return np.ascontiguousarray(best.float().cpu().numpy(), dtype=np.float32)
-    finally:
-        torch.set_float32_matmul_precision(prev)
 
 
 def assign(features: np.ndarray, centroids: np.ndarray, return_distance: bool = False,
@@ -212,12 +222,8 @@ def assign(features: np.ndarray, centroids: np.ndarray, return_distance: bool = 
         import torch
 
         dev = _torch_device(device)
-        prev = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("highest")
-        try:
+        with _full_fp32_matmul():
             lab, dd = _nearest(torch.from_numpy(x).to(dev), torch.from_numpy(c).to(dev), chunk)
-        finally:
-            torch.set_float32_matmul_precision(prev)
         labels, d2 = lab.cpu().numpy(), dd.cpu().numpy()
     elif faiss is not None:
         index = faiss.IndexFlatL2(c.shape[1])

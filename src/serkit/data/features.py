@@ -96,6 +96,11 @@ def loader_workers(train_cfg: dict) -> dict:
     return {"num_workers": n, "persistent_workers": n > 0}
 
 
+def to_device(batch: dict, device) -> dict:
+    """A collated batch with its tensors on ``device`` (other entries, e.g. id lists, as they are)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def collate(items: list[dict]) -> dict:
     """Stack labels; pad ``features`` (layers, frames, dim) along frames and build ``frame_mask``."""
     out: dict = {}

@@ -67,7 +67,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from serkit.augment.masking import compute_span_mask
-from serkit.data.features import collate, loader_workers
+from serkit.data.features import collate, loader_workers, to_device
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
@@ -513,6 +513,8 @@ class GMPATLRecipe(Recipe):
         """Multi-scale k-means on training frames of hidden state ``oc["layer"]``; ``(dir, {id: (S, T) int}, s)``."""
         from serkit.clustering import assign, fit_kmeans, resolve_backend
 
+        backend = resolve_backend(oc["backend"])
+
         num_layers = self._encoder_layers(cfg, source)
         layer = int(oc["layer"]) % num_layers
         first1 = m1.get("first_layer")
@@ -537,10 +539,10 @@ class GMPATLRecipe(Recipe):
             x = np.concatenate(feats)
             cents, labs = {}, {}
             for k in oc["ks"]:
-                c = fit_kmeans(x, int(k), backend=oc["backend"], niter=int(oc["niter"]), seed=int(oc["seed"]),
+                c = fit_kmeans(x, int(k), backend=backend, niter=int(oc["niter"]), seed=int(oc["seed"]),
                                max_points_per_centroid=oc["max_points_per_centroid"])
                 cents[str(k)] = c
-                labs[int(k)] = assign(x, c, device="auto" if resolve_backend(oc["backend"]) == "torch" else None)
+                labs[int(k)] = assign(x, c, device="auto" if backend == "torch" else None)
             bounds = np.cumsum([0] + [len(f) for f in feats])
             per = {i: np.stack([labs[int(k)][bounds[j]:bounds[j + 1]] for k in oc["ks"]]).astype(np.int32)
                    for j, i in enumerate(ids)}
@@ -549,7 +551,7 @@ class GMPATLRecipe(Recipe):
             counts = {str(k): len(np.unique(labs[int(k)])) for k in oc["ks"]}
             mc = self._finish(dirc, keyc, "gmps", None, time.time() - t0,
                               {"layer": layer, "frames": len(x), "utterances": len(ids), "used_clusters": counts,
-                               "backend": resolve_backend(oc["backend"]),
+                               "backend": backend,
                                "from_stage1": from_stage1})
             del x, feats
         with np.load(path) as z:
@@ -586,15 +588,13 @@ class GMPATLRecipe(Recipe):
         bs = int(cfg["train"]["eval_batch_size"]) if runner.encoder.padding_invariant else 1
         out = []
         for batch in DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=collate,
-                                num_workers=int(cfg["train"].get("num_workers", 0) or 0)):
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            enc = runner(batch)
+                                num_workers=loader_workers(cfg["train"])["num_workers"]):
+            enc = runner(to_device(batch, device))
             h = enc.hidden_states[layer - runner.first_layer].float().cpu()
             for j, n in enumerate(enc.frame_mask.sum(1).tolist()):
                 out.append(h[j, :n].numpy())
         model.to("cpu")
         return out
-
 
 
 def _last_val(stage_dir: Path, monitor: str):

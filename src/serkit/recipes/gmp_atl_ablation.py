@@ -150,8 +150,7 @@ def merge_parts(config, out_dir, rows=DEFAULT_ROWS, layers=(), overrides=None, t
         cfg = row_config(base, row, str(out / "stages"))
         mean, std = mean_std([per_fold[k]["metrics"] for k in sorted(per_fold)])
         done.append({**describe_row(cfg, row), "folds": len(per_fold), "mean": mean, "std": std,
-                     "seconds": round(seconds.get(row, float("nan")), 1),
-                     "per_fold_ua": {k: per_fold[k]["metrics"].get("ua") for k in sorted(per_fold)}})
+                     "seconds": round(seconds.get(row, float("nan")), 1)})
     md, df = make_table(done)
     atomic_write_text(out / f"{table}.md", _header(base) + md + "\n")
     atomic_write_text(out / f"{table}.csv", df.to_csv(index=False))

@@ -7,8 +7,8 @@ checkpoint that validation chose.
 from __future__ import annotations
 
 import json
-import time
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from serkit.data.features import collate, loader_workers
+from serkit.data.features import collate, loader_workers, to_device
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
@@ -131,7 +131,7 @@ def predict_outputs(module: SERModule, loader: DataLoader, device: torch.device 
     outs: dict[str, list] = {}
     try:
         for batch in loader:
-            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            batch = to_device(batch, device)
             out = module.model(batch)
             n = len(batch["emotion"])
             for k, v in out.items():
@@ -211,7 +211,6 @@ def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: st
 
 
 def _fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path) -> dict:
-    result_path = fold_dir / "result.json"
     check_leakage(fold, manifest)
     own = getattr(get_recipe(cfg["recipe"]), "fit_fold", None)
     if own is not None:  # a multi-stage recipe (GMP-ATL) runs its own stages and writes result.json
@@ -261,8 +260,7 @@ def _fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: P
     atomic_write_text(fold_dir / "predictions.csv", pred_table.to_csv(index=False))
     if "embedding" in outputs:
         np.save(fold_dir / "test_embeddings.npy", outputs["embedding"].astype(np.float32))
-    atomic_write_json(result_path, res)
-    return res
+    return res  # fit_fold writes result.json (the fold's resume marker) with its time
 
 
 def _keep_old_metrics(fold_dir: Path) -> None:
