@@ -1,13 +1,16 @@
-"""Benchmark: naive per-file Whisper feature extraction vs serkit's batched native-length extraction.
+"""Benchmark: naive per-file Whisper feature extraction vs serkit's batched native-length extraction, in fp32
+and bf16.
 
 Naive: stock ``WhisperFeatureExtractor`` (30 s padding) + encoder with ``output_hidden_states``, one file at a
 time, on a subset of ``--naive-n`` clips (spread over the corpus); its per-clip time is extrapolated to all clips.
-serkit: ``extract_to_cache`` on every clip (native length, batched, all layers, into a temporary store).
+serkit: ``extract_to_cache`` on every clip (native length, batched, all layers, into a temporary store), once per
+precision in ``--precisions`` (default ``fp32,bf16``: weights cast to bf16 once, float32 residual stream).
 Each phase runs in its own process so that peak RSS (``resource.getrusage``) is per phase. FLOPs are counted
-with ``torch.utils.flop_counter.FlopCounterMode``; the peak is a measured fp32 (or --dtype) matmul rate.
+with ``torch.utils.flop_counter.FlopCounterMode``; each row's share of peak is against the matmul rate measured in
+its own precision (fp32 and bf16 peaks are both measured, before and after the timed phases).
 
-    python bench/extract.py                       # RAVDESS from ../shared, whisper-base, CPU
-    python bench/extract.py --device cuda --dtype bf16
+    python bench/extract.py                       # RAVDESS from ../shared, whisper-base, CPU, fp32 and bf16
+    python bench/extract.py --device cuda
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("SERKIT_DATA") or ROOT.parent / "shared")  # scripts/env.sh sets SERKIT_DATA
 
 
 def _env() -> None:
@@ -40,23 +43,17 @@ def _manifest(args):
     if args.manifest:
         from serkit.manifest import read_manifest
 
-        return read_manifest(args.manifest)
-    files = sorted(glob.glob(args.glob))
-    if not files:
-        sys.exit(f"no audio matches {args.glob!r}; pass --manifest or --glob")
-    return pd.DataFrame(
-        {"id": [Path(f).stem for f in files], "path": files, "duration": [sf.info(f).duration for f in files]}
-    )
-
-
-def _amp(device: str, dtype: str):
-    import contextlib
-
-    import torch
-
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
+        df = read_manifest(args.manifest)
+    else:
+        files = sorted(glob.glob(args.glob))
+        if not files:
+            sys.exit(f"no audio matches {args.glob!r}; pass --manifest or --glob")
+        df = pd.DataFrame(
+            {"id": [Path(f).stem for f in files], "path": files, "duration": [sf.info(f).duration for f in files]}
+        )
+    if args.clips and args.clips < len(df):  # an even spread over the corpus
+        df = df.iloc[:: len(df) // args.clips].iloc[: args.clips].reset_index(drop=True)
+    return df
 
 
 def _rss_mib() -> float:
@@ -71,30 +68,36 @@ def _sync(device: str) -> None:
 
 
 def phase_peak(args) -> dict:
-    """Measured matmul rate (GFLOP/s) in the benchmark's precision: the best 1 s window over several square sizes
-    (a shared VM's speed drifts, so the best window is the honest ceiling; the main run repeats it at the end)."""
+    """Measured matmul rate (GFLOP/s) per precision: the best 1 s window over several square sizes (a shared VM's
+    speed drifts, so the best window is the honest ceiling; the main run repeats it at the end)."""
     import torch
 
     sizes = (1024, 2048, 3072) if args.device == "cpu" else (4096, 8192)
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    if args.device == "cpu":
-        dt = torch.float32
-    best = 0.0
-    for n in sizes:
-        a = torch.randn(n, n, device=args.device, dtype=dt)
-        b = torch.randn(n, n, device=args.device, dtype=dt)
-        torch.matmul(a, b)
-        _sync(args.device)
-        for _ in range(3):
-            iters, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < 1.0:
-                torch.matmul(a, b)
-                iters += 1
-                if args.device == "cuda" and iters % 10 == 0:
-                    _sync(args.device)
+    out = {}
+    for name in _precisions(args):
+        dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+        best = 0.0
+        for n in sizes:
+            a = torch.randn(n, n, device=args.device, dtype=dt)
+            b = torch.randn(n, n, device=args.device, dtype=dt)
+            torch.matmul(a, b)
             _sync(args.device)
-            best = max(best, 2 * n**3 * iters / (time.perf_counter() - t0) / 1e9)
-    return {"gflops": best, "dtype": str(dt)}
+            for _ in range(3):
+                iters, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < 1.0:
+                    torch.matmul(a, b)
+                    iters += 1
+                    if args.device == "cuda" and iters % 10 == 0:
+                        _sync(args.device)
+                _sync(args.device)
+                best = max(best, 2 * n**3 * iters / (time.perf_counter() - t0) / 1e9)
+        out[name] = best
+    return out
+
+
+def _precisions(args) -> list[str]:
+    names = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    return list(dict.fromkeys(["fp32", *names]))  # fp32 always: the naive loop and the ratios refer to it
 
 
 def phase_naive(args) -> dict:
@@ -117,7 +120,7 @@ def phase_naive(args) -> dict:
         )
     flops_per_clip = fc.get_total_flops()
     # warm-up (first call allocates)
-    with torch.inference_mode(), _amp(args.device, args.dtype):
+    with torch.inference_mode():
         model(
             torch.zeros(1, fe.feature_size, fe.nb_max_frames, device=args.device), output_hidden_states=True
         )
@@ -126,7 +129,7 @@ def phase_naive(args) -> dict:
     for path in subset["path"]:
         sig = read_audio(path)
         feats = fe(sig, sampling_rate=16000, return_tensors="pt").input_features.to(args.device)
-        with torch.inference_mode(), _amp(args.device, args.dtype):
+        with torch.inference_mode():
             out = model(feats, output_hidden_states=True)
         _ = [np.asarray(h.float().cpu()) for h in out.hidden_states]
     _sync(args.device)
@@ -152,7 +155,7 @@ def phase_serkit(args) -> dict:
     from serkit.encoders import load_encoder
 
     df = _manifest(args)
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="serkit-bench-"))
+    out = Path(args.out) / args.precision if args.out else Path(tempfile.mkdtemp(prefix="serkit-bench-"))
     rep = extract_to_cache(
         df,
         args.encoder,
@@ -160,7 +163,7 @@ def phase_serkit(args) -> dict:
         out,
         mode="native",
         device=args.device,
-        autocast=None if args.dtype == "fp32" else args.dtype,
+        precision=args.precision,
         batch_seconds=args.batch_seconds,
         progress=not args.quiet,
         overwrite=True,
@@ -174,6 +177,7 @@ def phase_serkit(args) -> dict:
         "disk_bytes": rep.disk_bytes,
         "store": str(out),
         "rss_mib": _rss_mib(),
+        "precision": json.loads((out / "store.json").read_text())["precision"],
     }
     if args.device == "cuda":
         res["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -210,9 +214,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--manifest", help="manifest CSV/Parquet (default: --glob)")
     p.add_argument("--glob", default=str(SHARED / "corpora" / "ravdess" / "Actor_*" / "*.flac"))
     p.add_argument("--encoder", default="openai/whisper-base")
+    p.add_argument("--clips", type=int, default=None, help="use this many clips, spread over the corpus (default all)")
     p.add_argument("--naive-n", type=int, default=120, help="clips the naive loop times (extrapolated to all)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--precisions", default="fp32,bf16", help="serkit runs, in this order (fp32 always included)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help=argparse.SUPPRESS)
     p.add_argument("--batch-seconds", type=float, default=120.0)
     p.add_argument("--out", help="store folder (default: a temporary one, removed unless --keep)")
     p.add_argument("--keep", action="store_true")
@@ -228,57 +234,78 @@ def main(argv: list[str] | None = None) -> None:
     raw = [a for a in (argv if argv is not None else sys.argv[1:])]
     df = _manifest(args)
     n, audio = len(df), float(df["duration"].sum())
+    precisions = _precisions(args)
     peak = _child("peak", raw)
     naive = _child("naive", raw)
-    ours = _child("serkit", raw)
+    ours = {p: _child("serkit", [*raw, "--precision", p]) for p in precisions}
     peak_end = _child("peak", raw)
-    peak_seen = (peak["gflops"], peak_end["gflops"])
-    peak = max(peak, peak_end, key=lambda p: p["gflops"])
+    peaks = {p: max(peak[p], peak_end[p]) for p in precisions}
     per_clip = naive["seconds_timed"] / naive["clips_timed"]
     naive_all = per_clip * n
     rows = [
         (
-            f"naive per-file, 30 s padding (timed {naive['clips_timed']}, extrapolated to {n})",
+            f"naive per-file, 30 s padding, fp32 (timed {naive['clips_timed']}, extrapolated to {n})",
+            "fp32",
             naive_all,
             naive["flops_per_clip"] * n,
             naive["rss_mib"],
             naive.get("gpu_peak_mib"),
-        ),
-        (
-            f"serkit native, batched, all layers -> cache ({ours['computed']} clips)",
-            ours["seconds"],
-            ours["flops_total"],
-            ours["rss_mib"],
-            ours.get("gpu_peak_mib"),
-        ),
+        )
     ]
+    for p, r in ours.items():
+        rows.append(
+            (
+                f"serkit native, batched, all layers -> cache, {r['precision']} ({r['computed']} clips)",
+                p,
+                r["seconds"],
+                r["flops_total"],
+                r["rss_mib"],
+                r.get("gpu_peak_mib"),
+            )
+        )
+    import torch
+
     print(
-        f"\n{args.encoder} on {n} clips ({audio / 60:.1f} min of audio), device {args.device}, {args.dtype}; "
-        f"torch threads {__import__('torch').get_num_threads()}; "
-        f"measured matmul peak {peak['gflops']:.1f} GFLOP/s ({peak['dtype']}; best 1 s window, "
-        f"{peak_seen[0]:.1f} before and {peak_seen[1]:.1f} after the timed phases)\n"
+        f"\n{args.encoder} on {n} clips ({audio / 60:.1f} min of audio), device {args.device}; "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}; measured matmul peak (best 1 s window, before / after the "
+        f"timed phases): "
+        + ", ".join(f"{p} {peaks[p]:.1f} GFLOP/s ({peak[p]:.1f} / {peak_end[p]:.1f})" for p in precisions)
+        + "\n"
     )
     print(
-        "| method | wall s (all clips) | utt/s | RTF | peak RSS MiB | GFLOP/clip | GFLOP/s | % of peak |"
-        + (" GPU peak MiB |" if args.device == "cuda" else "")
+        "| method | wall s (all clips) | utt/s | RTF | x naive | x serkit fp32 | peak RSS MiB | GFLOP/clip | GFLOP/s "
+        "| % of peak (own precision) |" + (" GPU peak MiB |" if args.device == "cuda" else "")
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.device == "cuda" else ""))
-    for name, wall, flops, rss, gpu in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.device == "cuda" else ""))
+    for name, prec, wall, flops, rss, gpu in rows:
         rate = flops / wall / 1e9
         line = (
-            f"| {name} | {wall:.1f} | {n / wall:.2f} | {wall / audio:.4f} | {rss:.0f} | {flops / n / 1e9:.2f} | "
-            f"{rate:.1f} | {100 * rate / peak['gflops']:.0f}% |"
+            f"| {name} | {wall:.1f} | {n / wall:.2f} | {wall / audio:.4f} | {naive_all / wall:.1f} | "
+            f"{ours['fp32']['seconds'] / wall:.2f} | {rss:.0f} | {flops / n / 1e9:.2f} | {rate:.1f} | "
+            f"{100 * rate / peaks[prec]:.0f}% |"
         )
         print(line + (f" {gpu:.0f} |" if gpu is not None else ""))
     print(
-        f"\nspeed-up: {naive_all / ours['seconds']:.1f}x (goal >= 10x); naive per clip {per_clip:.3f} s measured on "
-        f"{naive['clips_timed']} clips, extrapolated to {n}. serkit wall time includes model load, hashing and "
-        f"writing the cache; its FLOPs are the useful ones (a + bT + cT^2 fit, padding excluded)."
+        "\nspeed-up over the naive loop: "
+        + ", ".join(f"serkit {p} {naive_all / r['seconds']:.1f}x" for p, r in ours.items())
+        + " (goal >= 10x)"
+        + "".join(
+            f"; serkit {p} / serkit fp32: {ours['fp32']['seconds'] / r['seconds']:.2f}x (goal >= 1.5x, target 2.5x)"
+            for p, r in ours.items()
+            if p != "fp32"
+        )
     )
     print(
-        f"cache size on disk: {ours['disk_bytes'] / 2**20:.1f} MiB ({ours['disk_bytes'] / n / 1024:.0f} KiB/clip, "
-        f"float16 frames of all layers + float32 pooled stats)"
+        f"naive per clip {per_clip:.3f} s measured on {naive['clips_timed']} clips, extrapolated to {n}. serkit "
+        f"wall time includes model load, hashing and writing the cache; its FLOPs are the useful ones (a + bT + "
+        f"cT^2 fit, padding excluded)."
     )
+    for p, r in ours.items():
+        print(
+            f"cache size on disk ({p}): {r['disk_bytes'] / 2**20:.1f} MiB ({r['disk_bytes'] / n / 1024:.0f} "
+            f"KiB/clip, float16 frames of all layers + float32 pooled stats)"
+        )
 
 
 if __name__ == "__main__":

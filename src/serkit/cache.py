@@ -2,14 +2,15 @@
 
 Layout of a store folder::
 
-    store.json                  what the features are: encoder id, revision, mode, layers, sample rate, dtype
+    store.json                  what the features are: encoder id, revision, mode, layers, sample rate, dtype,
+                                precision the encoder ran in
     index.jsonl                 one line per finished utterance: {"id", "hash", "frames", "seconds"}; last wins
     feats/<hh>/<hash>.npy       float16 (layers, frames, dim), read with np.load(mmap_mode="r")
     pooled/<hh>/<hash>.npy      float32 (layers, 2*dim): mean then std over frames, per layer
     errors.json                 the files the last run could not use, and why
 
 Utterances are keyed by the audio's content hash (:func:`serkit.audio.content_hash`): a changed file is
-recomputed, an unchanged one never is. A store folder holds one encoder/revision/mode/layers combination; opening
+recomputed, an unchanged one never is. A store folder holds one encoder/revision/mode/layers/precision combination; opening
 it for another raises :class:`StaleStoreError`. Files are written to a temporary name and moved into place
 (``os.replace``) before the index line is appended, so a killed run resumes where it stopped.
 """
@@ -17,6 +18,7 @@ it for another raises :class:`StaleStoreError`. Files are written to a temporary
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -52,6 +54,7 @@ IDENTITY_FIELDS = (
     "dtype",
     "chunk_seconds",
     "overlap_seconds",
+    "precision",
 )
 
 
@@ -63,8 +66,14 @@ class StaleStoreError(SerkitError):
 # the store
 # --------------------------------------------------------------------------------------------------------------
 def store_key(spec: dict) -> str:
-    """Short hash of the identity fields of a store spec."""
+    """Short hash of the identity fields of a store spec.
+
+    ``precision`` enters the hash only when it is not fp32, so fp32 stores keep the key they had before precisions
+    were recorded (a store.json without ``precision`` holds fp32 features).
+    """
     ident = {k: spec.get(k) for k in IDENTITY_FIELDS}
+    if ident["precision"] in (None, "fp32"):
+        del ident["precision"]
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -189,6 +198,11 @@ class FeatureStore:
     @property
     def mode(self) -> str:
         return str(self.spec["mode"])
+
+    @property
+    def precision(self) -> str:
+        """Precision the encoder ran in (``fp32`` / ``bf16``); stores from before it was recorded are fp32."""
+        return str(self.spec.get("precision", "fp32"))
 
     def ids(self) -> list[str]:
         """Utterance ids with finished features (in the order they were written)."""
@@ -349,7 +363,7 @@ def extract_to_cache(
     *,
     mode: str = "native",
     device: str = "cpu",
-    autocast: str | None = None,
+    precision: str | None = None,
     batch_seconds: float = 120.0,
     chunk_seconds: float = 30.0,
     overlap_seconds: float = 1.0,
@@ -367,7 +381,11 @@ def extract_to_cache(
             an already built :class:`~serkit.encoders.Encoder` (its own mode and device are used).
         layers: layer spec (see :mod:`serkit.encoders.featurizer`; ``"weighted"`` stores the same as ``"all"``).
         mode: ``"native"`` or ``"padded"`` (Whisper); recorded in ``store.json``.
-        device: ``"cpu"`` or ``"cuda"``; ``autocast``: ``"bf16"`` / ``"fp16"`` on GPU (default bf16 on cuda).
+        device: ``"cpu"`` or ``"cuda"``.
+        precision: ``"auto"`` / ``"fp32"`` / ``"bf16"`` (:mod:`serkit.precision`; the encoder's weights are cast
+            once). Default: ``auto`` for an encoder name, the given encoder's own precision for an object (a copy is
+            cast when another is asked for). The resolved value is recorded in ``store.json`` and is part of the
+            store's identity.
         batch_seconds: padded audio per batch; chunk_seconds / overlap_seconds: chunking of long files.
         strict: raise on the first unusable audio file instead of reporting and skipping it.
         overwrite: reuse a folder that holds another store (its index is dropped).
@@ -378,13 +396,18 @@ def extract_to_cache(
 
     from serkit.audio import content_hash, read_audio
     from serkit.encoders import load_encoder, parse_layers
+    from serkit.precision import precision_of, resolve_precision, torch_dtype
 
     start = time.perf_counter()
     df = _as_manifest(manifest)
     if isinstance(encoder, str):
-        encoder = load_encoder(encoder, mode=mode, device=device)
-    if autocast is None and torch.device(device).type == "cuda":
-        autocast = "bf16"
+        dtype = torch_dtype(resolve_precision(precision or "auto", device))
+        encoder = load_encoder(encoder, mode=mode, device=device, dtype=dtype)
+    elif precision is not None:
+        first = next(iter(encoder.parameters()), None)
+        wanted = resolve_precision(precision, first.device if first is not None else device)
+        if precision_of(encoder) != wanted:
+            encoder = copy.deepcopy(encoder).cast(torch_dtype(wanted))
     indices, _ = parse_layers(layers, encoder.num_layers)
     spec = {
         **encoder.describe(),
@@ -393,6 +416,7 @@ def extract_to_cache(
         "chunk_seconds": chunk_seconds,
         "overlap_seconds": overlap_seconds,
         "layers_spec": str(layers),
+        "precision": precision_of(encoder),
     }
     store = FeatureStore.create(out_dir, spec, overwrite=overwrite)
     report = ExtractReport(store=store.root, total=len(df))
@@ -461,7 +485,6 @@ def extract_to_cache(
         batch_seconds=batch_seconds,
         chunk_seconds=chunk_seconds,
         overlap_seconds=overlap_seconds,
-        autocast=autocast,
     ):
         h, seconds = meta.pop(utt_id)
         store.write(utt_id, h, feats, seconds)
@@ -597,10 +620,10 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument(
-        "--dtype",
-        choices=("fp32", "bf16", "fp16"),
-        default=None,
-        help="autocast precision (default: bf16 on cuda, fp32 on cpu)",
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="encoder precision (default auto: bf16 where the CPU has AMX / AVX512-bf16 or the GPU supports it)",
     )
     p.add_argument("--batch-seconds", type=float, default=120.0, help="padded audio per batch, seconds")
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="longer files are chunked")
@@ -623,7 +646,7 @@ def extract_main(args: argparse.Namespace) -> int:
         args.out,
         mode=args.mode,
         device=args.device,
-        autocast=args.dtype,
+        precision=args.precision,
         batch_seconds=args.batch_seconds,
         chunk_seconds=args.chunk_seconds,
         overlap_seconds=args.overlap_seconds,

@@ -7,6 +7,7 @@ A config names its corpus, protocol, encoder, layers, model (head), objective an
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import yaml
@@ -24,7 +25,7 @@ DEFAULTS: dict = {
     "targets": ["arousal", "valence", "dominance"],
     "protocol": None,
     "encoder": {"id": "openai/whisper-base", "mode": "native", "layers": "all", "device": "auto",
-                "batch_seconds": 120.0, "dtype": "auto"},
+                "batch_seconds": 120.0, "precision": "auto"},
     "features": {"source": "cache", "cache_dir": None, "max_seconds": None, "crop": "none", "level": "frames",
                  "preload": True, "normalize": "none"},
     "model": {"name": "baseline"},
@@ -36,7 +37,7 @@ DEFAULTS: dict = {
               "monitor": "auto", "precision": "auto", "accelerator": "auto", "devices": 1, "strategy": "auto",
               "num_workers": 0, "class_weights": None, "grad_clip": 1.0, "deterministic": True,
               "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True, "refit": False,
-              "max_frames": None},
+              "max_frames": None, "num_nodes": 1},
     "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
     "recipe_options": {},
 }
@@ -80,16 +81,44 @@ def _check_subkeys(cfg: dict):
             raise ConfigError(f"config: unknown key(s) {sorted(f'{section}.{k}' for k in extra)}; "
                               f"known: {sorted(allowed)}")
     if isinstance(cfg["encoder"], dict):
-        allowed = set(DEFAULTS["encoder"]) | {"revision", "chunk_seconds", "name", "finetune"}
+        allowed = set(DEFAULTS["encoder"]) | {"revision", "chunk_seconds", "name", "finetune", "dtype"}
         extra = set(cfg["encoder"]) - allowed
         if extra:
             raise ConfigError(f"config: unknown key(s) {sorted('encoder.' + k for k in extra)}; known: {sorted(allowed)}")
+
+
+def _precisions(cfg: dict) -> None:
+    """``encoder.precision`` (each view's, for a list of encoders) and ``train.precision``: auto / fp32 / bf16
+    (:mod:`serkit.precision`); ``train.precision`` also takes Lightning's own strings. The former
+    ``encoder.dtype`` is read as ``encoder.precision`` with a warning."""
+    from serkit.precision import PRECISIONS
+
+    encs = cfg["encoder"] if isinstance(cfg["encoder"], list) else [cfg["encoder"]]
+    for i, enc in enumerate(encs):
+        where = "encoder" if isinstance(cfg["encoder"], dict) else f"encoder[{i}]"
+        if not isinstance(enc, dict):
+            continue
+        if "dtype" in enc:
+            legacy = enc.pop("dtype")
+            warnings.warn(f"config: {where}.dtype is deprecated; use {where}.precision (auto, fp32, bf16)",
+                          DeprecationWarning, stacklevel=3)
+            if legacy not in PRECISIONS:
+                raise ConfigError(f"config: {where}.dtype={legacy!r} is not one of {PRECISIONS}")
+            if enc.get("precision", "auto") == "auto":  # an explicit precision wins over the old key
+                enc["precision"] = legacy
+        if enc.get("precision", "auto") not in PRECISIONS:
+            raise ConfigError(f"config: {where}.precision={enc['precision']!r} is not one of {PRECISIONS}")
+    lightning = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+    if str(cfg["train"]["precision"]) not in PRECISIONS + lightning:
+        raise ConfigError(f"config: train.precision={cfg['train']['precision']!r} is not one of {PRECISIONS} "
+                          f"(or a Lightning precision: {lightning})")
 
 
 def validate(cfg: dict) -> dict:
     for k, t in TYPES.items():
         if not isinstance(cfg.get(k), t):
             raise ConfigError(f"config: {k!r} must be {t}, got {type(cfg.get(k)).__name__} ({cfg.get(k)!r})")
+    _precisions(cfg)
     _check_subkeys(cfg)
     for dotted, choices in CHOICES.items():
         v = get(cfg, dotted) if not (dotted.startswith("encoder") and isinstance(cfg["encoder"], list)) else None

@@ -28,9 +28,14 @@ MIN_ENROLL_SECONDS = 10.0
 
 
 class Recognizer:
-    def __init__(self, model: torch.nn.Module, cfg: dict, labels: LabelMap, encoder_info: dict, device: str = "cpu"):
+    def __init__(self, model: torch.nn.Module, cfg: dict, labels: LabelMap, encoder_info: dict, device: str = "cpu",
+                 precision: str | None = None):
+        from serkit.precision import resolve_precision
+
         self.model = model.eval().to(device)
         self.cfg, self.labels, self.encoder_info, self.device = cfg, labels, encoder_info, device
+        #: the encoder's precision (fp32 / bf16): as the model's features were extracted unless asked otherwise
+        self.precision = resolve_precision(precision or encoder_info.get("precision", "fp32"), device)
         self._encoder = None
         p = cfg.get("predict", {})
         self.window = float(p.get("window_seconds", 10.0))
@@ -39,7 +44,10 @@ class Recognizer:
         self.normalize = cfg.get("features", {}).get("normalize", "none")
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str = "cpu") -> Recognizer:
+    def from_pretrained(cls, model_dir: str | Path, device: str = "cpu", precision: str | None = None) -> Recognizer:
+        """Load a ``serkit train`` folder. ``precision`` (auto / fp32 / bf16) of the encoder; default: the one the
+        model's training features were extracted in (``encoder.json``; fp32 for models from before it was
+        recorded)."""
         from serkit.recipes.base import get_recipe
 
         d = Path(model_dir)
@@ -59,15 +67,16 @@ class Recognizer:
             encoder, layers = load_loop_encoder(cfg)
             model = EncoderDownstream(encoder, model, layers, cfg["encoder"].get("finetune", False))
         model.load_state_dict(load_file(str(d / "model.safetensors")))
-        return cls(model, cfg, labels, enc, device)
+        return cls(model, cfg, labels, enc, device, precision)
 
     @property
     def encoder(self):
         if self._encoder is None:
             from serkit.encoders import load_encoder
+            from serkit.precision import torch_dtype
 
             self._encoder = load_encoder(self.encoder_info["encoder"], mode=self.encoder_info.get("mode", "native"),
-                                         device=self.device, revision=None)
+                                         device=self.device, revision=None, dtype=torch_dtype(self.precision))
             rev = self.encoder_info.get("revision")
             if rev and getattr(self._encoder, "revision", rev) not in (rev, "local"):
                 import warnings
@@ -105,9 +114,11 @@ class Recognizer:
 
     @torch.no_grad()
     def _score(self, signal: np.ndarray, stats=None) -> np.ndarray:
+        amp = None
         if self.cfg["features"]["source"] == "waveform":
             batch = {"waveform": torch.from_numpy(signal)[None].to(self.device),
                      "lengths": torch.tensor([len(signal)], device=self.device)}
+            amp = torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
         else:
             from serkit.data.normalize import normalize_frames, normalize_pooled
 
@@ -126,7 +137,11 @@ class Recognizer:
                     frames = normalize_frames(frames, *stats)
                 batch = {"features": torch.from_numpy(frames).float()[None].to(self.device),
                          "frame_mask": torch.ones(1, feats.shape[1], dtype=torch.bool, device=self.device)}
-        out = self.model(batch)
+        if amp is not None and self.precision == "bf16":  # the encoder runs inside the model
+            with amp:
+                out = self.model(batch)
+        else:
+            out = self.model(batch)
         if self.labels.task == "classification":
             return torch.softmax(out["logits"].float(), -1)[0].cpu().numpy()
         return out["prediction"].float()[0].cpu().numpy()
@@ -174,7 +189,8 @@ class Recognizer:
             windows.append({"start": s / SAMPLE_RATE, "end": e / SAMPLE_RATE, **self._describe(sc)})
         weights = np.array([n for n, _ in scores], dtype=float)
         agg = np.average(np.stack([sc for _, sc in scores]), axis=0, weights=weights)
-        res = {"file": name or "<array>", "duration": len(signal) / SAMPLE_RATE, **self._describe(agg)}
+        res = {"file": name or "<array>", "duration": len(signal) / SAMPLE_RATE, **self._describe(agg),
+               "precision": self.precision}
         res["windows"] = windows if len(windows) > 1 else []
         return res
 

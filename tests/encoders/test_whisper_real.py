@@ -79,3 +79,50 @@ def test_whisper_tiny_en_native_and_padded(offline_hub):
     torch.testing.assert_close(
         single[0].hidden_states[0][0, :114], ours.hidden_states[0][0, :114], atol=1e-4, rtol=1e-4
     )
+
+
+def _relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    x, ref = x.float(), ref.float()
+    return float((x - ref).norm() / ref.norm())
+
+
+def test_whisper_tiny_en_bf16_matches_stock_autocast(offline_hub):
+    """serkit's fused inference block with bf16 weights (float32 residual stream) against the stock encoder under
+    ``torch.autocast("cpu", bfloat16)``, both against the stock fp32 encoder.
+
+    Tolerance: per hidden state, serkit-bf16 within 3% (relative Frobenius error) of stock-autocast, and its error
+    against fp32 at most twice stock-autocast's own plus 0.002 (bf16 keeps 8 mantissa bits: ~0.4% per rounding);
+    the utterance-mean vectors (what pooled features keep) with cosine >= 0.9995 to fp32 and a cosine distance at
+    most twice stock-autocast's (measured: relative errors 0.003-0.029 against stock's 0.002-0.025, cosine
+    >= 0.99982 against stock's >= 0.99987).
+    """
+    from transformers import WhisperFeatureExtractor
+
+    from serkit.encoders import load_encoder
+
+    rng = np.random.default_rng(1)
+    t = np.arange(int(1.7 * 16000)) / 16000
+    a = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(len(t)))
+    a = a.astype(np.float32)
+    fp32 = load_encoder("whisper-tiny.en", mode="padded")
+    bf16 = load_encoder("whisper-tiny.en", mode="padded", dtype=torch.bfloat16)
+    assert bf16.encoder.layers[0].fc1.weight.dtype == torch.bfloat16
+    assert bf16.logmel.mel_filters.dtype == torch.float32  # the front end stays fp32
+    mel = WhisperFeatureExtractor.from_pretrained("openai/whisper-tiny.en")(
+        a, sampling_rate=16000, return_tensors="pt"
+    ).input_features
+    with torch.no_grad():
+        ref = fp32.encoder(mel, output_hidden_states=True).hidden_states
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stock = fp32.encoder(mel, output_hidden_states=True).hidden_states
+        ours = bf16(torch.from_numpy(a)[None])
+    n = int(ours.frame_mask.sum())
+    assert n == 85
+    for i, (r, s, o) in enumerate(zip(ref, stock, ours.hidden_states, strict=True)):
+        r, s, o = r[0, :n], s[0, :n], o[0, :n]
+        stock_err = _relative_error(s, r)
+        assert _relative_error(o, s) < 0.03, i
+        assert _relative_error(o, r) <= 2 * stock_err + 0.002, (i, _relative_error(o, r), stock_err)
+        cos = torch.nn.functional.cosine_similarity(o.float().mean(0), r.mean(0), dim=0)
+        stock_cos = torch.nn.functional.cosine_similarity(s.float().mean(0), r.mean(0), dim=0)
+        assert float(cos) >= 0.9995 and 1 - float(cos) <= 2 * (1 - float(stock_cos)) + 1e-5, i

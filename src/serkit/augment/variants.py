@@ -198,7 +198,7 @@ def ensure_variant_store(manifest: pd.DataFrame, folds, spec: dict, encoder: dic
     store (``variants.csv`` written and every id present) is opened without rendering anything; the temporary wav
     files are deleted after extraction."""
     from serkit.cache import FeatureStore, extract_to_cache
-    from serkit.train.features import _device
+    from serkit.train.features import extraction_options
 
     spec = {k: v for k, v in spec.items() if k not in ("mode",)}
     name, k, seed = str(spec.get("name", "eam")).lower(), int(spec.get("k", 2)), int(spec.get("seed", 0))
@@ -217,11 +217,8 @@ def ensure_variant_store(manifest: pd.DataFrame, folds, spec: dict, encoder: dic
     log(f"rendering {len(plan)} {name} variants (k={k}) -> {root}")
     audio = root / "audio"
     table = render_variants(plan, manifest, mixup, audio, seed)
-    dtype = encoder.get("dtype", "auto")
     extract_to_cache(table[["id", "path", "duration"]], encoder["id"], encoder.get("layers", "all"), root,
-                     mode=encoder.get("mode", "native"), device=_device(encoder.get("device", "auto")),
-                     autocast=None if dtype in ("auto", "fp32") else dtype,
-                     batch_seconds=float(encoder.get("batch_seconds", 120.0)), progress=progress)
+                     **extraction_options(encoder), progress=progress)
     store = FeatureStore(root)
     missing = [i for i in table["id"] if i not in store]
     if missing:

@@ -111,6 +111,19 @@ class Encoder(nn.Module):
         """
         raise NotImplementedError(f"{self.name}: running from a hidden state is not supported by this encoder")
 
+    def full_precision_modules(self) -> list[nn.Module]:
+        """Parts that must stay float32 when the weights are cast (signal front ends: STFT windows, mel filters)."""
+        return []
+
+    def cast(self, dtype: torch.dtype) -> Encoder:
+        """Cast the weights to ``dtype`` in place for inference (e.g. bf16), keeping
+        :meth:`full_precision_modules` in float32; returns ``self``. Inputs stay float32 waveforms and outputs are
+        hidden states in ``dtype``."""
+        self.to(dtype)
+        for m in self.full_precision_modules():
+            m.float()
+        return self
+
     def describe(self) -> dict:
         """What a cache or a trained model must record to reproduce these features."""
         return {

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from serkit.constants import SAMPLE_RATE
@@ -44,6 +45,9 @@ class FbankEncoder(Encoder):
         self.hidden_size = n_mels
         self.hop_samples = HOP
         self.frame_rate = SAMPLE_RATE / HOP
+
+    def full_precision_modules(self) -> list[nn.Module]:
+        return [self]  # no weights: the filterbank always runs in float32
 
     def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(lengths).long() // HOP + 1

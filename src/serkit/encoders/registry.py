@@ -89,7 +89,8 @@ def load_encoder(
     Args:
         name: e.g. ``"whisper-base"``, ``"microsoft/wavlm-large"``, ``"/models/my-hubert"``, ``"fbank-80"``.
         mode: ``"native"`` (own length; default) or ``"padded"`` (Whisper's stock 30 s input).
-        device, dtype: where to put the weights and in which dtype (default: as stored, fp32).
+        device, dtype: where to put the weights and in which dtype (default: as stored, fp32; see
+            :meth:`~serkit.encoders.base.Encoder.cast`, which keeps signal front ends in fp32).
         config: a ``transformers`` config (HubertConfig, WavLMConfig, Wav2Vec2Config, Data2VecAudioConfig,
             WhisperConfig) to build a randomly initialised model instead of loading weights (``revision="random"``).
         revision: hub revision to load (branch, tag or commit); default: the cached ``main``.
@@ -107,7 +108,7 @@ def load_encoder(
         encoder = _load_hf(source, mode=mode, config=config, revision=revision)
     encoder = encoder.to(device)
     if dtype is not None:
-        encoder = encoder.to(dtype)
+        encoder = encoder.cast(dtype)
     return encoder.eval() if eval_mode else encoder.train()
 
 

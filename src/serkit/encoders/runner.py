@@ -10,7 +10,6 @@ at the middle of each overlap, so a stitched item has exactly the frames of an u
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,8 +19,6 @@ import torch
 
 from serkit.constants import SAMPLE_RATE
 from serkit.encoders.base import Encoder
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None, None: None}
 
 
 def plan_chunks(
@@ -84,24 +81,21 @@ def encode_signals(
     batch_seconds: float = 60.0,
     chunk_seconds: float | None = 30.0,
     overlap_seconds: float = 1.0,
-    autocast: str | None = None,
     max_batch_size: int = 64,
 ) -> Iterator[tuple[object, torch.Tensor]]:
     """Encode signals in batches; yield ``(key, features)`` with float32 CPU features ``(len(layers), frames, dim)``.
 
     Args:
-        encoder: any :class:`Encoder`, already on its device.
+        encoder: any :class:`Encoder`, already on its device and in its precision (weights cast with
+            :meth:`Encoder.cast`: the hidden states come out in that dtype and are returned as float32).
         items: ``(key, signal)`` pairs, signal float32 ``(samples,)`` at 16 kHz; sort by length for good batches.
         layers: hidden-state indices to keep (non-negative).
         batch_seconds: padded audio per batch (``batch_size * longest``), in seconds.
         chunk_seconds: longest piece per forward; longer inputs are chunked (capped by ``encoder.max_samples``).
         overlap_seconds: overlap between chunks.
-        autocast: ``"bf16"`` / ``"fp16"`` for mixed precision on GPU, None / ``"fp32"`` for full precision.
         max_batch_size: cap on pieces per batch.
     Yields in completion order (an item is yielded once all its chunks are done).
     """
-    if autocast not in AUTOCAST_DTYPES:
-        raise ValueError(f"autocast must be one of {list(AUTOCAST_DTYPES)}, got {autocast!r}")
     first = next(itertools.chain(encoder.parameters(), encoder.buffers()), None)
     device = first.device if first is not None else torch.device("cpu")
     hop = encoder.hop_samples
@@ -111,7 +105,6 @@ def encode_signals(
     overlap = int(overlap_seconds * SAMPLE_RATE) // hop * hop
     budget = int(batch_seconds * SAMPLE_RATE)
     layers = list(layers)
-    amp_dtype = AUTOCAST_DTYPES[autocast]
 
     pending: dict[object, _Pending] = {}
     batch: list[tuple[object, int, np.ndarray]] = []
@@ -123,12 +116,7 @@ def encode_signals(
         for j, (_, _, w) in enumerate(batch):
             waves[j, : len(w)] = torch.from_numpy(w)
         waves, lengths_d = waves.to(device), lengths.to(device)
-        amp = (
-            torch.autocast(device_type=device.type, dtype=amp_dtype)
-            if amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), amp:
+        with torch.inference_mode():
             out = encoder(waves, lengths_d)
             kept = [out.hidden_states[i] for i in layers]  # L x (B, F, D)
             frames = out.frame_mask.sum(dim=1).cpu()

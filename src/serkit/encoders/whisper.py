@@ -98,6 +98,9 @@ class WhisperSpeechEncoder(Encoder):
         #: learned embedding that replaces masked frames (HuBERT-style span masking when fine-tuning)
         self.mask_embedding = nn.Parameter(torch.zeros(cfg.d_model))
 
+    def full_precision_modules(self) -> list[nn.Module]:
+        return [self.logmel]
+
     def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
         mel = torch.clamp(torch.as_tensor(lengths).long() // MEL_HOP, min=1)
         for conv in (self.encoder.conv1, self.encoder.conv2):
@@ -153,15 +156,17 @@ class WhisperSpeechEncoder(Encoder):
                 ]
             else:  # sdpa / flash: boolean, True = attend
                 attn_mask = frame_mask[:, None, None, :]
-        states = [hidden]
         fast = not self.training and not torch.is_grad_enabled()
+        if fast:  # the residual stream stays float32 when the weights are bf16 (see _inference_block)
+            hidden = hidden.float()
+        states = [hidden]
         for layer in enc.layers[start:]:
             if self.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop:
                 states.append(hidden)
                 continue
             hidden = _inference_block(layer, hidden, attn_mask) if fast else layer(hidden, attn_mask)
             states.append(hidden)
-        states[-1] = enc.layer_norm(hidden)
+        states[-1] = _layer_norm(enc.layer_norm, hidden) if fast else enc.layer_norm(hidden)
         return states
 
     def forward_from(
@@ -219,20 +224,35 @@ def _inference_attention(attn: nn.Module, hidden: torch.Tensor, attn_mask: torch
     return attn.out_proj(out.transpose(1, 2).reshape(batch, frames, dim))
 
 
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` computed in ``x``'s dtype (float32) whatever the dtype of the norm's weights."""
+    w = norm.weight.to(x.dtype) if norm.weight is not None else None
+    b = norm.bias.to(x.dtype) if norm.bias is not None else None
+    return F.layer_norm(x, norm.normalized_shape, w, b, norm.eps)
+
+
 def _inference_block(layer: nn.Module, hidden: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
     """One ``WhisperEncoderLayer`` without autograd: the same operations as its ``forward`` (pre-norm attention,
     pre-norm GELU feed-forward, residuals), with a fused q/k/v projection and the feed-forward run over chunks of
     ``FFN_CHUNK_ROWS`` frames so that its wide intermediate stays in cache (together about 20% faster on a 2-core
     CPU; equal up to float rounding). Used by :meth:`WhisperSpeechEncoder._run_blocks` when no gradient is needed.
+
+    Mixed precision as autocast does it, without casting the weights on every call: ``hidden`` (the residual
+    stream, ``(batch, frames, d_model)``) and the layer norms stay in ``hidden``'s dtype (float32); the
+    projections and attention run in the weights' dtype (bf16 after :meth:`Encoder.cast`) on inputs cast to it.
+    With float32 weights every cast is a no-op.
     """
-    hidden = hidden + _inference_attention(layer.self_attn, layer.self_attn_layer_norm(hidden), attn_mask)
+    compute = layer.fc1.weight.dtype
+    attn = _inference_attention(layer.self_attn, _layer_norm(layer.self_attn_layer_norm, hidden).to(compute),
+                                attn_mask)
+    hidden = hidden + attn.to(hidden.dtype)
     flat = hidden.reshape(-1, hidden.shape[-1])
     out = torch.empty_like(flat)
     norm, fc1, fc2 = layer.final_layer_norm, layer.fc1, layer.fc2
     for s in range(0, flat.shape[0], FFN_CHUNK_ROWS):
         rows = flat[s : s + FFN_CHUNK_ROWS]
-        h = layer.activation_fn(fc1(norm(rows)))
-        torch.add(rows, fc2(h), out=out[s : s + FFN_CHUNK_ROWS])
+        h = layer.activation_fn(fc1(_layer_norm(norm, rows).to(compute)))
+        torch.add(rows, fc2(h).to(rows.dtype), out=out[s : s + FFN_CHUNK_ROWS])
     out = out.view_as(hidden)
     if out.dtype == torch.float16:
         limit = torch.finfo(out.dtype).max - 1000

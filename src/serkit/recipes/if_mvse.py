@@ -61,7 +61,7 @@ from serkit.errors import ConfigError
 from serkit.models.registry import ModelSpec
 from serkit.recipes.base import Recipe, register_recipe
 
-VIEW_DEFAULTS = {"mode": "native", "layers": "all", "device": "auto", "batch_seconds": 120.0, "dtype": "auto"}
+VIEW_DEFAULTS = {"mode": "native", "layers": "all", "device": "auto", "batch_seconds": 120.0, "precision": "auto"}
 OPTION_DEFAULTS = {"score_sets": None, "pooling": "auto", "layer": -1, "standardize": True,
                    "class_scores": "probs",
                    "search": {"coarse": 0.1, "fine": 0.01, "sum_to_one": False, "max_evals": 200_000}}
@@ -244,9 +244,9 @@ def train_score_set(cfg: dict, score_set: dict, view_dims: dict, labels: LabelMa
     keep = _keep_best_callback(t["monitor"])
     early = L.pytorch.callbacks.EarlyStopping(monitor=t["monitor"], mode="max", patience=int(t["patience"]),
                                               check_finite=False)
-    precision = t["precision"]
-    if precision == "auto":
-        precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    from serkit.precision import lightning_precision
+
+    precision = lightning_precision(t["precision"], t["accelerator"])
     trainer = L.Trainer(
         max_epochs=int(t["epochs"]), min_epochs=int(t["min_epochs"]), accelerator=t["accelerator"], devices=1,
         precision=precision, callbacks=[keep, early], enable_checkpointing=False,

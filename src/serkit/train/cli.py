@@ -6,11 +6,18 @@ import json
 import sys
 
 
+def _precision_overrides(args) -> list[str]:
+    """``--precision P``: ``encoder.precision=P`` and ``train.precision=P`` after the ``--set`` overrides."""
+    if args.precision is None:
+        return list(args.set)
+    return [*args.set, f"encoder.precision={args.precision}", f"train.precision={args.precision}"]
+
+
 def _cv(args) -> int:
     from serkit.train.cv import format_table, run_cv
 
     folds = [int(x) for x in args.folds.split(",")] if args.folds else None
-    summary = run_cv(args.config, args.out, args.set, folds_only=folds)
+    summary = run_cv(args.config, args.out, _precision_overrides(args), folds_only=folds)
     print(format_table(summary))
     print(f"results -> {args.out}/results.json, report -> {args.out}/report.md")
     return 0
@@ -19,7 +26,7 @@ def _cv(args) -> int:
 def _train(args) -> int:
     from serkit.train.final import train_final
 
-    path = train_final(args.config, args.out, args.set)
+    path = train_final(args.config, args.out, _precision_overrides(args))
     print(f"model -> {path}")
     return 0
 
@@ -27,7 +34,7 @@ def _train(args) -> int:
 def _predict(args) -> int:
     from serkit.inference import Recognizer
 
-    rec = Recognizer.from_pretrained(args.model)
+    rec = Recognizer.from_pretrained(args.model, precision=args.precision)
     # one bad file is reported in its row, never the end of the list; speaker-normalised models take the files
     # (or --enroll) as one speaker
     if rec.normalize != "none" and not args.enroll:
@@ -48,10 +55,16 @@ def _predict(args) -> int:
             row.update({f"p_{k}": v for k, v in r.get("probabilities", {}).items()})
             row.update(r.get("values", {}))
             row["windows"] = len(r.get("windows", []))
+            row["precision"] = r.get("precision", rec.precision)
             row["error"] = r.get("error", "")
             rows.append(row)
         pd.DataFrame(rows).to_csv(sys.stdout, index=False)
     return 0
+
+
+def _add_precision(p, what: str) -> None:
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help=f"{what} (auto: bf16 where the CPU has AMX / AVX512-bf16 or the GPU supports it)")
 
 
 def add_parsers(sub) -> None:
@@ -60,12 +73,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--folds", help="only these folds, e.g. 0,1")
+    _add_precision(p, "sets encoder.precision and train.precision")
     p.set_defaults(func=_cv)
 
     p = sub.add_parser("train", help="train one model on the whole corpus (validation speakers carved out)")
     p.add_argument("config")
     p.add_argument("--out", required=True, help="model folder")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_precision(p, "sets encoder.precision and train.precision")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="predict emotions of audio files with a trained model")
@@ -75,4 +90,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--enroll", nargs="+", metavar="FILE",
                    help="audio of the speaker, for models trained with features.normalize: speaker "
                         "(default: the files themselves, taken as one speaker)")
+    _add_precision(p, "encoder precision (default: the one the model's features were extracted in)")
     p.set_defaults(func=_predict)

@@ -78,6 +78,10 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
         manifest = usable_ids(source, manifest)
         if len(manifest) < n:
             log(f"{n - len(manifest)} utterance(s) have no features (bad audio, see the store's errors.json); skipped")
+    from serkit.precision import run_precision
+
+    precision = run_precision(cfg, source)
+    _check_fold_precision(out, precision)
     protocol = experiment_protocol(cfg, manifest)
     folds_path = out / "folds.json"
     folds = make_folds(manifest, protocol, seed=int(cfg["train"]["seed"]))
@@ -102,6 +106,7 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
             f"val {res.get('best_val')}) [{time.time() - t:.0f} s]")
         results.append(res)
     summary = summarise(cfg, folds, results, protocol)
+    summary["precision"] = precision
     summary["wall_seconds"] = round(time.time() - t0, 1)
     known = [r["seconds"] for r in results if r.get("seconds") is not None]
     if len(known) == len(results) and results:
@@ -111,6 +116,17 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
 
     write_report(out, summary, cfg)
     return summary
+
+
+def _check_fold_precision(out: Path, precision: dict) -> None:
+    """Refuse to resume a run whose finished folds ran in another precision (folds before precisions were
+    recorded ran fp32 features and 32-true training)."""
+    for res_path in sorted(out.glob("fold*/result.json")):
+        done = json.loads(res_path.read_text()).get("precision", {"features": "fp32", "train": "32-true"})
+        if done != precision:
+            raise SystemExit(
+                f"{res_path} ran with precision {done}, this run would use {precision}; set encoder.precision / "
+                f"train.precision to match (e.g. --set encoder.precision=fp32) or use a new --out folder")
 
 
 FEATURE_NORMALISATION = {

@@ -1,4 +1,5 @@
-"""Feature set-up for an experiment: the cache folder for (corpus, encoder, mode, layers), filled on demand."""
+"""Feature set-up for an experiment: the cache folder for (corpus, encoder, mode, layers, precision), filled on
+demand."""
 
 from __future__ import annotations
 
@@ -16,10 +17,21 @@ def default_cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "serkit" / "features"))
 
 
+def feature_precision(enc: dict) -> str:
+    """The resolved precision (``fp32`` / ``bf16``) the config's encoder runs in for extraction."""
+    from serkit.precision import resolve_precision
+
+    return resolve_precision(enc.get("precision", "auto"), _device(enc.get("device", "auto")))
+
+
 def store_dir(cfg: dict, manifest: pd.DataFrame, encoder: dict | None = None) -> Path:
+    """``<root>/<corpus>/<encoder>-<mode>-<layers>[-bf16]``: fp32 stores keep the name they had before precisions."""
+    from serkit.precision import store_suffix
+
     enc = encoder or cfg["encoder"]
     corpus = str(manifest["corpus"].iloc[0]) if "corpus" in manifest.columns else "custom"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{enc['id']}-{enc.get('mode', 'native')}-{enc.get('layers', 'all')}")
+    slug += store_suffix(feature_precision(enc))
     root = Path(cfg["features"]["cache_dir"]) if cfg["features"]["cache_dir"] else default_cache_root()
     return root / corpus / slug
 
@@ -30,6 +42,12 @@ def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def extraction_options(enc: dict) -> dict:
+    """Keyword arguments of :func:`~serkit.cache.extract_to_cache` from a config's ``encoder`` section."""
+    return {"mode": enc.get("mode", "native"), "device": _device(enc.get("device", "auto")),
+            "precision": feature_precision(enc), "batch_seconds": float(enc.get("batch_seconds", 120.0))}
 
 
 def ensure_features(manifest: pd.DataFrame, cfg: dict, out_dir: Path | None = None, encoder: dict | None = None,
@@ -44,12 +62,10 @@ def ensure_features(manifest: pd.DataFrame, cfg: dict, out_dir: Path | None = No
         store = FeatureStore(path)
         todo = bool(store.verify(manifest))
     if todo:
-        log(f"extracting {enc['id']} ({enc.get('mode', 'native')}, layers {enc.get('layers', 'all')}) -> {path}")
-        dtype = enc.get("dtype", "auto")
-        extract_to_cache(manifest, enc["id"], enc.get("layers", "all"), path, mode=enc.get("mode", "native"),
-                         device=_device(enc.get("device", "auto")),
-                         autocast=None if dtype in ("auto", "fp32") else dtype,
-                         batch_seconds=float(enc.get("batch_seconds", 120.0)),
+        opts = extraction_options(enc)
+        log(f"extracting {enc['id']} ({opts['mode']}, layers {enc.get('layers', 'all')}, {opts['precision']}) "
+            f"-> {path}")
+        extract_to_cache(manifest, enc["id"], enc.get("layers", "all"), path, **opts,
                          progress=bool(cfg["train"].get("progress", True)))
     return FeatureStore(path)
 

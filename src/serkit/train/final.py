@@ -1,7 +1,8 @@
 """``serkit train``: one model on the whole corpus, validation speakers carved out, saved for prediction.
 
 A model folder holds ``config.yaml``, ``model.safetensors`` (downstream weights), ``labels.json``,
-``encoder.json`` (encoder id, revision, feature mode, layers) and ``meta.json``.
+``encoder.json`` (encoder id, revision, feature mode, layers, precision) and ``meta.json`` (with the
+resolved feature and training precision).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from safetensors.torch import save_file
 
 from serkit.config import dump, load_config
 from serkit.io import atomic_write_json, atomic_write_text
+from serkit.precision import run_precision
 from serkit.protocols import Fold, carve_validation
 
 
@@ -40,14 +42,16 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print) 
     tmp.replace(out / "model.safetensors")
     atomic_write_text(out / "config.yaml", dump(cfg))
     atomic_write_json(out / "labels.json", labels.to_dict())
+    precision = run_precision(cfg, source)
     enc = dict(source.spec) if source is not None else {"encoder": cfg["encoder"]["id"], "mode": cfg["encoder"]["mode"]}
     enc["layers_spec"] = cfg["encoder"].get("layers", "all")
+    enc["precision"] = precision["features"]
     atomic_write_json(out / "encoder.json", enc)
     spec = module.spec
     atomic_write_json(out / "meta.json", {
         "spec": {"task": spec.task, "num_outputs": spec.num_outputs, "num_layers": spec.num_layers,
                  "hidden_size": spec.hidden_size, "num_speakers": spec.num_speakers, "class_names": spec.class_names},
-        "n_train": len(train), "n_val": len(val), "val_speakers": val_spk,
+        "n_train": len(train), "n_val": len(val), "val_speakers": val_spk, "precision": precision,
         "train_seconds_max": float(manifest["duration"].max()),
         "train_wall_seconds": round(time.time() - t0, 1),
     })

@@ -24,6 +24,7 @@ from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
 from serkit.metrics import classification_metrics, confusion, regression_metrics
 from serkit.models.registry import ModelSpec
+from serkit.precision import lightning_precision, run_precision
 from serkit.protocols import Fold, check_leakage
 from serkit.recipes.base import get_recipe
 from serkit.train.module import SERModule
@@ -48,13 +49,11 @@ def make_trainer(cfg: dict, fold_dir: Path, extra_callbacks=()) -> L.Trainer:
         save_last=True, enable_version_counter=False,
     )
     early = L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=int(t["patience"]))
-    precision = t["precision"]
-    if precision == "auto":
-        precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    precision = lightning_precision(t["precision"], t["accelerator"])
     logger = L.pytorch.loggers.CSVLogger(str(fold_dir), name="logs", version="")
     return L.Trainer(
         max_epochs=int(t["epochs"]), min_epochs=int(t["min_epochs"]), accelerator=t["accelerator"],
-        devices=t["devices"], strategy=t["strategy"], precision=precision, callbacks=[ckpt, early, *extra_callbacks],
+        devices=t["devices"], num_nodes=int(t.get("num_nodes", 1)), strategy=t["strategy"], precision=precision, callbacks=[ckpt, early, *extra_callbacks],
         logger=logger, deterministic=bool(t["deterministic"]) and not torch.cuda.is_available(),
         gradient_clip_val=t["grad_clip"] or None, enable_progress_bar=bool(t["progress"]),
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10,
@@ -205,7 +204,7 @@ def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: st
         return json.loads(result_path.read_text())
     t0 = time.time()
     res = _fit_fold(cfg, manifest, fold, source, fold_dir)
-    res = {**res, "seconds": round(time.time() - t0, 1)}
+    res = {**res, "seconds": round(time.time() - t0, 1), "precision": run_precision(cfg, source)}
     atomic_write_json(result_path, res)
     return res
 
