@@ -45,12 +45,12 @@ def test_auto_follows_the_cpu_flags(monkeypatch):
 
 def test_config_keys_and_the_deprecated_dtype():
     base = {"corpus": "ravdess"}
-    assert load_config(base)["encoder"]["precision"] == "auto"
+    assert load_config(base)["encoder"]["precision"] in P.PRECISIONS
     cfg = load_config(base, ["encoder.precision=bf16", "train.precision=fp32"])
     assert cfg["encoder"]["precision"] == "bf16" and cfg["train"]["precision"] == "fp32"
     with pytest.warns(DeprecationWarning, match="encoder.dtype"):
-        cfg = load_config({**base, "encoder": {"dtype": "fp32"}})
-    assert cfg["encoder"]["precision"] == "fp32" and "dtype" not in cfg["encoder"]
+        cfg = load_config({**base, "encoder": {"dtype": "bf16"}})
+    assert cfg["encoder"]["precision"] == "bf16" and "dtype" not in cfg["encoder"]
     with pytest.raises(ConfigError, match="encoder.precision='fp16'"):
         load_config(base, ["encoder.precision=fp16"])
     with pytest.raises(ConfigError, match="train.precision"):
@@ -78,7 +78,7 @@ def test_store_dir_suffix(monkeypatch, tmp_path):
     bf16 = store_dir(cfg, manifest, {**cfg["encoder"], "precision": "bf16", "device": "cpu"})
     assert fp32.name == "openai_whisper-base-native-all" and bf16.name == fp32.name + "-bf16"
     _no_bf16_cpu(monkeypatch)
-    assert store_dir(cfg, manifest, {**cfg["encoder"], "device": "cpu"}) == fp32
+    assert store_dir(cfg, manifest, {**cfg["encoder"], "precision": "auto", "device": "cpu"}) == fp32
 
 
 def test_bf16_extraction_is_recorded_and_close_to_fp32(tmp_path):

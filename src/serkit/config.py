@@ -25,7 +25,7 @@ DEFAULTS: dict = {
     "targets": ["arousal", "valence", "dominance"],
     "protocol": None,
     "encoder": {"id": "openai/whisper-base", "mode": "native", "layers": "all", "device": "auto",
-                "batch_seconds": 120.0, "precision": "auto"},
+                "batch_seconds": 120.0, "precision": "fp32"},
     "features": {"source": "cache", "cache_dir": None, "max_seconds": None, "crop": "none", "level": "frames",
                  "preload": True, "normalize": "none"},
     "model": {"name": "baseline"},
@@ -34,7 +34,7 @@ DEFAULTS: dict = {
     "sampler": None,
     "train": {"epochs": 30, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw",
               "scheduler": "none", "warmup_epochs": 0, "lr_decay": 1.0, "patience": 8, "seed": 0,
-              "monitor": "auto", "precision": "auto", "accelerator": "auto", "devices": 1, "strategy": "auto",
+              "monitor": "auto", "precision": "fp32", "accelerator": "auto", "devices": 1, "strategy": "auto",
               "num_workers": 0, "class_weights": None, "grad_clip": 1.0, "deterministic": True,
               "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True, "refit": False,
               "max_frames": None, "num_nodes": 1},
@@ -104,8 +104,7 @@ def _precisions(cfg: dict) -> None:
                           DeprecationWarning, stacklevel=3)
             if legacy not in PRECISIONS:
                 raise ConfigError(f"config: {where}.dtype={legacy!r} is not one of {PRECISIONS}")
-            if enc.get("precision", "auto") == "auto":  # an explicit precision wins over the old key
-                enc["precision"] = legacy
+            enc["precision"] = legacy
         if enc.get("precision", "auto") not in PRECISIONS:
             raise ConfigError(f"config: {where}.precision={enc['precision']!r} is not one of {PRECISIONS}")
     lightning = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
