@@ -5,6 +5,8 @@ Layout of a store folder::
     store.json                  what the features are: encoder id, revision, mode, layers, sample rate, dtype,
                                 precision the encoder ran in
     index.jsonl                 one line per finished utterance: {"id", "hash", "frames", "seconds"}; last wins
+    index.rank<r>.jsonl         the same, written by rank r of a multi-process extraction (torchrun); read
+                                together with index.jsonl and merged into it when the extraction ends
     feats/<hh>/<hash>.npy       float16 (layers, frames, dim), read with np.load(mmap_mode="r")
     pooled/<hh>/<hash>.npy      float32 (layers, 2*dim): mean then std over frames, per layer
     errors.json                 the files the last run could not use, and why
@@ -40,6 +42,8 @@ from serkit.errors import AudioError, SerkitError
 STORE_VERSION = 1
 STORE_FILE = "store.json"
 INDEX_FILE = "index.jsonl"
+#: Index shard of one rank of a multi-process extraction (merged into INDEX_FILE at its end).
+INDEX_SHARD = "index.rank{rank}.jsonl"
 ERRORS_FILE = "errors.json"
 #: Index entries between fsyncs of the index file.
 FSYNC_EVERY = 64
@@ -114,15 +118,17 @@ class FeatureStore:
             )
         self.spec: dict = json.loads(spec_path.read_text())
         self._entries: dict[str, dict] = {}
+        self._index_name = INDEX_FILE
         self._read_index()
 
     # creation --------------------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: str | Path, spec: dict, *, overwrite: bool = False) -> FeatureStore:
+    def create(cls, root: str | Path, spec: dict, *, overwrite: bool = False, clean: bool = True) -> FeatureStore:
         """Open ``root`` for writing features described by ``spec``; create it when new.
 
         Raises :class:`StaleStoreError` when ``root`` holds a store with other identity fields (encoder, revision,
-        mode, layers, ...), unless ``overwrite`` (then its entries are dropped).
+        mode, layers, ...), unless ``overwrite`` (then its entries are dropped). ``clean`` removes temporary files
+        of a killed run (only one process of a multi-process extraction may do so, before the others start).
         """
         root = Path(root)
         spec = {**spec, "version": STORE_VERSION}
@@ -138,34 +144,60 @@ class FeatureStore:
                 )
             if old.get("key") != spec["key"]:  # overwrite: drop every entry of the old store
                 (root / INDEX_FILE).unlink(missing_ok=True)
+                for shard in root.glob(INDEX_SHARD.format(rank="*")):
+                    shard.unlink()
                 for sub in ("feats", "pooled"):
                     shutil.rmtree(root / sub, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
         if not spec_path.exists() or json.loads(spec_path.read_text()).get("key") != spec["key"]:
             _atomic_write_bytes(spec_path, lambda fh: fh.write(json.dumps(spec, indent=2).encode()))
-        for tmp in root.glob("**/.*.tmp"):  # leftovers of a killed run
-            tmp.unlink(missing_ok=True)
+        if clean:
+            for tmp in root.glob("**/.*.tmp"):  # leftovers of a killed run
+                tmp.unlink(missing_ok=True)
         return cls(root)
 
     # index -----------------------------------------------------------------------------------------------------
+    def _index_files(self) -> list[Path]:
+        shards = sorted(self.root.glob(INDEX_SHARD.format(rank="*")))
+        return [p for p in (self.root / INDEX_FILE, *shards) if p.exists()]
+
     def _read_index(self) -> None:
-        path = self.root / INDEX_FILE
         self._entries = {}
-        if not path.exists():
-            return
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # a torn last line from a killed run
-                    continue
-                self._entries[str(entry["id"])] = entry
+        for path in self._index_files():  # index.jsonl, then the shards of an unfinished multi-process run
+            with open(path, encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:  # a torn last line from a killed run
+                        continue
+                    self._entries[str(entry["id"])] = entry
+
+    def write_to_shard(self, rank: int) -> None:
+        """Append this process's index entries to rank ``rank``'s shard (a multi-process extraction, where each
+        rank owns one index file; feature files are named by content hash and written atomically)."""
+        self._index_name = INDEX_SHARD.format(rank=rank)
+
+    def merge_shards(self) -> int:
+        """Fold the ranks' index shards into ``index.jsonl`` (one process, once every rank is done); returns the
+        number of entries moved. A crash half-way leaves duplicate lines, which read the same."""
+        shards = [p for p in self._index_files() if p.name != INDEX_FILE]
+        lines = [line for p in shards for line in p.read_text(encoding="utf-8").splitlines(keepends=True)
+                 if line.endswith("\n")]
+        if lines:
+            with open(self.root / INDEX_FILE, "a", encoding="utf-8") as fh:
+                fh.writelines(lines)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for p in shards:
+            p.unlink()
+        self._read_index()
+        return len(lines)
 
     def _append_index(self, entries: Sequence[dict]) -> None:
         # Each line is appended and flushed, so a killed process loses at most the entry being written (files are
         # renamed into place before their entry). fsync (power-loss durability) costs milliseconds per call on
         # virtual disks, so it runs every FSYNC_EVERY entries instead of per file.
-        with open(self.root / INDEX_FILE, "a", encoding="utf-8") as fh:
+        with open(self.root / self._index_name, "a", encoding="utf-8") as fh:
             fh.writelines(json.dumps(e) + "\n" for e in entries)
             fh.flush()
             self._unsynced = getattr(self, "_unsynced", 0) + len(entries)
@@ -374,6 +406,12 @@ def extract_to_cache(
 ) -> ExtractReport:
     """Extract encoder features for every manifest row into the store at ``out_dir``; resumable.
 
+    In a ``torch.distributed`` process group (``torchrun``, see :mod:`serkit.distributed`) each rank takes every
+    ``world_size``-th utterance of the longest-first order, writes its feature files (content-hash names, atomic)
+    and its own index shard into the same store, and resumes its share after a kill (with any number of ranks:
+    what any rank finished is reused); rank 0 then merges the shards and writes ``errors.json``. Every rank returns
+    the report of the whole run.
+
     Args:
         manifest: DataFrame (or CSV/Parquet path) with at least ``id`` and ``path``; ``duration`` (s) orders
             the work longest first when present.
@@ -395,6 +433,7 @@ def extract_to_cache(
     from tqdm.auto import tqdm
 
     from serkit.audio import content_hash, read_audio
+    from serkit.distributed import gather_objects, world
     from serkit.encoders import load_encoder, parse_layers
     from serkit.precision import precision_of, resolve_precision, torch_dtype
 
@@ -418,7 +457,21 @@ def extract_to_cache(
         "layers_spec": str(layers),
         "precision": precision_of(encoder),
     }
-    store = FeatureStore.create(out_dir, spec, overwrite=overwrite)
+    rank, world_size = world()
+    if world_size == 1:
+        store = FeatureStore.create(out_dir, spec, overwrite=overwrite)
+    else:  # rank 0 creates (and cleans) the store before the others open it; a refusal stops every rank
+        problem = None
+        if rank == 0:
+            try:
+                FeatureStore.create(out_dir, spec, overwrite=overwrite)
+            except SerkitError as exc:
+                problem = exc
+        refused = gather_objects(None if problem is None else str(problem))[0]
+        if refused is not None:
+            raise problem if problem is not None else StaleStoreError(refused)
+        store = FeatureStore.create(out_dir, spec, clean=False)
+        store.write_to_shard(rank)
     report = ExtractReport(store=store.root, total=len(df))
 
     def fail(utt_id: str, path: str, problem: str) -> None:
@@ -430,6 +483,9 @@ def extract_to_cache(
     ids = df["id"].astype(str).tolist()
     paths = df["path"].astype(str).tolist()
     durations = _durations(df)
+    if world_size > 1:  # this rank's share: every world_size-th of the longest-first order (balanced lengths)
+        order = sorted(range(len(ids)), key=lambda i: -durations[i])[rank::world_size]
+        ids, paths, durations = ([xs[i] for i in order] for xs in (ids, paths, durations))
     todo: list[tuple[str, str, str, float]] = []
     for utt_id, path, dur in zip(ids, paths, durations, strict=True):
         try:
@@ -493,16 +549,28 @@ def extract_to_cache(
         bar.update(1)
     bar.close()
 
-    _atomic_write_bytes(
-        store.root / ERRORS_FILE,
-        lambda fh: fh.write(
-            json.dumps([{"id": i, "path": p, "problem": m} for i, p, m in report.failures], indent=1).encode()
-        ),
-    )
+    if world_size > 1:  # the whole run's report on every rank; rank 0 folds the shards into index.jsonl
+        report.total = len(df)
+        report.wall_seconds = time.perf_counter() - start
+        parts = gather_objects(report)
+        report.computed = sum(r.computed for r in parts)
+        report.reused = sum(r.reused for r in parts)
+        report.failures = [f for r in parts for f in r.failures]
+        report.audio_seconds = sum(r.audio_seconds for r in parts)
+        if rank == 0:
+            store.merge_shards()
+    if rank == 0:
+        _atomic_write_bytes(
+            store.root / ERRORS_FILE,
+            lambda fh: fh.write(
+                json.dumps([{"id": i, "path": p, "problem": m} for i, p, m in report.failures], indent=1).encode()
+            ),
+        )
+    gather_objects(None)  # every rank sees the merged store from here on
     report.wall_seconds = time.perf_counter() - start
     report.disk_bytes = store.disk_bytes()
-    if progress:
-        print(report.summary())
+    if progress and rank == 0:
+        print(report.summary() + (f" ({world_size} processes)" if world_size > 1 else ""))
         for utt_id, path, problem in report.failures[:20]:
             print(f"  skipped {utt_id}: {path}: {problem}")
     return report
@@ -638,14 +706,29 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def extract_main(args: argparse.Namespace) -> int:
-    """Run ``serkit extract`` from parsed arguments; exit code 0, or 1 when some files failed."""
-    report = extract_to_cache(
+    """Run ``serkit extract`` from parsed arguments; exit code 0, or 1 when some files failed.
+
+    Under ``torchrun`` the ranks split the manifest (gloo on CPU, nccl on GPU: ``--device cuda`` gives rank r
+    ``cuda:LOCAL_RANK``)."""
+    from serkit.distributed import barrier, init_from_env, shutdown
+
+    rank, _, device = init_from_env(args.device)
+    try:
+        report = _extract(args, device)
+        barrier()  # torchrun stops the other ranks as soon as one exits non-zero: finish together
+    finally:
+        shutdown()
+    return 1 if report.failures and rank == 0 else 0  # rank 0 reports the whole run's failures
+
+
+def _extract(args: argparse.Namespace, device: str) -> ExtractReport:
+    return extract_to_cache(
         args.manifest,
         args.encoder,
         args.layers,
         args.out,
         mode=args.mode,
-        device=args.device,
+        device=device,
         precision=args.precision,
         batch_seconds=args.batch_seconds,
         chunk_seconds=args.chunk_seconds,
@@ -654,4 +737,3 @@ def extract_main(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    return 1 if report.failures else 0
