@@ -1,19 +1,37 @@
 #!/usr/bin/env bash
-# Create .venv and install serkit with pinned dependencies. Idempotent: re-installs only when pyproject changes.
+# Create the venv ($SERKIT_VENV, default .venv) and install serkit with the exact versions of constraints.txt.
+# Idempotent: re-installs only when pyproject.toml or constraints.txt change. Any pip error stops it with pip's
+# output and a non-zero status, and leaves no stamp behind (the next run tries again).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 PY="${PYTHON:-python3}"
+EXTRAS="dev,text,recipes,export,serve"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 STAMP="$VENV/.serkit-installed"
-WANT="$(sha1sum "$REPO/pyproject.toml" | cut -c1-40)"
+WANT="$(cat "$REPO/pyproject.toml" "$REPO/constraints.txt" | sha1sum | cut -c1-40) $EXTRAS"
+
+# pip quietly; on failure, its whole output and the failing command, then exit 1
+pip_install() {
+  local log
+  log="$(mktemp)"
+  if ! "$VENV/bin/python" -m pip install -q "$@" >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" >&2 || :
+    rm -f "$log"
+    echo "setup: pip install $* failed" >&2
+    exit 1
+  fi
+  rm -f "$log"
+}
+
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  # CPU build of torch first (a local file on the team's machines), then serkit and its pinned dependencies.
-  "$VENV/bin/python" -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/python" -m pip install -q -e "$REPO[dev,text]" 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/python" -c "import serkit, torch, transformers, lightning, soundfile, soxr, faiss" \
-    || { echo "setup: install failed" >&2; exit 1; }
+  rm -f "$STAMP"
+  pip_install --upgrade pip
+  # CPU build of torch first (a local file on the team's machines), then serkit and its dependencies
+  pip_install -c "$REPO/constraints.txt" torch
+  pip_install -c "$REPO/constraints.txt" -e "$REPO[$EXTRAS]"
+  "$VENV/bin/python" -c "import serkit, torch, transformers, lightning, soundfile, soxr, silero_vad" \
+    || { echo "setup: installed, but serkit or a core dependency does not import" >&2; exit 1; }
   echo "$WANT" > "$STAMP"
 fi

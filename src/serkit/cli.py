@@ -82,7 +82,10 @@ LAZY_COMMANDS = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``serkit`` parser; ``command`` (the first argument) selects which heavy sub-command to import."""
+    from serkit import __version__
+
     parser = argparse.ArgumentParser(prog="serkit", description="Speech emotion recognition toolkit")
+    parser.add_argument("--version", action="version", version=f"serkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="read a corpus into a manifest (CSV or Parquet by suffix)")

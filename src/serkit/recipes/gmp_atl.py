@@ -59,7 +59,6 @@ import shutil
 import time
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
@@ -254,6 +253,8 @@ class GMPATLRecipe(Recipe):
     def _runner(self, cfg: dict, finetune, seed: int | None = None) -> StagedEncoder:
         runner = StagedEncoder(self._encoder(cfg), cfg["features"]["source"], finetune)
         if seed is not None:  # the stage's heads are initialised right after: from this seed only
+            import lightning as L  # here, not at the top: registering the recipe (inference) stays Lightning-free
+
             L.seed_everything(seed, workers=True, verbose=False)
         return runner
 
@@ -285,6 +286,8 @@ class GMPATLRecipe(Recipe):
         from serkit.data.samplers import SeededShuffleSampler
         from serkit.train.fit import _quiet_lightning, make_trainer
         from serkit.train.module import SERModule
+
+        import lightning as L
 
         _quiet_lightning()
         L.seed_everything(seed, workers=True, verbose=False)
