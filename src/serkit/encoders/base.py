@@ -152,8 +152,11 @@ class Encoder(nn.Module):
             )
         return lengths
 
-    def _check_max(self, lengths: torch.Tensor) -> None:
-        if self.max_samples is not None and int(lengths.max()) > self.max_samples:
+    def _check_max(self, lengths: torch.Tensor, waves: torch.Tensor) -> None:
+        # a batch no longer than the limit needs no look at the lengths (nor a data-dependent branch in export)
+        if self.max_samples is None or waves.shape[1] <= self.max_samples:
+            return
+        if int(lengths.max()) > self.max_samples:
             raise ValueError(
                 f"{self.name}: input of {int(lengths.max())} samples exceeds the encoder's limit of {self.max_samples} "
                 f"({self.max_samples / self.sample_rate:.0f} s); split it into chunks (serkit.encoders.runner does)"

@@ -117,8 +117,10 @@ class WhisperSpeechEncoder(Encoder):
         lengths: torch.Tensor | None = None,
         mask_time_indices: torch.Tensor | None = None,
     ) -> EncoderOutput:
+        # without lengths every frame is real: no attention mask (and no data-dependent branch in graph export)
+        unpadded = lengths is None
         lengths = self._lengths_or_full(waves, lengths)
-        self._check_max(lengths)
+        self._check_max(lengths, waves)
         enc = self.encoder
         if self.mode == "padded":
             waves = F.pad(waves, (0, self.max_samples - waves.shape[1]))
@@ -141,14 +143,16 @@ class WhisperSpeechEncoder(Encoder):
             x = torch.where(mask_time_indices[..., None], self.mask_embedding.to(x.dtype), x)
         hidden = x + enc.embed_positions.weight[:n].to(x.dtype)  # first n positions of the full table
         hidden = F.dropout(hidden, p=enc.dropout, training=self.training)
-        states = self._run_blocks(hidden, frame_mask, 0)
+        states = self._run_blocks(hidden, frame_mask, 0, unpadded=unpadded)
         return EncoderOutput(hidden_states=tuple(states), frame_mask=frame_mask, frame_rate=self.frame_rate)
 
-    def _run_blocks(self, hidden: torch.Tensor, frame_mask: torch.Tensor, start: int) -> list[torch.Tensor]:
-        """``[hidden, block start output, ..., final layer norm(top block output)]``."""
+    def _run_blocks(self, hidden: torch.Tensor, frame_mask: torch.Tensor, start: int,
+                    unpadded: bool = False) -> list[torch.Tensor]:
+        """``[hidden, block start output, ..., final layer norm(top block output)]``; ``unpadded``: the caller
+        knows every frame is real (no attention mask needed)."""
         enc = self.encoder
         attn_mask = None
-        if self.mode == "native" and not bool(frame_mask.all()):
+        if self.mode == "native" and not unpadded and not bool(frame_mask.all()):
             if enc.config._attn_implementation == "eager":
                 attn_mask = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)
                 attn_mask = attn_mask.masked_fill(~frame_mask, torch.finfo(hidden.dtype).min)[
@@ -156,7 +160,8 @@ class WhisperSpeechEncoder(Encoder):
                 ]
             else:  # sdpa / flash: boolean, True = attend
                 attn_mask = frame_mask[:, None, None, :]
-        fast = not self.training and not torch.is_grad_enabled()
+        # the fused inference block loops over row chunks (a Python loop over a length): not in graph export
+        fast = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_exporting()
         if fast:  # the residual stream stays float32 when the weights are bf16 (see _inference_block)
             hidden = hidden.float()
         states = [hidden]
