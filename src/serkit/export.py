@@ -130,7 +130,7 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, opset: 
     from serkit.inference import Recognizer
     from serkit.io import atomic_write_bytes
 
-    rec = Recognizer.from_pretrained(model_dir)
+    rec = Recognizer.from_pretrained(model_dir, precision="fp32")  # the graph computes in float32
     graph = graph_module(rec)
     enc = graph.encoder
     window = int(rec.window * SAMPLE_RATE)
@@ -163,7 +163,7 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, opset: 
         "inputs": names, "outputs": ["scores", "pooled", "frames"], "sample_rate": SAMPLE_RATE,
         "min_samples": MIN_SAMPLES, "max_samples": max_samples, "layers": list(graph.layers),
         "level": graph.level, "normalize": rec.normalize, "encoder": rec.encoder_info.get("encoder"),
-        "encoder_mode": rec.encoder_info.get("mode"), "torch": torch.__version__, "onnx": onnx.__version__,
+        "encoder_mode": rec.encoder_info.get("mode"), "precision": "fp32", "torch": torch.__version__, "onnx": onnx.__version__,
         "check": check, "export_seconds": round(export_seconds, 1),
     }
     entry = proto.metadata_props.add()
