@@ -35,3 +35,22 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     || { echo "setup: installed, but serkit or a core dependency does not import" >&2; exit 1; }
   echo "$WANT" > "$STAMP"
 fi
+
+# The browser test (tests/test_service_browser.py) drives Debian's chromium through its chromedriver.
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+  :
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing chromium and chromium-driver with apt-get (for the browser test)"
+  apt_log="$(mktemp)"
+  if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } \
+      >"$apt_log" 2>&1; then
+    cat "$apt_log" >&2
+    rm -f "$apt_log"
+    echo "setup: apt-get install chromium chromium-driver failed" >&2
+    exit 1
+  fi
+  rm -f "$apt_log"
+else
+  echo "setup: note: chromium / chromedriver not found and apt-get cannot run here (needs root and apt);" \
+    "the browser test will skip"
+fi
