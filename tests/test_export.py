@@ -42,15 +42,31 @@ def _probabilities(result) -> np.ndarray:
     return np.array(list(result["probabilities"].values()))
 
 
+def _run_graph(graph, feed):
+    import torch
+
+    with torch.no_grad():
+        out = graph(*(torch.from_numpy(feed[k]) for k in graph.input_names()))
+    return dict(zip(graph.output_names(), (o.numpy() for o in out), strict=True))
+
+
+def _owned_pooled(feats, own, n):
+    """The Recognizer's rule for the frames a window owns (samples own[0]:own[1] of n)."""
+    from serkit.cache import pooled_statistics
+
+    t = feats.shape[1]
+    fa = round(own[0] / n * t)
+    fb = max(round(own[1] / n * t), fa + 1)
+    part = feats[:, fa:min(fb, t)]
+    return pooled_statistics(part).numpy(), part.shape[1]
+
+
 @pytest.mark.parametrize("features", [{"level": "pooled", "normalize": "none"},
                                       {"level": "pooled", "normalize": "speaker"},
                                       {"level": "frames", "normalize": "speaker"}])
 def test_graph_module_computes_what_the_recognizer_predicts(tiny_corpus, tmp_path, features):  # noqa: F811
-    import torch
-
-    from serkit.cache import pooled_statistics
     from serkit.encoders.runner import encode_signals
-    from serkit.export import graph_module
+    from serkit.export import graph_inputs, graph_module
 
     cfg = tiny_config(tiny_corpus, features=features, train={"epochs": 1})
     if features["level"] == "pooled":
@@ -59,24 +75,27 @@ def test_graph_module_computes_what_the_recognizer_predicts(tiny_corpus, tmp_pat
     graph = graph_module(rec)
     x, _ = sf.read(str(tiny_corpus / "spk0" / "high_2.wav"), dtype="float32")
     stats = _stats(rec, np.random.default_rng(0)) if graph.normalize else None
-    inputs = [torch.from_numpy(x)[None]] + ([torch.from_numpy(s) for s in stats] if stats else [])
-    with torch.no_grad():
-        scores, pooled, frames = graph(*inputs)
+    out = _run_graph(graph, graph_inputs(graph, x, stats=stats))
+    head = graph.head_names[0]
     want = rec.predict(x, SAMPLE_RATE, enroll=stats)
-    np.testing.assert_allclose(scores.numpy(), _probabilities(want), atol=1e-4)  # results round to 1e-4
+    np.testing.assert_allclose(out[f"scores_{head}"], _probabilities(want), atol=1e-4)  # results round to 1e-4
     ((_, feats),) = list(encode_signals(rec.encoder, [("x", x)], rec.encoder_info["layers"]))
-    np.testing.assert_allclose(pooled.numpy(), pooled_statistics(feats).numpy(), atol=1e-5)
-    assert int(frames) == feats.shape[1]
+    for own in [(0, len(x)), (1234, 5555), (len(x) - 100, len(x))]:
+        out = _run_graph(graph, graph_inputs(graph, x, own=own, stats=stats))
+        ref, frames = _owned_pooled(feats, own, len(x))
+        np.testing.assert_allclose(out["pooled"], ref, atol=1e-5)
+        assert int(out["frames"]) == frames
 
 
 def test_export_whisper_model_and_onnxruntime_matches_torch(tiny_corpus, tmp_path, capsys):  # noqa: F811
     """A Whisper (native length) frame-level, speaker-normalised model: the hardest path (dynamic frame axis,
-    float16 rounding, statistics inputs). Exported with the CLI; onnxruntime's probabilities compared with the
-    torch Recognizer's on clips of several lengths off the frame grid, and on a 30 s signal (the longest)."""
+    float16 rounding, statistics inputs). Exported with the CLI; onnxruntime's outputs compared with torch's
+    graph and with the Recognizer's predictions on clips of several lengths off the frame grid, and on a
+    30 s signal (Whisper's longest)."""
     import onnxruntime as ort
     import torch
 
-    from serkit.export import METADATA_KEY, TOLERANCE, graph_module
+    from serkit.export import METADATA_KEY, TOLERANCE, graph_inputs, graph_module
 
     enc = _tiny_whisper_dir(tmp_path / "tiny-whisper")
     cfg = tiny_config(tiny_corpus, encoder={"id": str(enc), "layers": "all"},
@@ -89,10 +108,11 @@ def test_export_whisper_model_and_onnxruntime_matches_torch(tiny_corpus, tmp_pat
 
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     meta = json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])
-    assert [i.name for i in session.get_inputs()] == meta["inputs"] == ["waveform", "speaker_mean", "speaker_std"]
-    assert meta["classes"] == ["high", "low", "mid"] and meta["check"]["max_abs_diff"] <= TOLERANCE
     rec = Recognizer.from_pretrained(model_dir)
     graph = graph_module(rec)
+    assert [i.name for i in session.get_inputs()] == meta["inputs"] == graph.input_names()
+    assert [o.name for o in session.get_outputs()] == meta["outputs"] == graph.output_names()
+    assert meta["classes"] == ["high", "low", "mid"] and meta["check"]["max_abs_diff"] <= TOLERANCE
     stats = _stats(rec, np.random.default_rng(1))
     files = sorted((tiny_corpus / "spk3").glob("*.wav"))[:4]
     signals = [sf.read(str(f), dtype="float32")[0][:-37] for f in files]  # 0.4-0.7 s, cut off the frame grid
@@ -100,16 +120,18 @@ def test_export_whisper_model_and_onnxruntime_matches_torch(tiny_corpus, tmp_pat
     diffs = []
     for x in signals:
         assert len(x) % 320  # off the 20 ms frame grid
-        got, pooled, frames = session.run(None, {"waveform": x[None], "speaker_mean": stats[0], "speaker_std": stats[1]})
-        with torch.no_grad():
-            ref = graph(torch.from_numpy(x)[None], *map(torch.from_numpy, stats))
-        diffs.append(np.abs(got - ref[0].numpy()).max())
-        np.testing.assert_allclose(pooled, ref[1].numpy(), rtol=1e-4, atol=1e-4)
-        assert int(frames) == int(ref[2]) == int(rec.encoder.num_frames(torch.tensor([len(x)]))[0])
+        feed = graph_inputs(graph, x, own=(len(x) // 4, len(x)), stats=stats)
+        got = dict(zip(graph.output_names(), session.run(None, feed), strict=True))
+        ref = _run_graph(graph, feed)
+        diffs.append(np.abs(got["scores_speaker"] - ref["scores_speaker"]).max())
+        np.testing.assert_allclose(got["pooled"], ref["pooled"], rtol=1e-4, atol=1e-4)
+        assert int(got["frames"]) == int(ref["frames"]) > 0
+        frames = int(rec.encoder.num_frames(torch.tensor([len(x)]))[0])
+        assert abs(int(got["frames"]) - 0.75 * frames) <= 1
         if len(x) <= rec.window * SAMPLE_RATE:  # one window: the Recognizer's own result
             want = rec.predict(x, SAMPLE_RATE, enroll=stats)
-            diffs.append(np.abs(got - _probabilities(want)).max() - 1e-4)  # results are rounded to 1e-4
-            assert rec.labels.classes[int(np.argmax(got))] == want["label"]
+            diffs.append(np.abs(got["scores_speaker"] - _probabilities(want)).max() - 1e-4)  # rounded to 1e-4
+            assert rec.labels.classes[int(np.argmax(got["scores_speaker"]))] == want["label"]
     assert max(diffs) <= TOLERANCE, diffs
 
 

@@ -6,12 +6,14 @@ rounding as the feature cache stores frames, speaker normalisation where the mod
 and the downstream model with its softmax. It is written with ``torch.onnx.export(..., dynamo=True)`` and checked
 against torch on a signal of another length before it is kept.
 
-Inputs: ``waveform`` float32 ``(1, samples)`` at 16 kHz; for a model trained with ``features.normalize:
-speaker`` also ``speaker_mean`` and ``speaker_std`` float32 ``(layers, dim)`` (see
-:meth:`serkit.Recognizer.speaker_statistics`). Outputs: ``scores`` ``(outputs,)`` (class probabilities or
-attribute values), ``pooled`` ``(layers, 2*dim)`` (per-layer frame mean then std of the unnormalised features,
-for enrolment statistics) and ``frames`` (int64 scalar, the frame count). What a runtime needs to know (classes,
-layers, limits, the check) is in the graph's metadata under :data:`METADATA_KEY`.
+Inputs: ``waveform`` float32 ``(1, samples)`` at 16 kHz; ``own`` int64 ``(2,)``: the samples ``[start, end)`` of
+the window whose frames count for the speaker statistics (``[0, samples)`` for a whole clip); for a model with a
+speaker-normalised head also ``speaker_mean`` and ``speaker_std`` float32 ``(layers, dim)`` (see
+:meth:`serkit.Recognizer.speaker_statistics`). Outputs: ``scores_speaker`` and / or ``scores_global``
+``(outputs,)`` (class probabilities or attribute values of each head), ``pooled`` ``(layers, 2*dim)`` (per-layer
+mean then std of the owned frames' unnormalised features) and ``frames`` (int64, their count), from which the
+speaker statistics are combined. What a runtime needs to know (heads, classes, layers, limits, the check) is in
+the graph's metadata under :data:`METADATA_KEY`.
 """
 
 from __future__ import annotations
@@ -33,76 +35,122 @@ ONNX_FILE = "model.onnx"
 METADATA_KEY = "serkit"
 #: Largest max-abs difference of ``scores`` between onnxruntime and torch that an export may show.
 TOLERANCE = 1e-3
-#: Shortest input (samples) the exported graph accepts; shorter windows are zero-padded by the runtime.
+#: Shortest input (samples) the exported graph accepts (0.1 s); the onnx backend refuses shorter windows.
 MIN_SAMPLES = 1600
 #: Seconds of the signals the export traces with and checks on (two lengths, so the dynamic axis is exercised).
 TRACE_SECONDS, CHECK_SECONDS = 2.0, 3.31  # 3.31 s: off the 20 ms frame grid
 
 
 class RecognizerGraph(nn.Module):
-    """One window through encoder, feature stage and downstream model (what the exported graph computes).
+    """One window through encoder, feature stage and head(s) (what the exported graph computes).
 
     Args:
         encoder: a :class:`serkit.encoders.base.Encoder` in eval mode.
-        model: the downstream model (``model(batch) -> {"logits" | "prediction": (1, outputs)}``).
-        layers: hidden-state indices the model reads (as the cache stores them).
-        level: ``"frames"`` or ``"pooled"``: what the model reads.
-        normalize: whether features are z-scored with the speaker's statistics (extra inputs).
-        cached: the model was trained on cached features (frames rounded to float16 before use).
+        heads: ``{"speaker": model, "global": model}`` (either may be missing): downstream models
+            (``model(batch) -> {"logits" | "prediction": (1, outputs)}``); ``speaker`` reads speaker-normalised
+            features (the graph then takes the speaker's statistics), ``global`` the features as they are.
+        layers: hidden-state indices the heads read (as the cache stores them).
+        level: ``"frames"`` or ``"pooled"``: what the heads read.
+        cached: the heads were trained on cached features (frames rounded to float16 before use).
         task: ``"classification"`` (scores are softmax probabilities) or ``"regression"``.
+
+    ``forward(waveform (1, samples), own (2,) int64, [speaker_mean, speaker_std (layers, dim)])`` returns the
+    scores ``(outputs,)`` of each head (in :attr:`head_names` order), then ``pooled`` ``(layers, 2*dim)`` and
+    ``frames`` (int64) of the frames that samples ``own[0]:own[1]`` of the window own (the Recognizer's rule for
+    overlapping windows: frame ``round(own / samples * frames)``), for the speaker statistics.
     """
 
-    def __init__(self, encoder: nn.Module, model: nn.Module, layers: list[int], *, level: str, normalize: bool,
+    def __init__(self, encoder: nn.Module, heads: dict[str, nn.Module], layers: list[int], *, level: str,
                  cached: bool, task: str):
         super().__init__()
-        self.encoder, self.model, self.layers = encoder, model, list(layers)
-        self.level, self.normalize, self.cached, self.task = level, normalize, cached, task
+        unknown = set(heads) - {"speaker", "global"}
+        if unknown or not heads:
+            raise ValueError(f"heads must be 'speaker' and / or 'global', got {sorted(heads)}")
+        self.encoder, self.layers = encoder, list(layers)
+        self.head_names = [h for h in ("speaker", "global") if h in heads]
+        self.heads = nn.ModuleDict({h: heads[h] for h in self.head_names})
+        self.level, self.cached, self.task = level, cached, task
 
-    def forward(self, waveform: torch.Tensor, speaker_mean: torch.Tensor | None = None,
-                speaker_std: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def normalize(self) -> bool:
+        """Whether the graph takes the speaker's statistics (it has a speaker-normalised head)."""
+        return "speaker" in self.heads
+
+    def input_names(self) -> list[str]:
+        return ["waveform", "own"] + (["speaker_mean", "speaker_std"] if self.normalize else [])
+
+    def output_names(self) -> list[str]:
+        return [f"scores_{h}" for h in self.head_names] + ["pooled", "frames"]
+
+    def forward(self, waveform: torch.Tensor, own: torch.Tensor, speaker_mean: torch.Tensor | None = None,
+                speaker_std: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         from serkit.cache import pooled_statistics
 
         out = self.encoder(waveform)  # no lengths: one unpadded signal
         feats = torch.stack([out.hidden_states[i][0] for i in self.layers]).float()  # (layers, frames, dim)
-        pooled = pooled_statistics(feats)
-        frames = torch.ones_like(feats[0, :, 0], dtype=torch.int64).sum()
+        index = torch.arange(feats.shape[1], device=feats.device)
+        t = (index >= 0).sum()  # frame count as a tensor
+        scores = []
+        for head in self.head_names:
+            stats = (speaker_mean, speaker_std) if head == "speaker" else None
+            y = self.heads[head](self._batch(feats, pooled_statistics(feats), stats))
+            scores.append(torch.softmax(y["logits"].float(), -1)[0] if self.task == "classification"
+                          else y["prediction"].float()[0])
+        # the owned frames: [round(a / n * t), max(round(b / n * t), that + 1)) within the window's frames
+        n = waveform.shape[1]
+        first = torch.round(own[0].double() / n * t.double()).long()
+        last = torch.maximum(torch.round(own[1].double() / n * t.double()).long(), first + 1)
+        mask = ((index >= first) & (index < last)).to(feats.dtype)[None, :, None]
+        count = mask.sum()
+        mean = (feats * mask).sum(1, keepdim=True) / count
+        std = (((feats - mean) ** 2) * mask).sum(1) / count
+        pooled_own = torch.cat([mean[:, 0], std.sqrt()], dim=-1)
+        return (*scores, pooled_own, count.long())
+
+    def _batch(self, feats: torch.Tensor, pooled: torch.Tensor, stats) -> dict:
+        """A head's batch of one, as :class:`serkit.Recognizer` builds it (see serkit.data.normalize)."""
         if self.level == "pooled":
             x = pooled
-            if self.normalize:
-                dim = speaker_mean.shape[-1]
-                x = torch.cat([(x[:, :dim] - speaker_mean) / speaker_std, x[:, dim:] / speaker_std], dim=-1)
-            batch = {"pooled": x[None]}
-        else:
-            x = feats.half().float() if self.cached else feats
-            if self.normalize:  # as serkit.data.normalize.normalize_frames on float16 frames
-                x = ((x - speaker_mean[:, None]) / speaker_std[:, None]).half().float()
-            batch = {"features": x[None], "frame_mask": torch.ones_like(x[0, :, 0], dtype=torch.bool)[None]}
-        y = self.model(batch)
-        scores = torch.softmax(y["logits"].float(), -1)[0] if self.task == "classification" else y["prediction"][0]
-        return scores, pooled, frames
+            if stats is not None:
+                dim = stats[0].shape[-1]
+                x = torch.cat([(x[:, :dim] - stats[0]) / stats[1], x[:, dim:] / stats[1]], dim=-1)
+            return {"pooled": x[None]}
+        x = feats.half().float() if self.cached else feats
+        if stats is not None:  # as normalize_frames on float16 frames: the result is float16 again
+            x = ((x - stats[0][:, None]) / stats[1][:, None]).half().float()
+        return {"features": x[None], "frame_mask": torch.ones_like(x[0, :, 0], dtype=torch.bool)[None]}
 
 
 def graph_module(rec) -> RecognizerGraph:
     """The :class:`RecognizerGraph` of a torch :class:`serkit.Recognizer` (its encoder is loaded if needed)."""
     cfg = rec.cfg
+    heads = dict(getattr(rec, "heads", None) or {("speaker" if rec.normalize != "none" else "global"): rec.model})
     waveform_model = cfg["features"]["source"] == "waveform"
-    if waveform_model:  # encoder inside the model (fine-tuned): take both from it
-        encoder, model, layers = rec.model.encoder, rec.model.downstream, rec.model.layers
+    if waveform_model:  # encoder inside the model (fine-tuned): take it from there
+        first = next(iter(heads.values()))
+        encoder, layers = first.encoder, first.layers
+        heads = {h: m.downstream for h, m in heads.items()}
     else:
-        encoder, model, layers = rec.encoder, rec.model, rec.encoder_info["layers"]
-    return RecognizerGraph(encoder.eval(), model.eval(), layers, level=cfg["features"].get("level", "frames"),
-                           normalize=rec.normalize != "none", cached=not waveform_model,
+        encoder, layers = rec.encoder, rec.encoder_info["layers"]
+    return RecognizerGraph(encoder.eval(), {h: m.eval() for h, m in heads.items()}, layers,
+                           level=cfg["features"].get("level", "frames"), cached=not waveform_model,
                            task=rec.labels.task).eval()
 
 
-def _inputs(graph: RecognizerGraph, signal: np.ndarray) -> tuple[torch.Tensor, ...]:
-    wave = torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))[None]
-    if not graph.normalize:
-        return (wave,)
-    shape = (len(graph.layers), graph.encoder.hidden_size)
-    rng = np.random.default_rng(1)  # statistics of some speaker: any positive std exercises the same graph
-    return (wave, torch.from_numpy(rng.normal(0, 0.1, shape).astype(np.float32)),
-            torch.from_numpy(rng.uniform(0.5, 2.0, shape).astype(np.float32)))
+def graph_inputs(graph: RecognizerGraph, signal: np.ndarray, own: tuple[int, int] | None = None,
+                 stats: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The graph's inputs by name for one window ``signal`` (16 kHz float32). ``own``: the samples whose frames
+    count for the speaker statistics (default all); ``stats``: the speaker's ``(mean, std)`` (default: some
+    speaker's, for a graph with a speaker head whose scores are not wanted)."""
+    feed = {"waveform": np.ascontiguousarray(signal, dtype=np.float32)[None],
+            "own": np.array(own if own is not None else (0, len(signal)), dtype=np.int64)}
+    if graph.normalize:
+        if stats is None:
+            shape = (len(graph.layers), graph.encoder.hidden_size)
+            rng = np.random.default_rng(1)  # any positive std exercises the same computation
+            stats = rng.normal(0, 0.1, shape).astype(np.float32), rng.uniform(0.5, 2.0, shape).astype(np.float32)
+        feed["speaker_mean"], feed["speaker_std"] = (np.asarray(x, dtype=np.float32) for x in stats)
+    return feed
 
 
 def _test_signal(seconds: float, seed: int) -> np.ndarray:
@@ -139,16 +187,17 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, opset: 
         raise SerkitError(f"{model_dir}: predict.window_seconds={rec.window:g} exceeds the encoder's limit of "
                           f"{max_samples / SAMPLE_RATE:g} s; export scores one window per run")
     out = Path(out) if out is not None else Path(model_dir) / ONNX_FILE
-    names = ["waveform"] + (["speaker_mean", "speaker_std"] if graph.normalize else [])
+    names, outputs = graph.input_names(), graph.output_names()
     samples = torch.export.Dim("samples", min=MIN_SAMPLES, max=max_samples or 2**31 - 1)
-    dynamic = {"waveform": {1: samples}} | ({"speaker_mean": None, "speaker_std": None} if graph.normalize else {})
+    dynamic = {name: ({1: samples} if name == "waveform" else None) for name in names}
     t0 = time.time()
     import warnings
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(graph, _inputs(graph, _test_signal(TRACE_SECONDS, 0)), dynamo=True,
-                                    input_names=names, output_names=["scores", "pooled", "frames"],
+        feed = graph_inputs(graph, _test_signal(TRACE_SECONDS, 0))
+        program = torch.onnx.export(graph, tuple(torch.from_numpy(feed[k]) for k in names), dynamo=True,
+                                    input_names=names, output_names=outputs,
                                     dynamic_shapes=dynamic, opset_version=opset, optimize=True, verbose=False)
     proto = program.model_proto
     export_seconds = time.time() - t0
@@ -160,9 +209,9 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, opset: 
     meta = {
         "format": 1, "task": labels.task, "classes": list(labels.classes) if labels.task == "classification" else [],
         "targets": list(labels.targets) if labels.task != "classification" else [],
-        "inputs": names, "outputs": ["scores", "pooled", "frames"], "sample_rate": SAMPLE_RATE,
+        "inputs": names, "outputs": outputs, "heads": graph.head_names, "sample_rate": SAMPLE_RATE,
         "min_samples": MIN_SAMPLES, "max_samples": max_samples, "layers": list(graph.layers),
-        "level": graph.level, "normalize": rec.normalize, "encoder": rec.encoder_info.get("encoder"),
+        "level": graph.level, "encoder": rec.encoder_info.get("encoder"),
         "encoder_mode": rec.encoder_info.get("mode"), "precision": "fp32", "torch": torch.__version__, "onnx": onnx.__version__,
         "check": check, "export_seconds": round(export_seconds, 1),
     }
@@ -175,15 +224,19 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, opset: 
 
 
 def _check(model_bytes: bytes, graph: RecognizerGraph) -> dict:
-    """Max abs difference of ``scores`` between onnxruntime and torch on a signal the export did not trace."""
+    """Max abs difference of every output between onnxruntime and torch on a signal the export did not trace
+    (the owned range a part of it, as for a window in the middle of a long file)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    inputs = _inputs(graph, _test_signal(CHECK_SECONDS, 1))
+    signal = _test_signal(CHECK_SECONDS, 1)
+    feed = graph_inputs(graph, signal, own=(len(signal) // 5, len(signal) - len(signal) // 7))
     with torch.no_grad():
-        ref = graph(*inputs)[0].numpy()
-    got = session.run(["scores"], {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)})[0]
-    return {"max_abs_diff": float(np.abs(got - ref).max()), "seconds": CHECK_SECONDS}
+        ref = graph(*(torch.from_numpy(feed[k]) for k in graph.input_names()))
+    got = session.run(graph.output_names(), feed)
+    diffs = {name: float(np.abs(g - r.numpy()).max()) for name, g, r in zip(graph.output_names(), got, ref, strict=True)}
+    scores = max(v for k, v in diffs.items() if k.startswith("scores_"))
+    return {"max_abs_diff": scores, "outputs": diffs, "seconds": CHECK_SECONDS}
 
 
 def _export(args) -> int:
