@@ -188,3 +188,134 @@ def test_cli_parser_and_main(corpus, tmp_path):
     assert args.layers == "all" and args.mode == "native" and args.device == "cpu"
     assert args.func(args) == 0
     assert len(FeatureStore(tmp_path / "f")) == 6
+
+
+# -- several writers ------------------------------------------------------------------------------------------
+#: One process of the race: "extract" (temporaries kept alive 50 ms each, so that they overlap the others) or
+#: "create" (FeatureStore.create() over and over while the extractions run, as a third `serkit cv` would).
+RACER = """
+import json, sys, time
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import serkit.cache as cache
+
+role, manifest, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+if role == "extract":
+    real_save = np.save
+    def slow_save(fh, arr):
+        real_save(fh, arr)
+        time.sleep(0.05)
+    np.save = slow_save
+    rep = cache.extract_to_cache(pd.read_csv(manifest), "fbank-40", "all", out, progress=False)
+    print(json.dumps({"computed": rep.computed, "reused": rep.reused}))
+else:
+    deadline = time.time() + 60
+    while not (out / "store.json").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    spec = json.loads((out / "store.json").read_text())
+    n = 0
+    while not (out.parent / "done").exists() and time.time() < deadline:
+        cache.FeatureStore.create(out, spec)
+        n += 1
+        time.sleep(0.02)
+    print(json.dumps({"creates": n}))
+"""
+
+
+def test_two_extractions_and_a_create_racing_on_one_store(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    rows = []
+    for i in range(12):
+        p = tmp_path / "audio" / f"u{i}.wav"
+        p.parent.mkdir(exist_ok=True)
+        _write(p, 0.3 + 0.05 * i, i)
+        rows.append({"id": f"u{i}", "path": str(p)})
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    out = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "src"), str(repo)])}
+
+    def start(role):
+        return subprocess.Popen([sys.executable, "-c", RACER, role, str(manifest), str(out)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    creator = start("create")
+    extractors = [start("extract"), start("extract")]
+    outs = [p.communicate(timeout=240) for p in extractors]
+    (tmp_path / "done").touch()
+    _, c_err = creator.communicate(timeout=60)
+    for p, (o, e) in zip(extractors, outs, strict=True):
+        assert p.returncode == 0, e[-3000:]
+    assert creator.returncode == 0, c_err[-3000:]
+    reports = sorted((json.loads(o.strip().splitlines()[-1]) for o, _ in outs), key=lambda r: -r["computed"])
+    assert reports == [{"computed": 12, "reused": 0}, {"computed": 0, "reused": 12}], reports
+    lines = [json.loads(x) for x in (out / "index.jsonl").read_text().splitlines()]
+    assert sorted(e["id"] for e in lines) == sorted(r["id"] for r in rows)  # each id once, all present
+    store = FeatureStore(out)
+    assert all(store.load(r["id"]).shape[1] > 0 for r in rows)
+    assert not list(out.glob("**/.*.tmp"))
+
+
+def test_torn_index_line_does_not_swallow_the_next_entry(corpus, tmp_path, whisper):
+    out = tmp_path / "store"
+    extract_to_cache(corpus.iloc[:5], whisper, "-1", out, progress=False)
+    index = out / "index.jsonl"
+    text = index.read_text()
+    index.write_text(text[: text.rindex("{") + 12])  # the last entry cut mid-line (a killed writer, a full disk)
+    assert len(FeatureStore(out)) == 4
+    rep = extract_to_cache(corpus, whisper, "-1", out, progress=False)
+    assert rep.computed + rep.reused == 6
+    store = FeatureStore(out)
+    assert sorted(store.ids()) == sorted(corpus["id"]) and len(store) == 6
+    assert all(json.loads(line) for line in index.read_text().splitlines())
+
+
+def test_create_removes_only_temporaries_of_dead_writers(corpus, tmp_path, whisper):
+    import subprocess
+    import sys
+
+    out = tmp_path / "store"
+    extract_to_cache(corpus.iloc[:2], whisper, "-1", out, progress=False)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "feats" / "ab").mkdir(parents=True, exist_ok=True)
+        stale = out / "feats" / "ab" / f".x.npy.{int(dead.stdout)}.k2j3.tmp"
+        busy = out / "feats" / "ab" / f".y.npy.{live.pid}.q9w8.tmp"
+        legacy = out / "feats" / "ab" / ".z.npy.abc123.tmp"  # written by an older serkit: no pid
+        for p in (stale, busy, legacy):
+            p.write_bytes(b"partial")
+        FeatureStore.create(out, json.loads((out / "store.json").read_text()))
+        assert busy.exists() and not stale.exists() and not legacy.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_store_lock_is_exclusive_between_processes(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from serkit.cache import store_lock
+
+    probe = ("import fcntl, sys; fh = open(sys.argv[1], 'a+');\n"
+             "try:\n    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+             "except BlockingIOError:\n    print('held')")
+    with store_lock(tmp_path / "s"):
+        with store_lock(tmp_path / "s"):  # re-entrant within the process
+            pass
+        r = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "s" / ".lock")], capture_output=True,
+                           text=True, check=True)
+        assert r.stdout.strip() == "held"
+    t = time.time()
+    r = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "s" / ".lock")], capture_output=True, text=True,
+                       check=True)
+    assert r.stdout.strip() == "free" and time.time() - t < 30

@@ -7,6 +7,7 @@ Errors are :class:`~serkit.errors.AudioError` and name the file and the problem.
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,65 @@ from serkit.errors import AudioError
 MAX_SECONDS = 3600.0
 #: Peak amplitude below which a signal counts as silent (about -80 dBFS).
 SILENCE_PEAK = 1e-4
+#: Shortest audio (seconds) serkit extracts, trains on or predicts: less (about a syllable) cannot carry an emotion.
+MIN_SECONDS = 0.25
+#: Sample rates (Hz) a recording can have; a header outside this range is broken or crafted (1 Hz would make
+#: 1000 samples 1000 seconds long).
+SAMPLE_RATE_RANGE = (1_000, 768_000)
+
+
+def unusable(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str | None:
+    """Why mono ``signal`` (``(samples,)``) cannot be used, or None. The one verdict that ``serkit check``
+    (fatal problems), extraction (skipped files) and prediction (refused clips) share:
+
+    * ``"silent: ..."``: peak below :data:`SILENCE_PEAK` after the downmix to mono (also stereo whose channels
+      cancel, e.g. one channel phase-inverted);
+    * ``"too short to use: ..."``: under :data:`MIN_SECONDS`.
+    """
+    seconds = len(signal) / sample_rate
+    if seconds < MIN_SECONDS:
+        return f"too short to use: {seconds:.3f} s < {MIN_SECONDS} s, too little to carry an emotion"
+    peak = float(np.abs(signal).max())
+    if peak < SILENCE_PEAK:
+        return f"silent: peak amplitude {peak:.1e} < {SILENCE_PEAK:.0e} after the downmix to mono"
+    return None
+
+
+def _wav_declared_frames(path: str | Path) -> int | None:
+    """Frames a RIFF/WAVE header's ``data`` chunk declares (None for other formats, or sizes left open)."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    order = "<" if head[:4] == b"RIFF" else ">"
+    pos, block_align = 12, None
+    while pos + 8 <= len(head):
+        cid, size = head[pos:pos + 4], struct.unpack(order + "I", head[pos + 4:pos + 8])[0]
+        if cid == b"fmt " and pos + 22 <= len(head):
+            block_align = struct.unpack(order + "H", head[pos + 20:pos + 22])[0]
+        if cid == b"data":
+            if not block_align or size in (0, 0xFFFFFFFF):  # streaming writers leave the size open
+                return None
+            return size // block_align
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _checked_info(path: str | Path):
+    """``soundfile.info`` plus the header checks soundfile does not make: an impossible sample rate, and a WAV
+    whose data chunk is shorter than its header declares (soundfile reads that as a clean, shorter file)."""
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises several types for corrupt input
+        raise AudioError(path, f"unreadable: {exc}") from None
+    lo, hi = SAMPLE_RATE_RANGE
+    if not lo <= info.samplerate <= hi:
+        raise AudioError(path, f"bad sample rate: the header declares {info.samplerate} Hz (expected {lo}-{hi} Hz)")
+    declared = _wav_declared_frames(path)
+    if declared is not None and info.frames < declared:
+        raise AudioError(path, f"truncated: the header declares {declared} frames "
+                               f"({declared / info.samplerate:.2f} s), the file holds {info.frames}")
+    return info
 
 
 def resample(signal: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -91,10 +151,7 @@ def read_audio(
     path = Path(path)
     if not path.exists():
         raise AudioError(path, "file not found")
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:  # soundfile raises several types for corrupt input
-        raise AudioError(path, f"unreadable: {exc}") from None
+    info = _checked_info(path)
     if info.frames == 0:
         raise AudioError(path, "empty: no samples")
     seconds = info.frames / info.samplerate
@@ -110,11 +167,10 @@ def read_audio(
 
 
 def audio_info(path: str | Path) -> dict:
-    """Header facts without decoding: ``{"duration": s, "sample_rate": Hz, "channels": n, "frames": n}``."""
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:
-        raise AudioError(path, f"unreadable: {exc}") from None
+    """Header facts without decoding: ``{"duration": s, "sample_rate": Hz, "channels": n, "frames": n}``.
+
+    Raises :class:`AudioError` for an unreadable file, an impossible sample rate or a truncated WAV."""
+    info = _checked_info(path)
     return {
         "duration": info.frames / info.samplerate if info.samplerate else 0.0,
         "sample_rate": info.samplerate,

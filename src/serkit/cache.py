@@ -5,6 +5,7 @@ Layout of a store folder::
     store.json                  what the features are: encoder id, revision, mode, layers, sample rate, dtype,
                                 precision the encoder ran in
     index.jsonl                 one line per finished utterance: {"id", "hash", "frames", "seconds"}; last wins
+    .lock                       the writers' lock file (holds the pid of the last holder)
     index.rank<r>.jsonl         the same, written by rank r of a multi-process extraction (torchrun); read
                                 together with index.jsonl and merged into it when the extraction ends
     feats/<hh>/<hash>.npy       float16 (layers, frames, dim), read with np.load(mmap_mode="r")
@@ -15,17 +16,28 @@ Utterances are keyed by the audio's content hash (:func:`serkit.audio.content_ha
 recomputed, an unchanged one never is. A store folder holds one encoder/revision/mode/layers/precision combination; opening
 it for another raises :class:`StaleStoreError`. Files are written to a temporary name and moved into place
 (``os.replace``) before the index line is appended, so a killed run resumes where it stopped.
+
+Several processes may write one store (two ``serkit cv`` runs of one corpus and encoder share it):
+:func:`store_lock` (``FeatureStore.lock()``) is an exclusive per-store lock (``.lock``, ``fcntl.flock``).
+:func:`extract_to_cache` holds it for the whole run, so a second extraction waits and then finds everything
+cached; the ranks of one ``torchrun`` extraction split the ids among themselves instead and lock only their index
+appends, the spec check and the clean-up. Temporaries carry their writer's pid and are removed only when that
+process is gone; a torn last index line (a killed writer, a full disk) is cut off before the next entry is
+appended. Readers take no lock: an entry appears only once its files are in place.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-import tempfile
+import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +50,7 @@ import torch
 
 from serkit.constants import SAMPLE_RATE
 from serkit.errors import AudioError, SerkitError
+from serkit.io import atomic_write, remove_stale_temporaries
 
 STORE_VERSION = 1
 STORE_FILE = "store.json"
@@ -45,6 +58,7 @@ INDEX_FILE = "index.jsonl"
 #: Index shard of one rank of a multi-process extraction (merged into INDEX_FILE at its end).
 INDEX_SHARD = "index.rank{rank}.jsonl"
 ERRORS_FILE = "errors.json"
+LOCK_FILE = ".lock"
 #: Index entries between fsyncs of the index file.
 FSYNC_EVERY = 64
 #: Fields of store.json that must match for a store to be reused.
@@ -82,15 +96,76 @@ def store_key(spec: dict) -> str:
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    atomic_write(path, write, fsync=False)  # the index line written after the rename marks the entry done
+
+
+#: per process: resolved store folder -> [open lock file, nesting depth]
+_HELD: dict[str, list] = {}
+_HELD_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def store_lock(root: str | Path, log=None):
+    """Hold the exclusive writers' lock of the store folder ``root`` (created if needed) for the block.
+
+    ``fcntl.flock`` on ``root/.lock``: another process blocks until it is free (printing once who holds it, via
+    ``log``, default stderr); the kernel releases it when the holder dies, even by SIGKILL. Re-entrant within a
+    process (nested blocks share one lock). Local file systems only (NFS locks depend on the server).
+    """
+    key = str(Path(root).resolve())
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is not None:
+            held[1] += 1
+    if held is None:
+        Path(key).mkdir(parents=True, exist_ok=True)
+        fh = open(Path(key) / LOCK_FILE, "a+")  # noqa: SIM115 - kept open while the lock is held
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            (log or (lambda m: print(m, file=sys.stderr)))(
+                f"{key}: waiting for another writer of this feature store (pid {holder})")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        held = [fh, 1]
+        with _HELD_GUARD:
+            _HELD[key] = held
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
+        yield
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with _HELD_GUARD:
+            held[1] -= 1
+            last = held[1] == 0
+            if last:
+                del _HELD[key]
+        if last:
+            fcntl.flock(held[0], fcntl.LOCK_UN)
+            held[0].close()
+
+
+def _cut_torn_tail(fh) -> None:
+    """Truncate a binary append-mode index file after its last newline, if its last line is unfinished."""
+    end = fh.seek(0, os.SEEK_END)
+    if end == 0:
+        return
+    fh.seek(end - 1)
+    if fh.read(1) == b"\n":
+        return
+    pos = end
+    while pos > 0:  # scan back for the previous newline
+        step = min(pos, 1 << 16)
+        pos -= step
+        fh.seek(pos)
+        nl = fh.read(step).rfind(b"\n")
+        if nl >= 0:
+            fh.truncate(pos + nl + 1)
+            return
+    fh.truncate(0)
 
 
 def pooled_statistics(feats: torch.Tensor) -> torch.Tensor:
@@ -128,11 +203,16 @@ class FeatureStore:
 
         Raises :class:`StaleStoreError` when ``root`` holds a store with other identity fields (encoder, revision,
         mode, layers, ...), unless ``overwrite`` (then its entries are dropped). ``clean`` removes temporary files
-        of a killed run (only one process of a multi-process extraction may do so, before the others start).
+        of killed writers (those whose pid is gone). Runs under the store's lock.
         """
         root = Path(root)
         spec = {**spec, "version": STORE_VERSION}
         spec["key"] = store_key(spec)
+        with store_lock(root):
+            return cls._create_locked(root, spec, overwrite, clean)
+
+    @classmethod
+    def _create_locked(cls, root: Path, spec: dict, overwrite: bool, clean: bool) -> FeatureStore:
         spec_path = root / STORE_FILE
         if spec_path.exists():
             old = json.loads(spec_path.read_text())
@@ -151,10 +231,13 @@ class FeatureStore:
         root.mkdir(parents=True, exist_ok=True)
         if not spec_path.exists() or json.loads(spec_path.read_text()).get("key") != spec["key"]:
             _atomic_write_bytes(spec_path, lambda fh: fh.write(json.dumps(spec, indent=2).encode()))
-        if clean:
-            for tmp in root.glob("**/.*.tmp"):  # leftovers of a killed run
-                tmp.unlink(missing_ok=True)
+        if clean:  # leftovers of killed writers; live writers' temporaries are theirs
+            remove_stale_temporaries(root)
         return cls(root)
+
+    def lock(self):
+        """The store's exclusive writers' lock, as a context manager (see :func:`store_lock`)."""
+        return store_lock(self.root)
 
     # index -----------------------------------------------------------------------------------------------------
     def _index_files(self) -> list[Path]:
@@ -184,8 +267,9 @@ class FeatureStore:
         lines = [line for p in shards for line in p.read_text(encoding="utf-8").splitlines(keepends=True)
                  if line.endswith("\n")]
         if lines:
-            with open(self.root / INDEX_FILE, "a", encoding="utf-8") as fh:
-                fh.writelines(lines)
+            with self.lock(), open(self.root / INDEX_FILE, "a+b") as fh:
+                _cut_torn_tail(fh)
+                fh.write("".join(lines).encode("utf-8"))
                 fh.flush()
                 os.fsync(fh.fileno())
         for p in shards:
@@ -194,11 +278,13 @@ class FeatureStore:
         return len(lines)
 
     def _append_index(self, entries: Sequence[dict]) -> None:
-        # Each line is appended and flushed, so a killed process loses at most the entry being written (files are
-        # renamed into place before their entry). fsync (power-loss durability) costs milliseconds per call on
+        # Each line is appended and flushed under the store lock, so a killed process loses at most the entry
+        # being written (files are renamed into place before their entry), and a torn last line is cut off
+        # before it can swallow the next entry. fsync (power-loss durability) costs milliseconds per call on
         # virtual disks, so it runs every FSYNC_EVERY entries instead of per file.
-        with open(self.root / self._index_name, "a", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(e) + "\n" for e in entries)
+        with self.lock(), open(self.root / self._index_name, "a+b") as fh:
+            _cut_torn_tail(fh)
+            fh.write("".join(json.dumps(e) + "\n" for e in entries).encode("utf-8"))
             fh.flush()
             self._unsynced = getattr(self, "_unsynced", 0) + len(entries)
             if self._unsynced >= FSYNC_EVERY:
@@ -432,7 +518,7 @@ def extract_to_cache(
     """
     from tqdm.auto import tqdm
 
-    from serkit.audio import content_hash, read_audio
+    from serkit.audio import content_hash, read_audio, unusable
     from serkit.distributed import gather_objects, world
     from serkit.encoders import load_encoder, parse_layers
     from serkit.precision import precision_of, resolve_precision, torch_dtype
@@ -458,122 +544,127 @@ def extract_to_cache(
         "precision": precision_of(encoder),
     }
     rank, world_size = world()
-    if world_size == 1:
-        store = FeatureStore.create(out_dir, spec, overwrite=overwrite)
-    else:  # rank 0 creates (and cleans) the store before the others open it; a refusal stops every rank
-        problem = None
-        if rank == 0:
+    with contextlib.ExitStack() as held:
+        if world_size == 1:  # one extraction at a time per store: a second one waits, then reuses everything
+            held.enter_context(store_lock(out_dir))
+            store = FeatureStore.create(out_dir, spec, overwrite=overwrite)
+        else:  # rank 0 creates (and cleans) the store before the others open it; a refusal stops every rank
+            problem = None
+            if rank == 0:
+                try:
+                    FeatureStore.create(out_dir, spec, overwrite=overwrite)
+                except SerkitError as exc:
+                    problem = exc
+            refused = gather_objects(None if problem is None else str(problem))[0]
+            if refused is not None:
+                raise problem if problem is not None else StaleStoreError(refused)
+            store = FeatureStore.create(out_dir, spec, clean=False)
+            store.write_to_shard(rank)
+        report = ExtractReport(store=store.root, total=len(df))
+
+        def fail(utt_id: str, path: str, problem: str) -> None:
+            if strict:
+                raise AudioError(path, problem)
+            report.failures.append((utt_id, str(path), problem))
+
+        # 1. hash the audio; keep what is current
+        ids = df["id"].astype(str).tolist()
+        paths = df["path"].astype(str).tolist()
+        durations = _durations(df)
+        if world_size > 1:  # this rank's share: every world_size-th of the longest-first order (balanced lengths)
+            order = sorted(range(len(ids)), key=lambda i: -durations[i])[rank::world_size]
+            ids, paths, durations = ([xs[i] for i in order] for xs in (ids, paths, durations))
+        todo: list[tuple[str, str, str, float]] = []
+        for utt_id, path, dur in zip(ids, paths, durations, strict=True):
             try:
-                FeatureStore.create(out_dir, spec, overwrite=overwrite)
-            except SerkitError as exc:
-                problem = exc
-        refused = gather_objects(None if problem is None else str(problem))[0]
-        if refused is not None:
-            raise problem if problem is not None else StaleStoreError(refused)
-        store = FeatureStore.create(out_dir, spec, clean=False)
-        store.write_to_shard(rank)
-    report = ExtractReport(store=store.root, total=len(df))
+                h = content_hash(path)
+            except FileNotFoundError:
+                fail(utt_id, path, "file not found")
+                continue
+            except OSError as exc:
+                fail(utt_id, path, f"cannot read: {exc.strerror or exc}")
+                continue
+            if store.is_current(utt_id, h):
+                report.reused += 1
+            elif store.has_hash(h):
+                store.link(utt_id, h, dur)
+                report.reused += 1
+            else:
+                todo.append((utt_id, path, h, dur))
+        todo.sort(key=lambda t: -t[3])  # longest first: similar lengths batch together, peak memory shows early
 
-    def fail(utt_id: str, path: str, problem: str) -> None:
-        if strict:
-            raise AudioError(path, problem)
-        report.failures.append((utt_id, str(path), problem))
+        # 2. read (in a background thread) and encode in batches
+        bar = tqdm(total=len(todo), desc=f"extract {encoder.name}", unit="utt", disable=not progress)
+        meta = {}
 
-    # 1. hash the audio; keep what is current
-    ids = df["id"].astype(str).tolist()
-    paths = df["path"].astype(str).tolist()
-    durations = _durations(df)
-    if world_size > 1:  # this rank's share: every world_size-th of the longest-first order (balanced lengths)
-        order = sorted(range(len(ids)), key=lambda i: -durations[i])[rank::world_size]
-        ids, paths, durations = ([xs[i] for i in order] for xs in (ids, paths, durations))
-    todo: list[tuple[str, str, str, float]] = []
-    for utt_id, path, dur in zip(ids, paths, durations, strict=True):
-        try:
-            h = content_hash(path)
-        except FileNotFoundError:
-            fail(utt_id, path, "file not found")
-            continue
-        except OSError as exc:
-            fail(utt_id, path, f"cannot read: {exc.strerror or exc}")
-            continue
-        if store.is_current(utt_id, h):
-            report.reused += 1
-        elif store.has_hash(h):
-            store.link(utt_id, h, dur)
-            report.reused += 1
-        else:
-            todo.append((utt_id, path, h, dur))
-    todo.sort(key=lambda t: -t[3])  # longest first: similar lengths batch together, peak memory shows early
+        def load(item):
+            path = item[1]
+            try:
+                signal = read_audio(path)
+                return item, signal, unusable(signal)  # what `serkit check` calls fatal is skipped, same reason
+            except AudioError as exc:
+                return item, None, exc.problem
+            except Exception as exc:  # noqa: BLE001 - one bad file must not end the run
+                return item, None, f"{type(exc).__name__}: {exc}"
 
-    # 2. read (in a background thread) and encode in batches
-    bar = tqdm(total=len(todo), desc=f"extract {encoder.name}", unit="utt", disable=not progress)
-    meta = {}
+        def signals() -> Iterator[tuple[str, np.ndarray]]:
+            with ThreadPoolExecutor(max_workers=max(1, read_workers)) as pool:
+                for (utt_id, path, h, _), signal, problem in pool.map(load, todo, chunksize=1):
+                    if problem is None:
+                        frames = int(encoder.num_frames(torch.tensor([len(signal)]))[0])
+                        if frames < 1:
+                            problem = f"too short: {len(signal)} samples give no {encoder.name} frame"
+                    if problem is not None:
+                        fail(utt_id, path, problem)
+                        bar.update(1)
+                        continue
+                    meta[utt_id] = (h, len(signal) / SAMPLE_RATE)
+                    yield utt_id, signal
 
-    def load(item):
-        path = item[1]
-        try:
-            return item, read_audio(path), None
-        except AudioError as exc:
-            return item, None, exc.problem
-        except Exception as exc:  # noqa: BLE001 - one bad file must not end the run
-            return item, None, f"{type(exc).__name__}: {exc}"
+        from serkit.encoders.runner import encode_signals
 
-    def signals() -> Iterator[tuple[str, np.ndarray]]:
-        with ThreadPoolExecutor(max_workers=max(1, read_workers)) as pool:
-            for (utt_id, path, h, _), signal, problem in pool.map(load, todo, chunksize=1):
-                if problem is None:
-                    frames = int(encoder.num_frames(torch.tensor([len(signal)]))[0])
-                    if frames < 1:
-                        problem = f"too short: {len(signal)} samples give no {encoder.name} frame"
-                if problem is not None:
-                    fail(utt_id, path, problem)
-                    bar.update(1)
-                    continue
-                meta[utt_id] = (h, len(signal) / SAMPLE_RATE)
-                yield utt_id, signal
+        for utt_id, feats in encode_signals(
+            encoder,
+            signals(),
+            indices,
+            batch_seconds=batch_seconds,
+            chunk_seconds=chunk_seconds,
+            overlap_seconds=overlap_seconds,
+        ):
+            h, seconds = meta.pop(utt_id)
+            store.write(utt_id, h, feats, seconds)
+            report.computed += 1
+            report.audio_seconds += seconds
+            bar.update(1)
+        bar.close()
 
-    from serkit.encoders.runner import encode_signals
-
-    for utt_id, feats in encode_signals(
-        encoder,
-        signals(),
-        indices,
-        batch_seconds=batch_seconds,
-        chunk_seconds=chunk_seconds,
-        overlap_seconds=overlap_seconds,
-    ):
-        h, seconds = meta.pop(utt_id)
-        store.write(utt_id, h, feats, seconds)
-        report.computed += 1
-        report.audio_seconds += seconds
-        bar.update(1)
-    bar.close()
-
-    if world_size > 1:  # the whole run's report on every rank; rank 0 folds the shards into index.jsonl
-        report.total = len(df)
+        if world_size > 1:  # the whole run's report on every rank; rank 0 folds the shards into index.jsonl
+            report.total = len(df)
+            report.wall_seconds = time.perf_counter() - start
+            parts = gather_objects(report)
+            report.computed = sum(r.computed for r in parts)
+            report.reused = sum(r.reused for r in parts)
+            report.failures = [f for r in parts for f in r.failures]
+            report.audio_seconds = sum(r.audio_seconds for r in parts)
+            if rank == 0:
+                store.merge_shards()
+        if rank == 0:  # this run's failures, plus earlier ones of ids this run did not look at (another run's)
+            with store.lock():
+                path, seen = store.root / ERRORS_FILE, set(df["id"].astype(str))
+                try:
+                    kept = [e for e in json.loads(path.read_text()) if str(e.get("id")) not in seen]
+                except (OSError, ValueError, AttributeError):
+                    kept = []
+                failures = kept + [{"id": i, "path": p, "problem": m} for i, p, m in report.failures]
+                _atomic_write_bytes(path, lambda fh: fh.write(json.dumps(failures, indent=1).encode()))
+        gather_objects(None)  # every rank sees the merged store from here on
         report.wall_seconds = time.perf_counter() - start
-        parts = gather_objects(report)
-        report.computed = sum(r.computed for r in parts)
-        report.reused = sum(r.reused for r in parts)
-        report.failures = [f for r in parts for f in r.failures]
-        report.audio_seconds = sum(r.audio_seconds for r in parts)
-        if rank == 0:
-            store.merge_shards()
-    if rank == 0:
-        _atomic_write_bytes(
-            store.root / ERRORS_FILE,
-            lambda fh: fh.write(
-                json.dumps([{"id": i, "path": p, "problem": m} for i, p, m in report.failures], indent=1).encode()
-            ),
-        )
-    gather_objects(None)  # every rank sees the merged store from here on
-    report.wall_seconds = time.perf_counter() - start
-    report.disk_bytes = store.disk_bytes()
-    if progress and rank == 0:
-        print(report.summary() + (f" ({world_size} processes)" if world_size > 1 else ""))
-        for utt_id, path, problem in report.failures[:20]:
-            print(f"  skipped {utt_id}: {path}: {problem}")
-    return report
+        report.disk_bytes = store.disk_bytes()
+        if progress and rank == 0:
+            print(report.summary() + (f" ({world_size} processes)" if world_size > 1 else ""))
+            for utt_id, path, problem in report.failures[:20]:
+                print(f"  skipped {utt_id}: {path}: {problem}")
+        return report
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from serkit.audio import SILENCE_PEAK, audio_info
+from serkit.audio import SILENCE_PEAK, audio_info, unusable
 from serkit.constants import SAMPLE_RATE
+from serkit.errors import AudioError
 
-#: Problems that make a file unusable for training; the rest are warnings.
-FATAL = ("missing", "unreadable", "empty", "non-finite", "silent")
+#: Problems that make a file unusable; extraction skips the same files with the same reasons (errors.json).
+FATAL = ("missing", "unreadable", "bad sample rate", "truncated", "empty", "non-finite", "silent",
+         "too short to use")
 
 
 @dataclass
@@ -62,9 +64,10 @@ def check_file(uid: str, path: str, cfg: CheckConfig = CheckConfig()) -> FileRep
         return rep
     try:
         info = audio_info(path)
-    except Exception as exc:
-        rep.problems.append("unreadable")
-        rep.notes.append(str(exc).splitlines()[0][:200])
+    except AudioError as exc:  # "unreadable: ...", "bad sample rate: ...", "truncated: ..."
+        name, _, detail = exc.problem.partition(": ")
+        rep.problems.append(name)
+        rep.notes.append(detail.splitlines()[0][:200] if detail else "")
         return rep
     if info["frames"] == 0:
         rep.problems.append("empty")
@@ -88,14 +91,22 @@ def check_file(uid: str, path: str, cfg: CheckConfig = CheckConfig()) -> FileRep
         rep.problems.append("non-finite")
         rep.notes.append(f"{int((~finite).sum())} NaN/inf samples")
         data = np.where(finite, data, 0.0)
-    rep.peak = float(np.abs(data).max()) if data.size else 0.0
-    rep.edge_silence = edge_silence_seconds(data.mean(axis=1), info["sample_rate"])
+    mono = data.mean(axis=1)  # what serkit reads
+    rep.peak = float(np.abs(mono).max()) if mono.size else 0.0
+    rep.edge_silence = edge_silence_seconds(mono, info["sample_rate"])
+    verdict = unusable(mono, info["sample_rate"])
+    if verdict is not None:
+        name, _, detail = verdict.partition(": ")
+        rep.problems.append(name)
+        rep.notes.append(detail)
+        if name == "silent" and data.size and float(np.abs(data).max()) >= SILENCE_PEAK:
+            rep.notes.append("the channels cancel when averaged to mono")
+        if name == "too short to use":
+            return rep
     if rep.peak >= SILENCE_PEAK and rep.edge_silence > cfg.edge_silence_fraction * rep.duration:
         rep.problems.append("mostly silent")
         rep.notes.append(f"{rep.edge_silence:.2f} s of {rep.duration:.2f} s is leading/trailing silence")
-    if rep.peak < SILENCE_PEAK:
-        rep.problems.append("silent")
-    elif (np.abs(data) >= cfg.clip_level).mean() > cfg.clip_fraction:
+    if rep.peak >= SILENCE_PEAK and (np.abs(data) >= cfg.clip_level).mean() > cfg.clip_fraction:
         rep.problems.append("clipped")
         rep.notes.append(f"{100 * (np.abs(data) >= cfg.clip_level).mean():.2f}% samples at full scale")
     if rep.duration < cfg.min_seconds:
@@ -115,6 +126,11 @@ def check_manifest(df: pd.DataFrame, cfg: CheckConfig = CheckConfig(), progress:
                         "edge_silence": r.edge_silence, "problems": ";".join(r.problems),
                         "notes": "; ".join(r.notes)})
     return pd.DataFrame(reports)
+
+
+def fatal(problems: str) -> list[str]:
+    """The fatal problems among a report row's ``;``-joined ``problems``."""
+    return [p for p in problems.split(";") if p in FATAL]
 
 
 def summarise(report: pd.DataFrame) -> str:

@@ -26,7 +26,7 @@ def _prepare(args) -> int:
 
 
 def _check(args) -> int:
-    from serkit.check import FATAL, CheckConfig, check_manifest, summarise
+    from serkit.check import CheckConfig, check_manifest, fatal, summarise
     from serkit.io import atomic_write_text
     from serkit.manifest import read_manifest
 
@@ -41,23 +41,26 @@ def _check(args) -> int:
                 f"{Path(manifest).stem}_{Path(args.report).name}")
             atomic_write_text(out, report.to_csv(index=False))
             print(f"  report -> {out}")
-        if args.strict and report["problems"].str.contains("|".join(FATAL)).any():
+        if args.strict and any(fatal(p) for p in report["problems"]):
             rc = 1
     return rc
 
 
 def _folds(args) -> int:
-    import yaml
-
+    from serkit.config import parse_yaml
     from serkit.corpora import get_reader
+    from serkit.errors import ConfigError
     from serkit.manifest import read_manifest
     from serkit.protocols import describe, make_folds, save_folds
 
     df = read_manifest(args.manifest)
     if args.protocol:
-        protocol = yaml.safe_load(args.protocol)
+        protocol = parse_yaml(args.protocol, "--protocol")
         if isinstance(protocol, str):
             protocol = {"name": protocol}
+        if not isinstance(protocol, dict):
+            raise ConfigError(f"--protocol: expected a name or a mapping such as '{{name: speaker_kfold, k: 6}}', "
+                              f"got {args.protocol!r}")
     else:
         protocol = dict(get_reader(str(df["corpus"].iloc[0])).default_protocol)
     folds = make_folds(df, protocol, seed=args.seed)

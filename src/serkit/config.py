@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import math
 from pathlib import Path
 
 import yaml
@@ -57,6 +58,17 @@ CHOICES = {
     "features.normalize": ("none", "speaker"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.scheduler": ("none", "cosine", "exponential", "warmup_linear"),
+}
+
+
+#: Numeric settings beyond epochs / batch_size / patience / lr / weight_decay: dotted key -> (kind, None allowed).
+#: :func:`validate` refuses a value that is not a number of that kind, naming the key (values are left as given).
+NUMERIC = {
+    "train.seed": (int, False), "train.min_epochs": (int, False), "train.eval_batch_size": (int, False),
+    "train.num_workers": (int, True), "train.warmup_epochs": (int, False), "train.decay_epochs": (int, True),
+    "train.max_frames": (int, True), "train.lr_decay": (float, False), "train.grad_clip": (float, True),
+    "predict.window_seconds": (float, False), "predict.hop_seconds": (float, False),
+    "features.max_seconds": (float, True), "encoder.batch_seconds": (float, False),
 }
 
 
@@ -128,10 +140,25 @@ def validate(cfg: dict) -> dict:
     for k in ("epochs", "batch_size", "patience"):
         if not isinstance(cfg["train"][k], int) or cfg["train"][k] <= 0:
             raise ConfigError(f"config: train.{k} must be a positive integer, got {cfg['train'][k]!r}")
-    if float(cfg["train"]["lr"]) <= 0:
+    for k in ("lr", "weight_decay"):
+        cfg["train"][k] = _number(cfg["train"][k], f"train.{k}")
+    if cfg["train"]["lr"] <= 0:
         raise ConfigError(f"config: train.lr must be > 0, got {cfg['train']['lr']!r}")
-    cfg["train"]["lr"] = float(cfg["train"]["lr"])
-    cfg["train"]["weight_decay"] = float(cfg["train"]["weight_decay"])
+    for dotted, (kind, optional) in NUMERIC.items():
+        if dotted.startswith("encoder.") and not isinstance(cfg["encoder"], dict):
+            continue
+        v = get(cfg, dotted)
+        if v is None and optional:
+            continue
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            x = float(v)
+            ok = x.is_integer() if kind is int else not math.isnan(x)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"config: {dotted} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
     if "name" not in cfg["model"]:
         raise ConfigError("config: model.name is required")
     if cfg["objective"] is None:
@@ -142,6 +169,27 @@ def validate(cfg: dict) -> dict:
     if cfg["train"]["monitor"] == "auto":
         cfg["train"]["monitor"] = "val_ua" if cfg["task"] == "classification" else "val_ccc_mean"
     return cfg
+
+
+def _number(value, key: str) -> float:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config: {key} must be a number, got {value!r}") from None
+
+
+def parse_yaml(text: str, where: str):
+    """``yaml.safe_load(text)``; a syntax error is a ConfigError naming ``where`` (a file, an assignment) and the
+    line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
 
 
 def get(cfg: dict, dotted: str):
@@ -158,25 +206,26 @@ def apply_override(cfg: dict, assignment: str) -> dict:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key=value")
     dotted, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw)
+    value = parse_yaml(raw, f"--set {assignment}")
     parts = dotted.strip().split(".")
     if parts[0] not in DEFAULTS:
         raise ConfigError(f"--set {dotted}: unknown key {parts[0]!r}; known top-level keys: {sorted(DEFAULTS)}")
     cur = cfg
-    for p in parts[:-1]:
-        if isinstance(cur, list) and p.isdigit():
-            cur = cur[int(p)]
-            continue
-        if cur.get(p) is None:
-            cur[p] = {}
-        if not isinstance(cur[p], (dict, list)):
-            raise ConfigError(f"--set {dotted}: {p!r} is not a mapping")
-        cur = cur[p]
-    last = parts[-1]
-    if isinstance(cur, list):
-        cur[int(last)] = value
-    else:
-        cur[last] = value
+    for i, p in enumerate(parts):
+        where = ".".join(parts[:i]) or "the config"
+        if isinstance(cur, list):
+            if not (p.isdigit() and int(p) < len(cur)):
+                raise ConfigError(f"--set {dotted}: {where} is a list of {len(cur)}; {p!r} is not an index in it "
+                                  f"(0..{len(cur) - 1})")
+            p = int(p)
+        elif not isinstance(cur, dict):
+            raise ConfigError(f"--set {dotted}: {where} is {type(cur).__name__} {cur!r}, not a mapping or list")
+        if i == len(parts) - 1:
+            cur[p] = value
+        else:
+            if isinstance(cur, dict) and cur.get(p) is None:
+                cur[p] = {}
+            cur = cur[p]
     return cfg
 
 
@@ -189,7 +238,7 @@ def load_config(path: str | Path | dict, overrides: list[str] | None = None) -> 
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file {p} not found")
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = parse_yaml(p.read_text(), str(p)) or {}
         source = str(p)
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: a config must be a YAML mapping")
@@ -204,7 +253,11 @@ def load_config(path: str | Path | dict, overrides: list[str] | None = None) -> 
 
 
 def load_config_raw(path: Path) -> dict:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if not Path(path).exists():
+        raise ConfigError(f"config file {path} not found (named by 'extends')")
+    raw = parse_yaml(Path(path).read_text(), str(path)) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping")
     base = raw.pop("extends", None)
     if base:
         parent = load_config_raw(Path(path).parent / base)

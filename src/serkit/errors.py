@@ -28,3 +28,8 @@ class LeakageError(SerkitError):
 
 class ConfigError(SerkitError):
     """A configuration with a wrong key or value; the message names the key."""
+
+
+class CheckpointError(SerkitError):
+    """A checkpoint or tensor file that cannot be loaded safely: not plain tensors (possibly crafted to run code
+    when unpickled), truncated, or from another model."""

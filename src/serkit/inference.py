@@ -7,6 +7,7 @@ attribute values) per input. Inputs longer than ``predict.window_seconds`` are s
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -14,13 +15,26 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from serkit.audio import prepare_signal, read_audio
+from serkit.audio import prepare_signal, read_audio, unusable
 from serkit.constants import SAMPLE_RATE
 from serkit.data.labels import LabelMap
-from serkit.errors import SerkitError
+from serkit.errors import AudioError, SerkitError
 from serkit.models.registry import ModelSpec
+
+
+@contextlib.contextmanager
+def model_folder_part(model_dir: Path, name: str):
+    """Reading file ``name`` of a model folder: a garbled or crafted file (bad JSON / YAML, missing fields,
+    weights of other shapes) is a one-line SerkitError naming it, not a traceback."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError, yaml.YAMLError, SafetensorError) as exc:
+        why = "; ".join(ln.strip() for ln in str(exc).strip().splitlines()[:2])[:300]
+        raise SerkitError(f"{model_dir / name}: not a usable serkit model file ({type(exc).__name__}: {why})"
+                          ) from None
 
 
 #: Least audio (seconds) from which :meth:`Recognizer.speaker_statistics` estimates a speaker's statistics.
@@ -54,19 +68,25 @@ class Recognizer:
         for name in ("config.yaml", "model.safetensors", "labels.json", "encoder.json", "meta.json"):
             if not (d / name).exists():
                 raise SerkitError(f"{d}: not a serkit model folder (missing {name}); make one with `serkit train`")
-        cfg = yaml.safe_load((d / "config.yaml").read_text())
-        labels = LabelMap.from_dict(json.loads((d / "labels.json").read_text()))
-        enc = json.loads((d / "encoder.json").read_text())
-        meta = json.loads((d / "meta.json").read_text())
-        spec = ModelSpec(**meta["spec"], extra={"encoder": cfg["encoder"]})
-        model = get_recipe(cfg["recipe"]).build_model(cfg, spec)
-        if cfg["features"]["source"] == "waveform":
+        with model_folder_part(d, "config.yaml"):
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            encoder_cfg, source, recipe = cfg["encoder"], cfg["features"]["source"], cfg["recipe"]
+        with model_folder_part(d, "labels.json"):
+            labels = LabelMap.from_dict(json.loads((d / "labels.json").read_text()))
+        with model_folder_part(d, "encoder.json"):
+            enc = json.loads((d / "encoder.json").read_text())
+        with model_folder_part(d, "meta.json"):
+            meta = json.loads((d / "meta.json").read_text())
+            spec = ModelSpec(**meta["spec"], extra={"encoder": encoder_cfg})
+        model = get_recipe(recipe).build_model(cfg, spec)
+        if source == "waveform":
             from serkit.models.encoder_model import EncoderDownstream
             from serkit.train.fit import load_loop_encoder
 
             encoder, layers = load_loop_encoder(cfg)
             model = EncoderDownstream(encoder, model, layers, cfg["encoder"].get("finetune", False))
-        model.load_state_dict(load_file(str(d / "model.safetensors")))
+        with model_folder_part(d, "model.safetensors"):
+            model.load_state_dict(load_file(str(d / "model.safetensors")))
         return cls(model, cfg, labels, enc, device, precision)
 
     @property
@@ -178,6 +198,9 @@ class Recognizer:
         least ``MIN_ENROLL_SECONDS``.
         """
         signal, name = self._signal(audio, sample_rate, name)
+        problem = unusable(signal)  # e.g. under MIN_SECONDS: refused, not labelled
+        if problem is not None:
+            raise AudioError(name or "<array>", problem)
         stats = self._enrolment(enroll)
         if self.normalize != "none" and stats is None:
             stats = self.speaker_statistics([signal])

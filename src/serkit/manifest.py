@@ -8,13 +8,13 @@ absolute, so a manifest alone is enough to find the audio. CSV or Parquet by the
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from serkit.constants import MANIFEST_REQUIRED
 from serkit.errors import ManifestError
+from serkit.io import atomic_path
 
 GENDERS = ("female", "male", "unknown")
 
@@ -56,17 +56,11 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
         raise ManifestError(f"{path}: manifest suffix must be .csv or .parquet, got {suffix!r}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if suffix == ".csv":
             df.to_csv(tmp, index=False)
         else:
             df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -76,13 +70,21 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        df = pd.read_csv(path, dtype={"id": str, "speaker": str, "session": str}, keep_default_na=False,
-                         na_values={c: [""] for c in ("valence", "arousal", "dominance", "duration")})
-    elif suffix in (".parquet", ".pq"):
-        df = pd.read_parquet(path)
-    else:
+    if suffix not in (".csv", ".parquet", ".pq"):
         raise ManifestError(f"{path}: manifest suffix must be .csv or .parquet, got {suffix!r}")
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(path, dtype={"id": str, "speaker": str, "session": str}, keep_default_na=False,
+                             na_values={c: [""] for c in ("valence", "arousal", "dominance", "duration")})
+        else:
+            df = pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise ManifestError(f"{path}: empty file, not a manifest") from None
+    except (pd.errors.ParserError, ValueError, OSError) as exc:  # pyarrow's errors are ValueError / OSError
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ManifestError(f"{path}: cannot read the manifest ({why})") from None
+    if df.empty:
+        raise ManifestError(f"{path}: the manifest has no rows (columns {list(df.columns)})")
     df = validate_manifest(df, str(path))
     base = path.parent.resolve()
     df["path"] = [p if os.path.isabs(p) else str(base / p) for p in df["path"].astype(str)]

@@ -52,11 +52,23 @@ class Fold:
         return cls(**d)
 
 
+def option(opts: dict, key: str, kind: type, default):
+    """``opts[key]`` as ``kind`` (int or float), ``default`` when absent; ConfigError naming ``protocol.key``."""
+    value = opts.get(key, default)
+    try:
+        if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+            raise TypeError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"protocol.{key} must be {'an integer' if kind is int else 'a number'}, "
+                          f"got {value!r}") from None
+
+
 def _val_count(n_train_speakers: int, opts: dict) -> int:
     if "val_speakers" in opts:
-        n = int(opts["val_speakers"])
+        n = option(opts, "val_speakers", int, 1)
     else:
-        n = max(1, int(round(float(opts.get("val_fraction", 0.2)) * n_train_speakers)))
+        n = max(1, round(option(opts, "val_fraction", float, 0.2) * n_train_speakers))
     if n >= n_train_speakers:
         raise ConfigError(
             f"protocol.val_speakers={n} leaves no training speaker (only {n_train_speakers} available)"
@@ -114,11 +126,11 @@ def make_folds(manifest: pd.DataFrame, protocol: dict, seed: int = 0) -> list[Fo
     if name == "random":
         from sklearn.model_selection import train_test_split
 
-        frac = float(protocol.get("test_fraction", 0.2))
+        frac = option(protocol, "test_fraction", float, 0.2)
         labels = df["emotion"].astype(str)
         strat = labels if labels.value_counts().min() >= 2 else None
         train_ids, test_ids = train_test_split(ids, test_size=frac, random_state=seed, stratify=strat)
-        tr, va = _random_val(sorted(train_ids), df, float(protocol.get("val_fraction", 0.1)), seed)
+        tr, va = _random_val(sorted(train_ids), df, option(protocol, "val_fraction", float, 0.1), seed)
         folds.append(Fold(0, name, False, tr, va, sorted(test_ids)))
         return folds
 
@@ -155,7 +167,7 @@ def make_folds(manifest: pd.DataFrame, protocol: dict, seed: int = 0) -> list[Fo
             if missing:
                 raise ConfigError(f"protocol.groups leaves speakers out of every test fold: {sorted(missing)}")
         else:
-            k = int(protocol.get("k", 5))
+            k = option(protocol, "k", int, 5)
             if not 2 <= k <= len(speakers):
                 raise ConfigError(f"protocol.k={k} must be between 2 and the number of speakers ({len(speakers)})")
             size = math.ceil(len(speakers) / k)

@@ -100,6 +100,13 @@ def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
     if "wall_seconds" in summary:
         spent = f"; the folds took {summary['fold_seconds']:.0f} s when trained" if "fold_seconds" in summary else ""
         lines.append(f"- wall time: {summary['wall_seconds']:.0f} s (this invocation{spent})")
+    resumed = []
+    for f in summary["folds"]:
+        if f.get("resumed"):
+            where = ", ".join(f"{r['phase']} after epoch {r['epoch']}" for r in f["resumed"])
+            resumed.append(f"fold {f['fold']} ({where})")
+    if resumed:
+        lines.append(f"- resumed after a kill (from the last epoch's checkpoint): {'; '.join(resumed)}")
     lines += ["", "## Test scores per fold", "", format_table(summary), ""]
     if summary["task"] == "classification":
         keys = ["wa", "ua", "macro_f1"]

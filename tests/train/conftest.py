@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -44,3 +46,27 @@ def tiny_config(root, **over) -> dict:
         else:
             cfg[k] = v
     return cfg
+
+
+@pytest.fixture
+def model_dir(tiny_corpus, tmp_path):
+    """A model folder as `serkit train` writes it, built without training (weights as initialised)."""
+    from safetensors.torch import save_file
+
+    from serkit.config import dump, load_config
+    from serkit.models.registry import ModelSpec
+    from serkit.recipes.base import get_recipe
+
+    cfg = load_config(tiny_config(tiny_corpus))
+    d = tmp_path / "model"
+    d.mkdir()
+    spec = {"task": "classification", "num_outputs": 3, "num_layers": 1, "hidden_size": 40, "num_speakers": 4,
+            "class_names": ["high", "low", "mid"]}
+    model = get_recipe("baseline").build_model(cfg, ModelSpec(**spec, extra={"encoder": cfg["encoder"]}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
+    (d / "config.yaml").write_text(dump(cfg))
+    (d / "labels.json").write_text(json.dumps({"task": "classification", "classes": spec["class_names"],
+                                               "targets": [], "speakers": ["a", "b", "c", "d"]}))
+    (d / "encoder.json").write_text(json.dumps({"encoder": "fbank-40", "mode": "native", "layers": [0]}))
+    (d / "meta.json").write_text(json.dumps({"spec": spec}))
+    return d

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from serkit.errors import LeakageError
+from serkit.errors import ConfigError, LeakageError
 from serkit.protocols import Fold
 from serkit.train.cv import run_cv
 from serkit.train.module import SERModule
@@ -144,7 +144,7 @@ def test_a_run_saved_before_a_new_default_still_resumes(tiny_corpus, tmp_path):
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
     run_cv(raw, out, log=lambda *a: None)  # same settings: resumes instead of refusing
     changed = tiny_config(tiny_corpus, train={"epochs": 2})
-    with pytest.raises(SystemExit, match="different config"):
+    with pytest.raises(ConfigError, match="different config"):
         run_cv(changed, out, log=lambda *a: None)
 
 

@@ -121,11 +121,15 @@ def _load_hf(source: str, *, mode: str, config, revision: str | None) -> Encoder
 
     kwargs = {} if revision is None else {"revision": revision}
     if config is None:
+        if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+            raise ConfigError(f"encoder {source!r}: the folder has no config.json; expected a transformers model "
+                              f"folder (save_pretrained) or one of the aliases {sorted(ALIASES)}")
         try:
             config = AutoConfig.from_pretrained(source, **kwargs)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(
-                f"encoder {source!r}: cannot load its config ({exc}). Known aliases: {sorted(ALIASES)}; "
+                f"encoder {source!r}: cannot load its config ({why}). Known aliases: {sorted(ALIASES)}; "
                 f"offline, set HF_HUB_CACHE to a cache holding it and HF_HUB_OFFLINE=1"
             ) from None
         rev = "local" if Path(source).is_dir() else (revision or snapshot_revision(source))

@@ -13,7 +13,6 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -68,15 +67,10 @@ def _embed(tok, enc, labels: list[str], max_length: int) -> torch.Tensor:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    from serkit.io import atomic_path
+
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def embed_label_texts(labels: list[str], model: str = "roberta-base", cache_dir: str | Path | None = None,

@@ -284,7 +284,8 @@ class GMPATLRecipe(Recipe):
     def _fit(self, cfg_s: dict, model: nn.Module, terms: list[dict], labels: LabelMap, train_ds, val_ds,
              stage_dir: Path, seed: int, keep_last: bool = False):
         from serkit.data.samplers import SeededShuffleSampler
-        from serkit.train.fit import _quiet_lightning, make_trainer
+        from serkit.io import load_tensors
+        from serkit.train.fit import _quiet_lightning, fit_resumable, make_trainer
         from serkit.train.module import SERModule
 
         import lightning as L
@@ -297,11 +298,10 @@ class GMPATLRecipe(Recipe):
                               collate_fn=collate, drop_last=len(train_ds) > t["batch_size"], **loader_workers(t))
         eval_kw = {"batch_size": t["eval_batch_size"], "shuffle": False, "collate_fn": collate, **loader_workers(t)}
         trainer = make_trainer(cfg_s, stage_dir)
-        last = stage_dir / "checkpoints" / "last.ckpt"
-        trainer.fit(module, train_dl, DataLoader(val_ds, **eval_kw), ckpt_path=str(last) if last.exists() else None)
-        pick = last if keep_last else stage_dir / "checkpoints" / "best.ckpt"
+        fit_resumable(trainer, module, train_dl, DataLoader(val_ds, **eval_kw), stage_dir)
+        pick = stage_dir / "checkpoints" / ("last.ckpt" if keep_last else "best.ckpt")
         if pick.exists():
-            module.load_state_dict(torch.load(pick, map_location="cpu", weights_only=False)["state_dict"])
+            module.load_state_dict(load_tensors(pick)["state_dict"])
         return module, eval_kw
 
     @staticmethod

@@ -3,7 +3,8 @@
 ``DIR/results.json``::
 
     {"task": ..., "protocol": ..., "speaker_independent": bool,
-     "folds": [{"fold": k, "test_speakers": [...], "n_test": n, "metrics": {...}}, ...],
+     "folds": [{"fold": k, "test_speakers": [...], "n_test": n, "metrics": {...},
+                "resumed": [{"phase": "search" | "refit", "epoch": e, "step": s}, ...]}, ...],
      "mean": {...}, "std": {...}}
 """
 
@@ -17,6 +18,7 @@ import pandas as pd
 import yaml
 
 from serkit.config import dump, load_config
+from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
 from serkit.metrics import mean_std
 from serkit.protocols import describe, load_folds, make_folds, save_folds
@@ -34,7 +36,13 @@ def load_experiment_manifest(cfg: dict) -> pd.DataFrame:
     if cfg["class_set"]:
         df = apply_class_set(df, cfg["class_set"], corpus=cfg["corpus"])
     if cfg["task"] == "regression":
+        missing = [t for t in cfg["targets"] if t not in df.columns]
+        if missing:
+            raise ConfigError(f"task: regression needs the target column(s) {missing} (config 'targets'); the "
+                              f"manifest has {list(df.columns)}")
         df = df.dropna(subset=list(cfg["targets"])).reset_index(drop=True)
+        if df.empty:
+            raise ConfigError(f"task: regression: no utterance has values for all targets {cfg['targets']}")
     return df
 
 
@@ -60,15 +68,13 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
     cfg = load_config(config, overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # A folder is bound to its config once a fold has written something; a run that failed before that (a
+    # wrong setting, bad data) leaves nothing that refuses the corrected rerun.
+    started = has_fold_output(out)
     cfg_path = out / "config.yaml"
-    if cfg_path.exists():
-        old = cfg_path.read_text()
-        # compare after filling in today's defaults, so that a default added later (e.g. features.normalize)
-        # does not refuse to resume a run whose settings are otherwise the same
-        if old != dump(cfg) and yaml.safe_load(dump(load_config(yaml.safe_load(old)))) != yaml.safe_load(dump(cfg)):
-            raise SystemExit(
-                f"{cfg_path} holds a different config; use a new --out folder (or delete it) to change settings")
-    atomic_write_text(cfg_path, dump(cfg))
+    if started and cfg_path.exists() and not same_config(cfg_path.read_text(), cfg):
+        raise ConfigError(f"{cfg_path} holds a different config and its folds have results; use a new --out "
+                          f"folder (or delete it) to change settings")
     manifest = load_experiment_manifest(cfg)
     source = feature_source(cfg, manifest, out)
     if source is not None:
@@ -85,11 +91,12 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
     protocol = experiment_protocol(cfg, manifest)
     folds_path = out / "folds.json"
     folds = make_folds(manifest, protocol, seed=int(cfg["train"]["seed"]))
-    if folds_path.exists():
+    if started and folds_path.exists():
         saved = load_folds(folds_path)
         if [f.to_dict() for f in saved] != [f.to_dict() for f in folds]:
-            raise SystemExit(f"{folds_path} differs from the folds this config builds now; refusing to mix them")
+            raise ConfigError(f"{folds_path} differs from the folds this config builds now; refusing to mix them")
     save_folds(folds, folds_path)
+    atomic_write_text(cfg_path, dump(cfg))
     log(f"{cfg['name']}: {len(manifest)} utterances, protocol {protocol}, {len(folds)} fold(s)")
     log(describe(folds, manifest).to_string(index=False))
     from serkit.train.fit import fit_fold
@@ -124,9 +131,25 @@ def _check_fold_precision(out: Path, precision: dict) -> None:
     for res_path in sorted(out.glob("fold*/result.json")):
         done = json.loads(res_path.read_text()).get("precision", {"features": "fp32", "train": "32-true"})
         if done != precision:
-            raise SystemExit(
+            raise ConfigError(
                 f"{res_path} ran with precision {done}, this run would use {precision}; set encoder.precision / "
                 f"train.precision to match (e.g. --set encoder.precision=fp32) or use a new --out folder")
+
+
+def has_fold_output(out: Path) -> bool:
+    """Whether any fold of the run folder ``out`` has written a file (a log, a checkpoint, a result)."""
+    return any(p.is_file() for p in Path(out).glob("fold*/**/*"))
+
+
+def same_config(saved_yaml: str, cfg: dict) -> bool:
+    """``saved_yaml`` (a run's config.yaml) holds the settings of ``cfg``, compared after filling in today's
+    defaults, so that a default added later (e.g. features.normalize) does not refuse to resume the run."""
+    if saved_yaml == dump(cfg):
+        return True
+    try:
+        return yaml.safe_load(dump(load_config(yaml.safe_load(saved_yaml)))) == yaml.safe_load(dump(cfg))
+    except (ConfigError, yaml.YAMLError):
+        return False
 
 
 FEATURE_NORMALISATION = {
@@ -165,7 +188,7 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
         "augmentation": describe_augmentation(cfg),
         "folds": [
             {k: r[k] for k in ("fold", "test_speakers", "n_test", "metrics", "best_epoch", "best_val", "confusion",
-                               "classes") if k in r}
+                               "classes", "refit_epochs", "resumed") if k in r}
             for r in results
         ],
         "mean": mean,

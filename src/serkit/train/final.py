@@ -13,7 +13,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from serkit.config import dump, load_config
-from serkit.io import atomic_write_json, atomic_write_text
+from serkit.io import atomic_path, atomic_write_json, atomic_write_text
 from serkit.precision import run_precision
 from serkit.protocols import Fold, carve_validation
 
@@ -37,9 +37,8 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print) 
     t0 = time.time()
     module, labels, _, _, _ = train_module(cfg, manifest, fold, source, out / "work")
     state = {k: v.detach().contiguous().cpu() for k, v in module.model.state_dict().items()}
-    tmp = out / ".model.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out / "model.safetensors")
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
     atomic_write_text(out / "config.yaml", dump(cfg))
     atomic_write_json(out / "labels.json", labels.to_dict())
     precision = run_precision(cfg, source)

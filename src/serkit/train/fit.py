@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from serkit.data.features import collate, loader_workers, to_device
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
-from serkit.io import atomic_write_json, atomic_write_text
+from serkit.io import atomic_write_json, atomic_write_text, load_tensors
 from serkit.metrics import classification_metrics, confusion, regression_metrics
 from serkit.models.registry import ModelSpec
 from serkit.precision import lightning_precision, run_precision
@@ -41,23 +41,90 @@ def _quiet_lightning():
     warnings.filterwarnings("ignore", ".*treespec.*")
 
 
+class RunFolderCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose state survives moving the run folder.
+
+    Lightning forgets the best score when the checkpoint folder's path changed since the save (a run folder that
+    was copied or downloaded), so a resumed run would take its next epoch as the best; here the saved paths are
+    re-based onto the current folder instead."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            def rebase(p):
+                return str(Path(self.dirpath) / Path(p).name) if isinstance(p, str) and p.startswith(old) else p
+
+            state_dict = {**state_dict, "dirpath": self.dirpath,
+                          **{k: rebase(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
+                                                                    "last_model_path") if k in state_dict},
+                          "best_k_models": {rebase(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
+        super().load_state_dict(state_dict)
+
+
 def make_trainer(cfg: dict, fold_dir: Path, extra_callbacks=()) -> L.Trainer:
+    """A Trainer writing ``fold_dir/checkpoints/best.ckpt`` (best validation ``train.monitor``) and ``last.ckpt``
+    (every epoch's end: what a killed run resumes from), early stopping on the monitor, and ``fold_dir/logs``."""
     t = cfg["train"]
     monitor = t["monitor"]
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=fold_dir / "checkpoints", filename="best", monitor=monitor, mode="max", save_top_k=1,
-        save_last=True, enable_version_counter=False,
-    )
+    ckpt_dir = fold_dir / "checkpoints"
+    best = RunFolderCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
+                               enable_version_counter=False)
+    # Lightning's save_last writes last.ckpt only when a monitored checkpoint is saved (i.e. at the best epoch);
+    # a checkpoint without a monitor is written at every epoch's end
+    last = RunFolderCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                               enable_version_counter=False)
     early = L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=int(t["patience"]))
     precision = lightning_precision(t["precision"], t["accelerator"])
-    logger = L.pytorch.loggers.CSVLogger(str(fold_dir), name="logs", version="")
+    # rows are written at once: a killed run keeps the epochs it logged (selection and refit read them)
+    logger = L.pytorch.loggers.CSVLogger(str(fold_dir), name="logs", version="", flush_logs_every_n_steps=1)
     return L.Trainer(
         max_epochs=int(t["epochs"]), min_epochs=int(t["min_epochs"]), accelerator=t["accelerator"],
-        devices=t["devices"], num_nodes=int(t.get("num_nodes", 1)), strategy=t["strategy"], precision=precision, callbacks=[ckpt, early, *extra_callbacks],
+        devices=t["devices"], num_nodes=int(t.get("num_nodes", 1)), strategy=t["strategy"], precision=precision,
+        callbacks=[best, last, early, *extra_callbacks],
         logger=logger, deterministic=bool(t["deterministic"]) and not torch.cuda.is_available(),
         gradient_clip_val=t["grad_clip"] or None, enable_progress_bar=bool(t["progress"]),
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10,
     )
+
+
+#: Written into a run folder when its ``trainer.fit`` returned: a rerun then loads the final weights instead of
+#: resuming (Lightning would run another epoch past an early stop).
+FINISHED_FILE = "finished.json"
+#: Where :func:`fit_resumable` records each resume of a run folder: ``[{"epoch": e, "step": s}, ...]``.
+RESUMED_FILE = "resumed.json"
+
+
+def fit_resumable(trainer: L.Trainer, module: L.LightningModule, train_dl, val_dl, run_dir: Path) -> None:
+    """``trainer.fit``, resumed from ``run_dir/checkpoints/last.ckpt`` when a killed run left one.
+
+    Checkpoints are read with ``weights_only=True`` (first by :func:`serkit.io.load_tensors`, which refuses
+    anything but tensors and plain values with one line naming the file, then by Lightning), so a planted file
+    never runs code. A resume is recorded in ``run_dir/resumed.json`` (the epoch and step it continued after);
+    the epochs logged before the kill are kept. A finished run (``finished.json``) is not trained again: the
+    module gets the final weights from ``last.ckpt``, as after the uninterrupted call.
+    """
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        ckpt = load_tensors(last)
+        if (run_dir / FINISHED_FILE).exists():
+            module.load_state_dict(ckpt["state_dict"])
+            return
+        resumed = read_resumes(run_dir) + [{"epoch": int(ckpt["epoch"]), "step": int(ckpt["global_step"])}]
+        atomic_write_json(run_dir / RESUMED_FILE, resumed)
+        del ckpt
+        _keep_old_metrics(run_dir)
+        trainer.fit(module, train_dl, val_dl, ckpt_path=str(last), weights_only=True)
+    else:
+        trainer.fit(module, train_dl, val_dl)
+    if trainer.state.finished:  # not interrupted
+        atomic_write_json(run_dir / FINISHED_FILE, {"epochs": int(trainer.current_epoch),
+                                                    "step": int(trainer.global_step)})
+
+
+def read_resumes(run_dir: Path) -> list[dict]:
+    """The resumes :func:`fit_resumable` recorded in ``run_dir`` (empty when it ran uninterrupted)."""
+    p = Path(run_dir) / RESUMED_FILE
+    return json.loads(p.read_text()) if p.exists() else []
 
 
 def build_datasets(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: LabelMap, source):
@@ -181,14 +248,10 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
     eval_kw = dict(batch_size=t["eval_batch_size"], shuffle=False, collate_fn=collate, **loader_workers(t))
     val_dl = DataLoader(val_ds, **eval_kw)
     trainer = make_trainer(cfg, fold_dir)
-    last = fold_dir / "checkpoints" / "last.ckpt"
-    if last.exists():  # resuming: keep the epochs logged before the crash (the CSV logger rewrites its file)
-        _keep_old_metrics(fold_dir)
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if last.exists() else None)
+    fit_resumable(trainer, module, train_dl, val_dl, fold_dir)
     best = fold_dir / "checkpoints" / "best.ckpt"
     if select and best.exists():
-        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
+        module.load_state_dict(load_tensors(best)["state_dict"])
     module.spec = spec
     return module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw
 
@@ -256,6 +319,8 @@ def _fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: P
     res["classes"] = labels.classes
     if refit_epochs is not None:
         res["refit_epochs"] = refit_epochs
+    res["resumed"] = [{"phase": "search", **r} for r in read_resumes(fold_dir)] + \
+        [{"phase": "refit", **r} for r in read_resumes(fold_dir / "refit")]
     atomic_write_text(fold_dir / "predictions.csv", pred_table.to_csv(index=False))
     if "embedding" in outputs:
         np.save(fold_dir / "test_embeddings.npy", outputs["embedding"].astype(np.float32))

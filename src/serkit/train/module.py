@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import lightning as L
 import numpy as np
 import torch
@@ -15,13 +17,22 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
 
 
+def step_seed(seed: int, epoch: int, batch: int) -> int:
+    """The seed of the global RNGs for training batch ``batch`` of ``epoch``: a function of (seed, epoch, batch)."""
+    return (epoch_seed(seed, epoch) * 1_000_033 + batch * 104_729 + 1) % (2**31 - 1)
+
+
 class SERModule(L.LightningModule):
     """Holds ``model`` (batch dict -> out dict) and ``objective`` (weighted named losses).
 
     Validation collects predictions of the whole validation set and logs ``val_ua``/``val_wa``/``val_macro_f1``
     (classification) or ``val_ccc_mean`` and per-attribute CCC (regression) once per epoch; the lists are reset
-    at every epoch start. Randomness inside an epoch is seeded from (seed, epoch), so a run resumed from the
-    last epoch's checkpoint repeats exactly what the uninterrupted run would have done.
+    at every epoch start. Every random draw of training is a function of (seed, epoch, batch): data order and
+    augmentation come from samplers and datasets seeded by (seed, epoch), and the global torch / numpy / python
+    RNGs (dropout, in-loop cropping and mixing, loss subsampling) are reseeded from :func:`step_seed` before each
+    training batch. A run resumed from the last epoch's checkpoint (weights, optimiser, scheduler, early stopping
+    and checkpoint state) therefore repeats exactly what the uninterrupted run would have done, whatever Lightning
+    itself drew while restoring.
     """
 
     def __init__(self, model: torch.nn.Module, objective: Objective, labels: LabelMap, train_cfg: dict,
@@ -40,7 +51,6 @@ class SERModule(L.LightningModule):
 
     # -- training ---------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        torch.manual_seed(epoch_seed(int(self.cfg.get("seed", 0)), self.current_epoch))
         dl = self.trainer.train_dataloader
         ds = getattr(dl, "dataset", None)
         if hasattr(ds, "set_epoch"):
@@ -49,6 +59,12 @@ class SERModule(L.LightningModule):
         for s in (sampler, getattr(dl, "sampler", None), getattr(sampler, "sampler", None)):
             if hasattr(s, "set_epoch"):
                 s.set_epoch(self.current_epoch)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        seed = step_seed(int(self.cfg.get("seed", 0)), self.current_epoch, batch_idx)
+        torch.manual_seed(seed)  # also every CUDA device
+        np.random.seed(seed)
+        random.seed(seed)
 
     def training_step(self, batch: dict, batch_idx: int):
         if self.batch_hook is not None:

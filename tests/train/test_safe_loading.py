@@ -1,0 +1,98 @@
+"""Nothing read from a run folder is unpickled: a planted pickle that would run code is refused with one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from serkit.cli import main
+from serkit.errors import CheckpointError
+from serkit.io import load_tensors
+from serkit.train.cv import run_cv
+from tests.train.conftest import tiny_config
+
+
+class _Payload:
+    """Unpickling this calls ``os.system("touch MARKER")``: what a crafted checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant(path, marker) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": _Payload(marker), "epoch": 0}, path)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_corpus, tmp_path_factory):
+    """A finished one-fold run (its fold folder keeps best.ckpt and last.ckpt) and its config file."""
+    root = tmp_path_factory.mktemp("safe")
+    cfg = tiny_config(tiny_corpus, train={"epochs": 2})
+    cfg_path = root / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    run_cv(cfg, root / "run", folds_only=[0], log=lambda *a: None)
+    return root / "run", cfg_path
+
+
+def _rerun_with(finished_run, tmp_path, name, capsys):
+    run, cfg_path = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    (out / "fold0" / "result.json").unlink()  # the fold is to be (re)done from its checkpoints
+    marker = tmp_path / "MARKER"
+    plant(out / "fold0" / "checkpoints" / name, marker)
+    capsys.readouterr()
+    rc = main(["cv", str(cfg_path), "--out", str(out), "--folds", "0"])
+    err = capsys.readouterr().err.strip()
+    return rc, err, marker
+
+
+@pytest.mark.parametrize("name", ["last.ckpt", "best.ckpt"])
+def test_planted_fold_checkpoint_is_refused_and_never_runs(finished_run, tmp_path, capsys, name):
+    rc, err, marker = _rerun_with(finished_run, tmp_path, name, capsys)
+    assert not marker.exists(), "the pickle ran"
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("serkit cv: error: ") and name in err
+    assert "refused to load" in err and "Traceback" not in err
+
+
+def test_planted_stage_checkpoint_is_refused_and_never_runs(tiny_corpus, tmp_path):
+    from serkit.config import load_config
+    from serkit.data.labels import LabelMap
+    from serkit.recipes.gmp_atl import GMPATLRecipe
+
+    cfg = load_config(tiny_config(tiny_corpus))
+    stage_dir = tmp_path / "stage1-abc"
+    marker = tmp_path / "MARKER"
+    plant(stage_dir / "checkpoints" / "last.ckpt", marker)
+    labels = LabelMap("classification", ["a", "b"], [], ["s"])
+    with pytest.raises(CheckpointError, match="last.ckpt: refused to load"):
+        GMPATLRecipe()._fit(cfg, torch.nn.Linear(2, 2), [{"name": "cross_entropy"}], labels, [{}], [{}], stage_dir, seed=0)
+    assert not marker.exists()
+
+
+def test_load_tensors_refuses_pickles_and_reads_plain_checkpoints(tmp_path):
+    marker = tmp_path / "MARKER"
+    plant(tmp_path / "evil.pt", marker)
+    import pickle
+
+    with open(tmp_path / "raw.pkl", "wb") as fh:  # a bare pickle, not torch's zip format
+        pickle.dump({"state_dict": _Payload(marker)}, fh)
+    for name in ("evil.pt", "raw.pkl"):
+        with pytest.raises(CheckpointError) as exc:
+            load_tensors(tmp_path / name)
+        assert "\n" not in str(exc.value) and name in str(exc.value)
+    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="not a readable torch file"):
+        load_tensors(tmp_path / "cut.pt")
+    assert not marker.exists()
+    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3, "loops": {"a": [1, 2.0, "x", None]}}, tmp_path / "ok.pt")
+    assert load_tensors(tmp_path / "ok.pt")["epoch"] == 3
