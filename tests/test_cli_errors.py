@@ -32,7 +32,7 @@ def cfg_file(tmp_path):
 
 
 @pytest.fixture
-def tiny_cfg_file(tiny_corpus, tmp_path):
+def tiny_cfg_file(tiny_corpus, tmp_path):  # noqa: F811
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config(tiny_corpus, train={"epochs": 1})))
     return path
@@ -96,14 +96,14 @@ def test_header_only_manifest(capsys, header_only):
     fails(capsys, ["folds", str(header_only)], str(header_only), "no rows")
 
 
-def test_folds_protocol_yaml_and_values(capsys, tiny_corpus, tmp_path):
+def test_folds_protocol_yaml_and_values(capsys, tiny_corpus, tmp_path):  # noqa: F811
     manifest = tmp_path / "m.csv"
     pd.read_csv(tiny_corpus / "table.csv").assign(duration=0.5).to_csv(manifest, index=False)
     fails(capsys, ["folds", str(manifest), "--protocol", "{name: speaker_kfold, k: abc}"], "protocol.k", "abc")
     fails(capsys, ["folds", str(manifest), "--protocol", "{name: speaker_kfold, k: [}"], "--protocol", "YAML")
 
 
-def test_extract_from_a_folder_without_config_json(capsys, tiny_corpus, tmp_path):
+def test_extract_from_a_folder_without_config_json(capsys, tiny_corpus, tmp_path):  # noqa: F811
     (tmp_path / "enc").mkdir()
     manifest = tmp_path / "m.csv"
     pd.read_csv(tiny_corpus / "table.csv").head(3).assign(duration=0.5).to_csv(manifest, index=False)

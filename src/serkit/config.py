@@ -7,8 +7,8 @@ A config names its corpus, protocol, encoder, layers, model (head), objective an
 from __future__ import annotations
 
 import copy
-import warnings
 import math
+import warnings
 from pathlib import Path
 
 import yaml
