@@ -202,3 +202,27 @@ def test_ablation_rows_and_table(tiny_corpus, tmp_path):  # noqa: F811
     md = markdown(df, "t")
     assert "| eam-flam-all | EAM | variants | FLAM | KL+Focal+Center+SupCon | 2 (0 1) |" in md
     assert "40.00 ± 5.00" in md and "not run" in md
+
+
+def test_tiny_bf16_training_records_its_precision(tiny_corpus, tmp_path):  # noqa: F811
+    """A frame-level recipe trains with ``train.precision: bf16`` (Lightning bf16-mixed on the CPU) and says so."""
+    from serkit.train.cv import run_cv
+
+    cfg = tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants", "k": 1, "per_epoch": 1},
+                      recipe_options={"frame_stride": 2, "prenormalize": True},
+                      model={"name": "mll", "proj_dim": 16, "pooling": "flam", "num_heads": 4, "embed_dim": 8,
+                             "frame_embed_dim": 8, "dropout": 0.0},
+                      objective=MLL_OBJECTIVE,
+                      train={"epochs": 2, "batch_size": 8, "eval_batch_size": 5, "optimizer": "adam", "lr": 0.005,
+                             "precision": "bf16"})
+    res = run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
+    assert res["precision"] == {"features": "fp32", "train": "bf16-mixed"}  # fbank features are always fp32
+    fold = json.loads((tmp_path / "run" / "fold0" / "result.json").read_text())
+    assert fold["precision"] == res["precision"] and 0 <= fold["metrics"]["ua"] <= 1
+    logs = pd.read_csv(tmp_path / "run" / "fold0" / "logs" / "metrics.csv")
+    assert np.isfinite(logs["train_loss"].dropna()).all()
+    # a finished fold that ran in another precision (e.g. auto resolved elsewhere) is not mixed with new folds
+    path = tmp_path / "run" / "fold0" / "result.json"
+    path.write_text(json.dumps({**fold, "precision": {"features": "fp32", "train": "32-true"}}))
+    with pytest.raises(SystemExit, match="precision"):
+        run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)

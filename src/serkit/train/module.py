@@ -91,10 +91,17 @@ class SERModule(L.LightningModule):
             self._val.append((out["prediction"].float().cpu().numpy(), batch["targets"].cpu().numpy()))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val:
+        parts = self._val
+        if self.trainer.world_size > 1:  # DDP: every rank scored its shard; metrics over all of them, on every rank
+            import torch.distributed as dist
+
+            gathered = [None] * self.trainer.world_size
+            dist.all_gather_object(gathered, parts)
+            parts = [x for rank_parts in gathered for x in rank_parts]
+        if not parts:
             return
-        pred = np.concatenate([p for p, _ in self._val])
-        true = np.concatenate([t for _, t in self._val])
+        pred = np.concatenate([p for p, _ in parts])
+        true = np.concatenate([t for _, t in parts])
         if self.labels.task == "classification":
             m = classification_metrics(true, pred, self.labels.classes)
             keys = ("ua", "wa", "macro_f1")
