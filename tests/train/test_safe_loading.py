@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 import torch
@@ -31,22 +30,19 @@ def plant(path, marker) -> None:
     torch.save({"state_dict": _Payload(marker), "epoch": 0}, path)
 
 
-@pytest.fixture(scope="module")
-def finished_run(tiny_corpus, tmp_path_factory):
+@pytest.fixture
+def finished_run(tiny_corpus, tmp_path):
     """A finished one-fold run (its fold folder keeps best.ckpt and last.ckpt) and its config file."""
-    root = tmp_path_factory.mktemp("safe")
     cfg = tiny_config(tiny_corpus, train={"epochs": 2})
-    cfg_path = root / "tiny.yaml"
+    cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    run_cv(cfg, root / "run", folds_only=[0], log=lambda *a: None)
-    return root / "run", cfg_path
+    run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
+    return tmp_path / "run", cfg_path
 
 
 def _rerun_with(finished_run, tmp_path, name, capsys):
-    run, cfg_path = finished_run
-    out = tmp_path / "run"
-    shutil.copytree(run, out)
-    (out / "fold0" / "result.json").unlink()  # the fold is to be (re)done from its checkpoints
+    out, cfg_path = finished_run
+    (out / "fold0" / "result.json").unlink()  # the fold is to be (re)done from its checkpoints, in place
     marker = tmp_path / "MARKER"
     plant(out / "fold0" / "checkpoints" / name, marker)
     capsys.readouterr()
