@@ -166,6 +166,40 @@ def read_audio(
     return prepare_signal(data, sr, target_sr=target_sr, name=str(path), allow_silent=allow_silent)
 
 
+def stream_audio(path: str | Path, *, block_seconds: float = 30.0, target_sr: int = SAMPLE_RATE):
+    """Read ``path`` in blocks: yields mono float32 ``(samples,)`` pieces at ``target_sr`` Hz whose concatenation is
+    the whole file (resampled with a streaming soxr resampler), holding about ``block_seconds`` of audio at a time,
+    so hour-long recordings take bounded memory. Raises :class:`AudioError` for a missing or unreadable file."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(path, "file not found")
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, OSError, ValueError) as exc:  # soundfile's errors for corrupt input
+        raise AudioError(path, f"unreadable: {exc}") from None
+    if info.frames == 0:
+        raise AudioError(path, "empty: no samples")
+    stream = None if info.samplerate == target_sr else soxr.ResampleStream(
+        info.samplerate, target_sr, 1, dtype="float32", quality="HQ")
+    block = max(1, int(block_seconds * info.samplerate))
+    try:
+        for data in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
+            mono = to_mono(data)
+            if not np.all(np.isfinite(mono)):
+                raise AudioError(path, "non-finite samples (NaN or inf)")
+            out = mono if stream is None else stream.resample_chunk(mono)
+            if len(out):
+                yield out
+        if stream is not None:
+            tail = stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if len(tail):
+                yield tail
+    except AudioError:
+        raise
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise AudioError(path, f"unreadable: {exc}") from None
+
+
 def audio_info(path: str | Path) -> dict:
     """Header facts without decoding: ``{"duration": s, "sample_rate": Hz, "channels": n, "frames": n}``.
 

@@ -74,10 +74,11 @@ def _folds(args) -> int:
 LAZY_COMMANDS = {
     "extract": ("serkit.cache", "extract encoder features of a manifest into a feature store"),
     "cv": ("serkit.train.cli", "cross-validate a config over its protocol's folds (resumable)"),
-    "train": ("serkit.train.cli", "train one model on the whole corpus (validation speakers carved out)"),
+    "train": ("serkit.train.cli", "train one model on all speakers (epoch count validated on held-out speakers)"),
     "predict": ("serkit.train.cli", "predict emotions of audio files with a trained model"),
     "export": ("serkit.export", "export a trained model (encoder + feature stage + head) to ONNX"),
     "serve": ("serkit.service", "REST API and web page for a trained model (FastAPI + uvicorn)"),
+    "info": ("serkit.train.cli", "what a model folder holds: corpus, classes, heads, validation, encoder"),
     "ablate-mll": ("serkit.recipes.mll_ablation", "MLL ablation table (mixup x pooling x losses)"),
     "ablate-hcld": ("serkit.recipes.hcld_ablation", "HCLD Table II: extractor x variant + table"),
     "ablate-gmp-atl": ("serkit.recipes.gmp_atl_ablation", "GMP-ATL Tables 3/4: stages, loss, clustering layer"),

@@ -1,14 +1,28 @@
-"""Prediction with a trained model: one interface for a signal, a file, a list of files or a manifest.
+"""Prediction with a trained model: one interface for a signal, a file, a list of files, a manifest or a long
+recording.
 
-``Recognizer.from_pretrained(MODEL_DIR).predict(path_or_array)`` returns the label and class probabilities (or
-attribute values) per input. Inputs longer than ``predict.window_seconds`` are scored in windows (hop
-``predict.hop_seconds``); the windows are reported and their probabilities averaged.
+``Recognizer.from_pretrained(MODEL).predict(path_or_array)`` returns the label and class probabilities (or
+attribute values) per input, and which head answered (``"head"``). ``MODEL`` is a model folder from
+``serkit train`` or a Hugging Face hub id (``owner/name``). Inputs longer than ``predict.window_seconds`` are
+scored in windows (hop ``predict.hop_seconds``); the windows are reported and their probabilities averaged.
+:meth:`Recognizer.predict_segments` finds speech with silero-vad and gives each segment its emotion.
+
+Heads: a model trained with speaker normalisation (``features.normalize: speaker``) has a speaker-normalised head,
+used when the speaker's feature statistics can be estimated (enrolment audio, or several files or a long
+recording declared to be one speaker: at least ``MIN_ENROLL_SECONDS``), and a head on global features, used
+otherwise. Every window is encoded once; the speaker statistics come from the same features that are scored.
+
+Nothing here imports Lightning or matplotlib (the timeline figure imports matplotlib when it is drawn).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +38,11 @@ from serkit.data.labels import LabelMap
 from serkit.errors import AudioError, SerkitError
 from serkit.models.registry import ModelSpec
 
+#: Least audio (seconds) from which :meth:`Recognizer.speaker_statistics` estimates a speaker's statistics.
+MIN_ENROLL_SECONDS = 10.0
+#: Files of a model folder that every model has.
+MODEL_FILES = ("config.yaml", "model.safetensors", "labels.json", "encoder.json", "meta.json")
+
 
 @contextlib.contextmanager
 def model_folder_part(model_dir: Path, name: str):
@@ -37,40 +56,124 @@ def model_folder_part(model_dir: Path, name: str):
                           ) from None
 
 
-#: Least audio (seconds) from which :meth:`Recognizer.speaker_statistics` estimates a speaker's statistics.
-MIN_ENROLL_SECONDS = 10.0
+def _usable(signal: np.ndarray, name: str) -> np.ndarray:
+    """``signal``, or an :class:`AudioError` when it cannot be labelled (e.g. under ``MIN_SECONDS``)."""
+    problem = unusable(signal)
+    if problem is not None:
+        raise AudioError(name, problem)
+    return signal
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` ->
+    :class:`torch.device`; a device this machine or torch build cannot use is a :class:`SerkitError`."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise SerkitError(f"device {name!r} is unknown; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise SerkitError(f"device {name!r} is not available: {why} (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SerkitError(f"device {name!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SerkitError(f"device {name!r} is not available on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise SerkitError(f"device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def resolve_model_dir(model: str | Path, revision: str | None = None) -> Path:
+    """A local model folder, or the local snapshot of hub model ``owner/name`` (downloaded unless offline)."""
+    d = Path(model)
+    if d.is_dir():
+        return d
+    name = str(model)
+    if d.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise SerkitError(f"{name}: no such model folder (and not a hub id owner/name); make one with `serkit train`")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    try:
+        return Path(snapshot_download(repo_id=name, revision=revision))
+    except LocalEntryNotFoundError:
+        where = "offline (HF_HUB_OFFLINE=1)" if offline else "the hub cannot be reached"
+        raise SerkitError(f"{name}: not a local folder, and hub model {name!r} is not in the local hub cache; "
+                          f"{where}") from None
+    except RepositoryNotFoundError:
+        raise SerkitError(f"{name}: not a local folder, and no such model on the hub (or it is private)") from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise SerkitError(f"{name}: cannot fetch hub model: {str(exc).splitlines()[0]}") from None
+
+
+@dataclass
+class _Input:
+    """One input of a prediction call: where it came from, its 16 kHz signal (dropped once encoded)."""
+
+    name: str
+    load: Callable[[], np.ndarray]
+    duration: float = 0.0
+    windows: list[tuple[int, int]] = field(default_factory=list)
+    head_inputs: list = field(default_factory=list)  # per window: pooled / fp16 frames / waveform
+    own: list = field(default_factory=list)  # per window: (pooled stats of the frames it owns, frames)
+    error: str | None = None
 
 
 class Recognizer:
-    def __init__(self, model: torch.nn.Module, cfg: dict, labels: LabelMap, encoder_info: dict, device: str = "cpu",
-                 precision: str | None = None):
+    """A trained model ready to predict. Build it with :meth:`from_pretrained`.
+
+    ``heads``: ``{"speaker": module, "global": module}`` (either may be missing); ``device``: see
+    :func:`resolve_device`; ``batch_size``: windows per encoder and head batch.
+    """
+
+    def __init__(self, heads: dict[str, torch.nn.Module] | torch.nn.Module, cfg: dict, labels: LabelMap,
+                 encoder_info: dict, device: str | torch.device = "cpu", batch_size: int = 16,
+                 model_dir: Path | None = None, precision: str | None = None):
         from serkit.precision import resolve_precision
 
-        self.model = model.eval().to(device)
-        self.cfg, self.labels, self.encoder_info, self.device = cfg, labels, encoder_info, device
+        normalize = cfg.get("features", {}).get("normalize", "none")
+        if isinstance(heads, torch.nn.Module):
+            heads = {"speaker" if normalize == "speaker" else "global": heads}
+        self.device = resolve_device(device)
+        self.heads = {h: m.eval().to(self.device) for h, m in heads.items()}
+        self.cfg, self.labels, self.encoder_info = cfg, labels, encoder_info
+        self.batch_size = max(1, int(batch_size))
         #: the encoder's precision (fp32 / bf16): as the model's features were extracted unless asked otherwise
-        self.precision = resolve_precision(precision or encoder_info.get("precision", "fp32"), device)
+        self.precision = resolve_precision(precision or encoder_info.get("precision", "fp32"), self.device)
+        self.model_dir = model_dir
         self._encoder = None
         p = cfg.get("predict", {})
         self.window = float(p.get("window_seconds", 10.0))
         self.hop = float(p.get("hop_seconds", 5.0))
         #: "speaker" when the model was trained on speaker-normalised features (see serkit.data.normalize)
-        self.normalize = cfg.get("features", {}).get("normalize", "none")
+        self.normalize = normalize
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The main head (speaker-normalised when there is one)."""
+        return self.heads.get("speaker", self.heads.get("global"))
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str = "cpu", precision: str | None = None) -> Recognizer:
-        """Load a ``serkit train`` folder. ``precision`` (auto / fp32 / bf16) of the encoder; default: the one the
-        model's training features were extracted in (``encoder.json``; fp32 for models from before it was
-        recorded)."""
+    def from_pretrained(cls, model: str | Path, device: str | torch.device = "auto", batch_size: int = 16,
+                        revision: str | None = None, precision: str | None = None) -> Recognizer:
+        """Load a model folder from ``serkit train`` or a hub id ``owner/name`` (see :func:`resolve_model_dir`).
+        ``precision`` (auto / fp32 / bf16) of the encoder; default: the one the model's training features were
+        extracted in (``encoder.json``; fp32 for models from before it was recorded)."""
         from serkit.recipes.base import get_recipe
 
-        d = Path(model_dir)
-        for name in ("config.yaml", "model.safetensors", "labels.json", "encoder.json", "meta.json"):
+        device = resolve_device(device)  # an unusable device fails before anything is loaded
+        d = resolve_model_dir(model, revision)
+        for name in MODEL_FILES:
             if not (d / name).exists():
                 raise SerkitError(f"{d}: not a serkit model folder (missing {name}); make one with `serkit train`")
         with model_folder_part(d, "config.yaml"):
             cfg = yaml.safe_load((d / "config.yaml").read_text())
             encoder_cfg, source, recipe = cfg["encoder"], cfg["features"]["source"], cfg["recipe"]
+            normalize = cfg["features"].get("normalize", "none")
         with model_folder_part(d, "labels.json"):
             labels = LabelMap.from_dict(json.loads((d / "labels.json").read_text()))
         with model_folder_part(d, "encoder.json"):
@@ -78,16 +181,26 @@ class Recognizer:
         with model_folder_part(d, "meta.json"):
             meta = json.loads((d / "meta.json").read_text())
             spec = ModelSpec(**meta["spec"], extra={"encoder": encoder_cfg})
-        model = get_recipe(recipe).build_model(cfg, spec)
-        if source == "waveform":
-            from serkit.models.encoder_model import EncoderDownstream
-            from serkit.train.fit import load_loop_encoder
+            files = dict(meta.get("heads") or {"speaker" if normalize == "speaker" else "global": "model.safetensors"})
+        heads = {}
+        for head, file in files.items():
+            if not (d / file).exists():
+                raise SerkitError(f"{d}: not a serkit model folder (missing {file}, the {head} head)")
+            module = get_recipe(recipe).build_model(cfg, spec)
+            if source == "waveform":
+                from serkit.encoders import load_encoder, parse_layers
+                from serkit.models.encoder_model import EncoderDownstream
 
-            encoder, layers = load_loop_encoder(cfg)
-            model = EncoderDownstream(encoder, model, layers, cfg["encoder"].get("finetune", False))
-        with model_folder_part(d, "model.safetensors"):
-            model.load_state_dict(load_file(str(d / "model.safetensors")))
-        return cls(model, cfg, labels, enc, device, precision)
+                e = cfg["encoder"]
+                encoder = load_encoder(e["id"], mode=e.get("mode", "native"), eval_mode=True)
+                layers, _ = parse_layers(e.get("layers", "all"), encoder.num_layers)
+                module = EncoderDownstream(encoder, module, layers, e.get("finetune", False))
+            with model_folder_part(d, file):
+                module.load_state_dict(load_file(str(d / file)))
+            heads[head] = module
+        return cls(heads, cfg, labels, enc, device, batch_size, model_dir=d, precision=precision)
+
+    # -- features -------------------------------------------------------------------------------------------
 
     @property
     def encoder(self):
@@ -105,66 +218,118 @@ class Recognizer:
                               f"loaded revision {self._encoder.revision}", stacklevel=2)
         return self._encoder
 
-    def _features(self, signal: np.ndarray) -> torch.Tensor:
-        """Float32 ``(layers, frames, dim)``, as the feature cache computes them before storing."""
+    @property
+    def _waveform_model(self) -> bool:
+        return self.cfg["features"]["source"] == "waveform"
+
+    def _encode(self, pieces: Iterable[tuple[object, np.ndarray, tuple[int, int]]]):
+        """Encode windows once: ``pieces`` are ``(key, signal (samples,), (own_start, own_end))`` (the samples of
+        the piece whose frames count for the speaker statistics); yields ``(key, head input, own)`` where head
+        input is pooled ``(layers, 2*dim)`` float32, frames ``(layers, frames, dim)`` float16 (as the cache
+        stores them) or, for a model with the encoder inside, the waveform; ``own`` is ``(pooled stats, frames)``
+        of the owned frames, or None."""
+        if self._waveform_model:
+            for key, signal, _ in pieces:
+                yield key, torch.from_numpy(np.ascontiguousarray(signal)), None
+            return
+        from serkit.cache import pooled_statistics
         from serkit.encoders.runner import encode_signals
 
-        layers = self.encoder_info["layers"]
-        ((_, feats),) = list(encode_signals(self.encoder, [("x", signal)], layers))
-        return feats
+        owned = {}
+
+        def items():
+            for key, signal, own in pieces:
+                owned[key] = (own, len(signal))
+                yield key, signal
+
+        pooled_level = self.cfg["features"].get("level") == "pooled"
+        for key, feats in encode_signals(self.encoder, items(), self.encoder_info["layers"],
+                                         max_batch_size=self.batch_size):
+            (a, b), n = owned.pop(key)
+            t = feats.shape[1]
+            fa = round(a / n * t)
+            fb = max(round(b / n * t), fa + 1)
+            own_feats = feats[:, fa:min(fb, t)]
+            own = (pooled_statistics(own_feats).numpy(), own_feats.shape[1]) if own_feats.shape[1] else None
+            # the cache pools before rounding frames to float16: match it exactly
+            yield key, (pooled_statistics(feats) if pooled_level else feats.to(torch.float16)), own
 
     def speaker_statistics(self, signals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Feature statistics ``(mean, std)`` ``(layers, dim)`` of one speaker over the frames of ``signals``
         (16 kHz float32), for models trained with ``features.normalize: speaker``. Raises :class:`SerkitError`
         when they hold less than ``MIN_ENROLL_SECONDS`` of audio (too little to estimate a speaker's statistics).
         """
-        from serkit.cache import pooled_statistics
-        from serkit.data.normalize import frame_stats
-
         seconds = sum(len(x) for x in signals) / SAMPLE_RATE
         if seconds < MIN_ENROLL_SECONDS:
             raise SerkitError(
-                f"this model normalises features per speaker (features.normalize: speaker) and needs at least "
-                f"{MIN_ENROLL_SECONDS:.0f} s of the speaker's audio to estimate them, got {seconds:.1f} s: pass "
-                f"several files of the speaker together (predict_files / `serkit predict` with all of them) or "
-                f"enrolment audio (`enroll=` / `--enroll`)")
-        feats = [self._features(x) for x in signals]
-        pooled = np.stack([pooled_statistics(f).numpy() for f in feats])
-        return frame_stats(pooled, [f.shape[1] for f in feats])
+                f"enrolment holds {seconds:.1f} s of audio; estimating a speaker's feature statistics needs at "
+                f"least {MIN_ENROLL_SECONDS:.0f} s (several files of the speaker)")
+        pieces = [(i, x, (0, len(x))) for i, x in enumerate(signals)]
+        own = [o for _, _, o in self._encode(pieces) if o is not None]
+        return _combine(own)
+
+    def _enrolment(self, enroll) -> tuple[np.ndarray, np.ndarray] | None:
+        """Speaker statistics from ``enroll`` (paths / 16 kHz arrays, or ready ``(mean, std)``); None if unused."""
+        if enroll is None or "speaker" not in self.heads:
+            return None
+        if isinstance(enroll, tuple) and len(enroll) == 2 and all(isinstance(x, np.ndarray) for x in enroll):
+            return enroll
+        if isinstance(enroll, (str, Path)):
+            enroll = [enroll]
+        return self.speaker_statistics([self._signal(x)[0] for x in enroll])
+
+    # -- scoring --------------------------------------------------------------------------------------------
+
+    def _head_for(self, stats) -> str:
+        if stats is not None and "speaker" in self.heads:
+            return "speaker"
+        if "global" in self.heads:
+            return "global"
+        raise SerkitError(
+            f"this model has only a speaker-normalised head (features.normalize: speaker) and needs at least "
+            f"{MIN_ENROLL_SECONDS:.0f} s of the speaker's audio: give enrolment audio (`enroll=` / `--enroll`) or "
+            f"several files of one speaker together (`same_speaker=True` / `--same-speaker`); models trained by "
+            f"this serkit also have a global head for single clips")
 
     @torch.no_grad()
-    def _score(self, signal: np.ndarray, stats=None) -> np.ndarray:
-        amp = None
-        if self.cfg["features"]["source"] == "waveform":
-            batch = {"waveform": torch.from_numpy(signal)[None].to(self.device),
-                     "lengths": torch.tensor([len(signal)], device=self.device)}
-            amp = torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
-        else:
-            from serkit.data.normalize import normalize_frames, normalize_pooled
+    def _score(self, head: str, inputs: Sequence, stats) -> np.ndarray:
+        """Scores ``(len(inputs), outputs)``: probabilities (classification) or attribute values."""
+        from serkit.data.normalize import normalize_frames, normalize_pooled
 
-            feats = self._features(signal)
-            if self.cfg["features"].get("level") == "pooled":
-                from serkit.cache import pooled_statistics
-
-                pooled = pooled_statistics(feats).numpy()
-                if stats is not None:
-                    pooled = normalize_pooled(pooled, *stats)
-                batch = {"pooled": torch.from_numpy(pooled)[None].to(self.device)}
+        model = self.heads[head]
+        use = stats if head == "speaker" else None
+        out = []
+        for i in range(0, len(inputs), self.batch_size):
+            chunk = inputs[i:i + self.batch_size]
+            if self._waveform_model:
+                lengths = torch.tensor([len(x) for x in chunk])
+                waves = torch.zeros(len(chunk), int(lengths.max()))
+                for j, x in enumerate(chunk):
+                    waves[j, :len(x)] = x
+                batch = {"waveform": waves, "lengths": lengths}
+            elif self.cfg["features"].get("level") == "pooled":
+                pooled = [x.numpy() if use is None else normalize_pooled(x.numpy(), *use) for x in chunk]
+                batch = {"pooled": torch.from_numpy(np.stack(pooled))}
             else:
-                # the cache stores frames as float16 (and pools before rounding): match it exactly
-                frames = feats.to(torch.float16).numpy()
-                if stats is not None:
-                    frames = normalize_frames(frames, *stats)
-                batch = {"features": torch.from_numpy(frames).float()[None].to(self.device),
-                         "frame_mask": torch.ones(1, feats.shape[1], dtype=torch.bool, device=self.device)}
-        if amp is not None and self.precision == "bf16":  # the encoder runs inside the model
-            with amp:
-                out = self.model(batch)
-        else:
-            out = self.model(batch)
-        if self.labels.task == "classification":
-            return torch.softmax(out["logits"].float(), -1)[0].cpu().numpy()
-        return out["prediction"].float()[0].cpu().numpy()
+                frames = [x.numpy() if use is None else normalize_frames(x.numpy(), *use) for x in chunk]
+                t = max(f.shape[1] for f in frames)
+                feats = torch.zeros(len(frames), frames[0].shape[0], t, frames[0].shape[2])
+                mask = torch.zeros(len(frames), t, dtype=torch.bool)
+                for j, f in enumerate(frames):
+                    feats[j, :, :f.shape[1]] = torch.from_numpy(f).float()
+                    mask[j, :f.shape[1]] = True
+                batch = {"features": feats, "frame_mask": mask}
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            if self._waveform_model and self.precision == "bf16":  # the encoder runs inside the model
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    res = model(batch)
+            else:
+                res = model(batch)
+            if self.labels.task == "classification":
+                out.append(torch.softmax(res["logits"].float(), -1).cpu().numpy())
+            else:
+                out.append(res["prediction"].float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.labels.num_outputs), dtype=np.float32)
 
     def _windows(self, n: int) -> list[tuple[int, int]]:
         w, h = int(self.window * SAMPLE_RATE), int(self.hop * SAMPLE_RATE)
@@ -175,6 +340,13 @@ class Recognizer:
             starts.append(n - w)
         return [(s, s + w) for s in starts]
 
+    @staticmethod
+    def _owned(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Per window, the samples (relative to it) whose frames it contributes to the speaker statistics: the
+        windows overlap, and each sample counts once (cut at the middle of each overlap)."""
+        cuts = [0] + [(windows[i][0] + windows[i - 1][1]) // 2 for i in range(1, len(windows))] + [windows[-1][1]]
+        return [(cuts[i] - s, cuts[i + 1] - s) for i, (s, _) in enumerate(windows)]
+
     def _signal(self, audio, sample_rate: int | None = None, name: str | None = None) -> tuple[np.ndarray, str]:
         if isinstance(audio, (str, Path)):
             return read_audio(audio, allow_silent=False), str(audio)
@@ -182,95 +354,238 @@ class Recognizer:
             raise SerkitError("predict: give sample_rate with an array input")
         return prepare_signal(np.asarray(audio), sample_rate, name=name or "<array>", allow_silent=False), name
 
-    def _enrolment(self, enroll) -> tuple[np.ndarray, np.ndarray] | None:
-        """Speaker statistics from ``enroll`` (paths / 16 kHz arrays, or ready ``(mean, std)``); None if unused."""
-        if self.normalize == "none" or enroll is None:
-            return None
-        if isinstance(enroll, tuple) and len(enroll) == 2 and all(isinstance(x, np.ndarray) for x in enroll):
-            return enroll
-        return self.speaker_statistics([self._signal(x)[0] for x in enroll])
-
-    def predict(self, audio, sample_rate: int | None = None, name: str | None = None, enroll=None) -> dict:
-        """``audio``: a path, or an array ``(samples,)`` / ``(samples, channels)`` with ``sample_rate``.
-
-        ``enroll``: for a model trained with speaker normalisation, audio of the same speaker (paths or 16 kHz
-        arrays) or ready statistics from :meth:`speaker_statistics`; without it the file itself must hold at
-        least ``MIN_ENROLL_SECONDS``.
-        """
-        signal, name = self._signal(audio, sample_rate, name)
-        problem = unusable(signal)  # e.g. under MIN_SECONDS: refused, not labelled
-        if problem is not None:
-            raise AudioError(name or "<array>", problem)
-        stats = self._enrolment(enroll)
-        if self.normalize != "none" and stats is None:
-            stats = self.speaker_statistics([signal])
-        windows = []
-        scores = []
-        for s, e in self._windows(len(signal)):
-            sc = self._score(signal[s:e], stats)
-            scores.append((e - s, sc))
-            windows.append({"start": s / SAMPLE_RATE, "end": e / SAMPLE_RATE, **self._describe(sc)})
-        weights = np.array([n for n, _ in scores], dtype=float)
-        agg = np.average(np.stack([sc for _, sc in scores]), axis=0, weights=weights)
-        res = {"file": name or "<array>", "duration": len(signal) / SAMPLE_RATE, **self._describe(agg),
-               "precision": self.precision}
-        res["windows"] = windows if len(windows) > 1 else []
-        return res
-
     def _describe(self, score: np.ndarray) -> dict:
         if self.labels.task == "classification":
             return {"label": self.labels.classes[int(np.argmax(score))],
                     "probabilities": {c: round(float(p), 4) for c, p in zip(self.labels.classes, score, strict=True)}}
         return {"values": {a: round(float(v), 4) for a, v in zip(self.labels.targets, score, strict=True)}}
 
+    # -- prediction -----------------------------------------------------------------------------------------
+
+    def _encode_inputs(self, inputs: list[_Input], keep_own: bool) -> None:
+        """Read and encode every window of ``inputs`` (errors are recorded per input, never raised)."""
+        def pieces():
+            for i, item in enumerate(inputs):
+                try:
+                    signal = item.load()
+                except SerkitError as exc:
+                    item.error = str(exc)
+                    continue
+                item.duration = len(signal) / SAMPLE_RATE
+                item.windows = self._windows(len(signal))
+                item.head_inputs = [None] * len(item.windows)
+                item.own = [None] * len(item.windows)
+                for j, ((s, e), own) in enumerate(zip(item.windows, self._owned(item.windows), strict=True)):
+                    yield (i, j), signal[s:e], own
+
+        for (i, j), x, own in self._encode(pieces()):
+            inputs[i].head_inputs[j] = x
+            if keep_own:
+                inputs[i].own[j] = own
+
+    def _scores(self, inputs: list[_Input], stats, head: str) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per input: ``(window scores (windows, outputs), length-weighted mean (outputs,))``, None for errors."""
+        flat = [h for x in inputs if x.error is None for h in x.head_inputs]
+        scores = self._score(head, flat, stats)
+        out, k = [], 0
+        for x in inputs:
+            if x.error is not None:
+                out.append(None)
+                continue
+            sc = scores[k:k + len(x.windows)]
+            k += len(x.windows)
+            out.append((sc, np.average(sc, axis=0, weights=np.array([e - s for s, e in x.windows], dtype=float))))
+            x.head_inputs = []  # done: free the features
+        return out
+
+    def _results(self, inputs: list[_Input], stats, head: str | None = None) -> list[dict]:
+        head = head or self._head_for(stats)
+        out = []
+        for x, sc in zip(inputs, self._scores(inputs, stats, head), strict=True):
+            if sc is None:
+                out.append({"file": x.name, "error": x.error})
+                continue
+            res = {"file": x.name, "duration": round(x.duration, 3), **self._describe(sc[1]), "head": head,
+                   "precision": self.precision}
+            res["windows"] = [] if len(x.windows) == 1 else [
+                {"start": s / SAMPLE_RATE, "end": e / SAMPLE_RATE, **self._describe(v)}
+                for (s, e), v in zip(x.windows, sc[0], strict=True)]
+            out.append(res)
+        return out
+
+    def _predict_inputs(self, inputs: list[_Input], enroll=None, same_speaker: bool = False,
+                        progress: bool | None = False) -> list[dict]:
+        stats = self._enrolment(enroll)
+        deferred = same_speaker and stats is None and "speaker" in self.heads
+        bar = None
+        if progress is not False and len(inputs) > 1:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(inputs), unit="file", file=sys.stderr, disable=None if progress is None else False)
+        out: list[dict] = []
+        step = max(self.batch_size, 8)  # files encoded together: batches span files, memory stays bounded
+        try:
+            for i in range(0, len(inputs), step):
+                chunk = inputs[i:i + step]
+                self._encode_inputs(chunk, keep_own=deferred)
+                if not deferred:
+                    out.extend(self._results(chunk, stats))
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        if not deferred:
+            return out
+        # the files are one speaker: their own frames give the statistics when there are enough of them
+        good = [x for x in inputs if x.error is None]
+        seconds = sum(x.duration for x in good)
+        if seconds >= MIN_ENROLL_SECONDS:
+            return self._results(inputs, _combine([o for x in good for o in x.own if o is not None]))
+        msg = (f"the {len(good)} readable file(s) of the speaker hold {seconds:.1f} s; estimating the speaker's "
+               f"statistics needs at least {MIN_ENROLL_SECONDS:.0f} s")
+        if "global" not in self.heads:
+            return [{"file": x.name, "error": x.error or f"{msg} (give --enroll)"} for x in inputs]
+        return [r if "error" in r else {**r, "note": f"{msg}: the global head answered"}
+                for r in self._results(inputs, None)]
+
+    def predict(self, audio, sample_rate: int | None = None, name: str | None = None, enroll=None,
+                same_speaker: bool = False) -> dict:
+        """``audio``: a path, or an array ``(samples,)`` / ``(samples, channels)`` with ``sample_rate``.
+
+        ``enroll``: audio of the same speaker (paths or 16 kHz arrays) or ready statistics from
+        :meth:`speaker_statistics`, for the speaker-normalised head; ``same_speaker``: the input itself is
+        enrolment (needs ``MIN_ENROLL_SECONDS``). Otherwise the global head answers. Raises
+        :class:`SerkitError` for a bad input.
+        """
+        if isinstance(audio, (str, Path)):
+            item = _Input(str(audio), lambda: _usable(read_audio(audio, allow_silent=False), str(audio)))
+        else:
+            signal, name = self._signal(audio, sample_rate, name)
+            signal = _usable(signal, name or "<array>")
+            item = _Input(name or "<array>", lambda: signal)
+        (res,) = self._predict_inputs([item], enroll, same_speaker)
+        if "error" in res:
+            raise SerkitError(res["error"])
+        return res
+
     def predict_file(self, path) -> dict:
         return self.predict(path)
 
-    def predict_files(self, paths, enroll=None) -> list[dict]:
+    def predict_files(self, paths, enroll=None, same_speaker: bool = False, progress: bool | None = False
+                      ) -> list[dict]:
         """Every file; a bad file yields ``{"file", "error"}`` instead of stopping the list.
 
-        For a model trained with speaker normalisation the files are taken as one speaker: their statistics are
-        estimated from all readable files together (or from ``enroll``, see :meth:`predict`).
+        ``same_speaker``: the files are one speaker's; with at least ``MIN_ENROLL_SECONDS`` of them together the
+        speaker-normalised head answers with their statistics (each file is still encoded once). ``progress``:
+        a tqdm bar on stderr (None: only on a terminal).
         """
-        paths = [str(p) for p in paths]
-        stats = self._enrolment(enroll)
-        errors: dict[str, str] = {}
-        signals: dict[str, np.ndarray] = {}  # read once, for the statistics and for scoring
-        if self.normalize != "none" and stats is None:
-            for p in paths:
-                try:
-                    signals[p] = read_audio(p, allow_silent=False)
-                except SerkitError as exc:
-                    errors[p] = str(exc)
-            try:
-                stats = self.speaker_statistics(list(signals.values()))
-            except SerkitError as exc:
-                return [{"file": p, "error": errors.get(p, str(exc))} for p in paths]
-        out = []
-        for p in paths:
-            try:
-                if p in errors:
-                    raise SerkitError(errors[p])
-                audio = signals.get(p, p)
-                out.append(self.predict(audio, SAMPLE_RATE if p in signals else None, name=p, enroll=stats))
-            except SerkitError as exc:
-                out.append({"file": p, "error": str(exc)})
-        return out
+        inputs = [_Input(str(p), (lambda p=p: _usable(read_audio(p, allow_silent=False), str(p)))) for p in paths]
+        return self._predict_inputs(inputs, enroll, same_speaker, progress)
 
-    def predict_manifest(self, manifest: pd.DataFrame) -> pd.DataFrame:
-        """One row per manifest row; with speaker normalisation, statistics per ``speaker`` column value."""
-        if self.normalize != "none" and "speaker" in manifest:
+    def manifest_results(self, manifest: pd.DataFrame, progress: bool | None = False) -> list[dict]:
+        """One result dict per manifest row (``id`` added). With a ``speaker`` column and a speaker-normalised
+        head, the rows of each speaker are taken together as that speaker (``same_speaker``; the global head
+        answers speakers with too little audio)."""
+        if "speaker" in manifest and "speaker" in self.heads:
             results = {}
             for _, group in manifest.groupby(manifest["speaker"].astype(str)):
-                for uid, r in zip(group["id"], self.predict_files(group["path"]), strict=True):
+                for uid, r in zip(group["id"], self.predict_files(group["path"], same_speaker=True),
+                                  strict=True):
                     results[uid] = r
             predicted = [results[u] for u in manifest["id"]]
         else:
-            predicted = self.predict_files(manifest["path"])
+            predicted = self.predict_files(manifest["path"], progress=progress)
+        return [{"id": str(uid), **r} for r, uid in zip(predicted, manifest["id"], strict=True)]
+
+    def predict_manifest(self, manifest: pd.DataFrame, progress: bool | None = False) -> pd.DataFrame:
+        """:meth:`manifest_results` as a table: ``id, file, label, head, error, p_<class>...`` (or attributes)."""
         rows = []
-        for r, uid in zip(predicted, manifest["id"], strict=True):
-            row = {"id": uid, "file": r["file"], "label": r.get("label"), "error": r.get("error")}
+        for r in self.manifest_results(manifest, progress):
+            row = {"id": r["id"], "file": r["file"], "label": r.get("label"), "head": r.get("head"),
+                   "error": r.get("error")}
             row.update({f"p_{k}": v for k, v in r.get("probabilities", {}).items()})
             row.update(r.get("values", {}))
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def predict_segments(self, path: str | Path, enroll=None, same_speaker: bool = False, vad=None,
+                         merge_gap: float = 1.0) -> dict:
+        """A long recording: speech found by silero-vad (:mod:`serkit.vad`), each speech segment scored (segments
+        longer than ``predict.window_seconds`` are cut into equal pieces no longer than that), adjacent pieces with
+        one label merged when at most ``merge_gap`` seconds apart. The file is read in blocks for the voice
+        activity detection and piece by piece for scoring, so memory stays bounded for hour-long files.
+
+        ``same_speaker``: the recording is one speaker's; its speech (at least ``MIN_ENROLL_SECONDS``) gives the
+        statistics for the speaker-normalised head. Returns ``{"file", "duration", "speech_seconds", "head",
+        "label", "probabilities", "segments": [{"start", "end", "label", "probabilities"}, ...]}`` (times in
+        seconds; ``values`` instead of a label for regression models).
+        """
+        from serkit.timeline import merge_segments
+        from serkit.vad import speech_segments
+
+        path = str(path)
+        spans, duration = speech_segments(path, vad)
+        w = self.window
+        pieces = []
+        for s, e in spans:
+            k = max(1, int(np.ceil((e - s) / w - 1e-9)))
+            pieces += [(s + (e - s) * i / k, s + (e - s) * (i + 1) / k) for i in range(k)]
+        inputs = [_Input(f"{path}@{s:.2f}", (lambda s=s, e=e: read_audio(path, start=s, stop=e, max_seconds=None)))
+                  for s, e in pieces]
+        stats = self._enrolment(enroll)
+        keep = same_speaker and stats is None and "speaker" in self.heads
+        self._encode_inputs(inputs, keep_own=keep)
+        speech = sum(x.duration for x in inputs if x.error is None)
+        if keep and speech >= MIN_ENROLL_SECONDS:
+            stats = _combine([o for x in inputs if x.error is None for o in x.own if o is not None])
+        head = self._head_for(stats)
+        scored = [(p, sc[1]) for p, sc in zip(pieces, self._scores(inputs, stats, head), strict=True)
+                  if sc is not None]
+        result = {"file": path, "duration": round(duration, 3), "speech_seconds": round(speech, 3), "head": head,
+                  "precision": self.precision}
+        if not scored:
+            why = "no speech found" if not pieces else "no speech segment could be read"
+            return {**result, "label": None, "segments": [], "note": why}
+        scores = np.stack([v for _, v in scored])
+        lengths = np.array([e - s for (s, e), _ in scored])
+        result.update(self._describe(np.average(scores, axis=0, weights=lengths)))
+        if self.labels.task == "classification":
+            result["segments"] = merge_segments([(s, e, v) for (s, e), v in scored], self.labels.classes, merge_gap)
+        else:
+            result["segments"] = [{"start": round(s, 3), "end": round(e, 3), **self._describe(v)}
+                                  for (s, e), v in scored]
+        return result
+
+    def push_to_hub(self, repo_id: str, private: bool = True, token: str | None = None) -> str:
+        """Upload this model's folder to the hub as ``repo_id`` (see :func:`push_model`)."""
+        if self.model_dir is None:
+            raise SerkitError("push_to_hub: this Recognizer was not loaded from a model folder")
+        return push_model(self.model_dir, repo_id, private=private, token=token)
+
+
+def push_model(model_dir: str | Path, repo_id: str, private: bool = True, token: str | None = None) -> str:
+    """Upload a model folder (model card included) to the Hugging Face hub; needs a token (``token=``,
+    ``HF_TOKEN`` or ``hf auth login``). Returns the repository URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import get_token
+
+    d = Path(model_dir)
+    missing = [n for n in MODEL_FILES if not (d / n).exists()]
+    if missing:
+        raise SerkitError(f"{d}: not a serkit model folder (missing {', '.join(missing)})")
+    token = token or get_token()
+    if not token:
+        raise SerkitError("push_to_hub: no Hugging Face token (set HF_TOKEN or run `hf auth login`)")
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(d), repo_id=repo_id, commit_message="serkit model",
+                      ignore_patterns=["work/*", ".*"])
+    return str(url)
+
+
+def _combine(own: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Speaker ``(mean, std)`` ``(layers, dim)`` from per-piece pooled statistics and frame counts."""
+    from serkit.data.normalize import frame_stats
+
+    return frame_stats(np.stack([p for p, _ in own]), [n for _, n in own])

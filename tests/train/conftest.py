@@ -48,6 +48,17 @@ def tiny_config(root, **over) -> dict:
     return cfg
 
 
+@pytest.fixture(scope="session")
+def spk_model(tiny_corpus, tmp_path_factory):
+    """A speaker-normalised pooled model of the tiny corpus (speaker + global heads), trained once per session."""
+    from serkit.train.final import train_final
+
+    cfg = tiny_config(tiny_corpus, features={"level": "pooled", "normalize": "speaker"},
+                      predict={"window_seconds": 1.0, "hop_seconds": 0.5})
+    cfg["model"] = {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.0}
+    return train_final(cfg, tmp_path_factory.mktemp("spk-model") / "model", log=lambda *a: None)
+
+
 @pytest.fixture
 def model_dir(tiny_corpus, tmp_path):
     """A model folder as `serkit train` writes it, built without training (weights as initialised)."""

@@ -6,13 +6,11 @@ import json
 import subprocess
 import sys
 
-from serkit.train.final import train_final
 from tests.conftest import REPO
-from tests.train.conftest import tiny_config
 
 
-def test_recognizer_imports_neither_lightning_nor_matplotlib(tiny_corpus, tmp_path):
-    model_dir = train_final(tiny_config(tiny_corpus), tmp_path / "model", log=lambda *a: None)
+def test_recognizer_imports_neither_lightning_nor_matplotlib(tiny_corpus, spk_model):
+    model_dir = spk_model
     clip = tiny_corpus / "spk0" / "high_0.wav"
     code = (
         "import json, sys\n"

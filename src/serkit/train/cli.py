@@ -26,39 +26,133 @@ def _cv(args) -> int:
 def _train(args) -> int:
     from serkit.train.final import train_final
 
-    path = train_final(args.config, args.out, _precision_overrides(args))
+    path = train_final(args.config, args.out, _precision_overrides(args), refit=not args.no_refit,
+                       cv_results=args.cv_results)
     print(f"model -> {path}")
     return 0
 
 
 def _predict(args) -> int:
     from serkit.inference import Recognizer
+    from serkit.inputs import expand_inputs
 
-    rec = Recognizer.from_pretrained(args.model, precision=args.precision)
-    # one bad file is reported in its row, never the end of the list; speaker-normalised models take the files
-    # (or --enroll) as one speaker
-    if rec.normalize != "none" and not args.enroll:
-        print(f"note: this model normalises features per speaker; their statistics are estimated from the "
-              f"{len(args.files)} given file(s) taken as one speaker. Give --enroll with several seconds of the "
-              f"speaker's emotionally varied speech for reliable labels (statistics from one emotion only "
-              f"cancel that emotion).", file=sys.stderr)
-    results = rec.predict_files(args.files, enroll=args.enroll)
-    if args.format == "json":
+    rec = Recognizer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size,
+                                     revision=args.revision, precision=args.precision)
+    inputs = expand_inputs(args.inputs)
+    progress = False if args.no_progress else None
+    results: list[dict] = [{"file": arg, "error": msg} for arg, msg in inputs.problems]
+    if args.segments:
+        from serkit.errors import SerkitError
+
+        files = inputs.files + [p for _, m in inputs.manifests for p in m["path"]]
+        for f in _progress(files, progress):
+            try:
+                r = rec.predict_segments(f, enroll=args.enroll, same_speaker=args.same_speaker,
+                                         merge_gap=args.merge_gap)
+            except SerkitError as exc:
+                r = {"file": f, "error": str(exc)}
+            if args.timeline and "error" not in r:
+                from serkit.timeline import write_timeline
+
+                write_timeline(r, rec.labels.classes, args.timeline)
+            results.append(r)
+    else:
+        if rec.normalize != "none" and not (args.enroll or args.same_speaker):
+            print("note: speaker-normalised model: the global head answers (give --enroll FILES or --same-speaker "
+                  "with at least 10 s of one speaker's speech for the speaker-normalised head)", file=sys.stderr)
+        if inputs.files:
+            results += rec.predict_files(inputs.files, enroll=args.enroll, same_speaker=args.same_speaker,
+                                         progress=progress)
+        for _, table in inputs.manifests:
+            results += rec.manifest_results(table, progress=progress)
+    _write_results(results, args, segments=args.segments)
+    failed = [r for r in results if "error" in r]
+    if failed:
+        print(f"serkit predict: {len(failed)} of {len(results)} input(s) failed:", file=sys.stderr)
+        for r in failed:
+            err = r["error"]
+            print(f"  {err}" if err.startswith(f"{r['file']}: ") else f"  {r['file']}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _progress(items, progress):
+    if progress is False or len(items) < 2:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, unit="file", file=sys.stderr, disable=None)
+
+
+def _rows(results: list[dict], segments: bool) -> list[dict]:
+    rows = []
+    for r in results:
+        base = {k: r[k] for k in ("id",) if k in r} | {"file": r["file"]}
+        if segments and "error" not in r and r.get("segments"):
+            for s in r["segments"]:
+                row = {**base, "start": s["start"], "end": s["end"], "label": s.get("label"), "head": r["head"]}
+                row.update({f"p_{k}": v for k, v in s.get("probabilities", {}).items()})
+                row.update(s.get("values", {}))
+                rows.append(row)
+            continue
+        row = {**base, "duration": r.get("duration"), "label": r.get("label"), "head": r.get("head"),
+               "precision": r.get("precision")}
+        row.update({f"p_{k}": v for k, v in r.get("probabilities", {}).items()})
+        row.update(r.get("values", {}))
+        if not segments:
+            row["windows"] = len(r.get("windows", []))
+        if r.get("note"):
+            row["note"] = r["note"]
+        row["error"] = r.get("error", "")
+        rows.append(row)
+    return rows
+
+
+def _table(results: list[dict], segments: bool):
+    import pandas as pd
+
+    df = pd.DataFrame(_rows(results, segments))
+    tail = [c for c in ("windows", "note", "error") if c in df.columns]
+    return df[[c for c in df.columns if c not in tail] + tail]
+
+
+def _write_results(results: list[dict], args, segments: bool) -> None:
+    """``--out FILE`` (.csv: one row per file, or per segment with --segments; .jsonl: one result per line;
+    .json: a list), else stdout in ``--format``."""
+
+    from serkit.errors import SerkitError
+    from serkit.io import atomic_write_text
+
+    if args.out:
+        suffix = args.out.rsplit(".", 1)[-1].lower() if "." in args.out else ""
+        if suffix == "csv":
+            text = _table(results, segments).to_csv(index=False)
+        elif suffix == "jsonl":
+            text = "".join(json.dumps(r, default=float) + "\n" for r in results)
+        elif suffix == "json":
+            text = json.dumps(results, indent=1, default=float) + "\n"
+        else:
+            raise SerkitError(f"--out {args.out}: the file name must end in .csv, .jsonl or .json")
+        atomic_write_text(args.out, text)
+        print(f"{len(results)} result(s) -> {args.out}")
+    elif args.format == "json":
         json.dump(results, sys.stdout, indent=1, default=float)
         print()
     else:
-        import pandas as pd
+        _table(results, segments).to_csv(sys.stdout, index=False)
 
-        rows = []
-        for r in results:
-            row = {"file": r["file"], "duration": r.get("duration"), "label": r.get("label")}
-            row.update({f"p_{k}": v for k, v in r.get("probabilities", {}).items()})
-            row.update(r.get("values", {}))
-            row["windows"] = len(r.get("windows", []))
-            row["precision"] = r.get("precision", rec.precision)
-            row["error"] = r.get("error", "")
-            rows.append(row)
-        pd.DataFrame(rows).to_csv(sys.stdout, index=False)
+
+def _info(args) -> int:
+    from serkit.inference import resolve_model_dir
+    from serkit.model_card import describe_model, format_info
+
+    d = resolve_model_dir(args.model)
+    info = describe_model(d)
+    if args.json:
+        json.dump(info, sys.stdout, indent=1, default=str)
+        print()
+    else:
+        print(format_info(info))
     return 0
 
 
@@ -76,19 +170,43 @@ def add_parsers(sub) -> None:
     _add_precision(p, "sets encoder.precision and train.precision")
     p.set_defaults(func=_cv)
 
-    p = sub.add_parser("train", help="train one model on the whole corpus (validation speakers carved out)")
+    p = sub.add_parser("train", help="train one model on all speakers (epoch count validated on held-out speakers)")
     p.add_argument("config")
     p.add_argument("--out", required=True, help="model folder")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-refit", action="store_true",
+                   help="keep the validation run's best model (trained without the validation speakers)")
+    p.add_argument("--cv-results", metavar="RESULTS_JSON",
+                   help="results.json of `serkit cv` with this config: the model card quotes its mean ± std")
     _add_precision(p, "sets encoder.precision and train.precision")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="predict emotions of audio files with a trained model")
-    p.add_argument("model", help="model folder from `serkit train`")
-    p.add_argument("files", nargs="+")
-    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.add_argument("model", help="model folder from `serkit train`, or a hub id owner/name")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="audio files, folders (searched recursively), glob patterns ('calls/**/*.wav'), manifests "
+                        "(.csv/.parquet with a path column)")
+    p.add_argument("--out", help="write results to FILE: .csv, .jsonl or .json (default: stdout in --format)")
+    p.add_argument("--format", choices=("json", "csv"), default="json", help="stdout format without --out")
     p.add_argument("--enroll", nargs="+", metavar="FILE",
-                   help="audio of the speaker, for models trained with features.normalize: speaker "
-                        "(default: the files themselves, taken as one speaker)")
+                   help="audio of the speaker (at least 10 s), for the speaker-normalised head of a model trained "
+                        "with features.normalize: speaker")
+    p.add_argument("--same-speaker", action="store_true",
+                   help="the inputs are one speaker's: their own audio (at least 10 s) enrols the speaker")
+    p.add_argument("--segments", action="store_true",
+                   help="long recordings: speech segments by voice activity detection, an emotion per segment")
+    p.add_argument("--timeline", metavar="DIR", help="with --segments: write <name>.segments.csv and "
+                                                      "<name>.timeline.png per file into DIR")
+    p.add_argument("--merge-gap", type=float, default=1.0,
+                   help="with --segments: merge neighbouring segments of one label at most this many s apart")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N, mps")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per encoder and head batch")
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) of a hub model")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: on a terminal)")
     _add_precision(p, "encoder precision (default: the one the model's features were extracted in)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("info", help="what a model folder holds: corpus, classes, heads, validation, encoder")
+    p.add_argument("model", help="model folder or hub id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_info)

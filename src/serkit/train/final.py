@@ -1,58 +1,192 @@
-"""``serkit train``: one model on the whole corpus, validation speakers carved out, saved for prediction.
+"""``serkit train``: one model on every speaker of the corpus, saved as a model folder for prediction.
 
-A model folder holds ``config.yaml``, ``model.safetensors`` (downstream weights), ``labels.json``,
-``encoder.json`` (encoder id, revision, feature mode, layers, precision) and ``meta.json`` (with the
-resolved feature and training precision).
+Protocol (as scikit-learn's ``GridSearchCV(refit=True)``): a first run holds out validation speakers
+(``protocol.val_speakers`` / ``val_fraction``) and early stopping picks the epoch count on them; then the model is
+trained again on all speakers for that many epochs. The validation run's figures stay in the folder
+(``validation.json``). ``refit=False`` keeps the validation run's best model instead (trained without the
+validation speakers).
+
+A speaker-normalised config (``features.normalize: speaker``) trains two heads on the same features: the
+speaker-normalised one (``model.safetensors``, used when the speaker's statistics can be estimated from enrolment
+audio) and one on global features (``model-global.safetensors``, used for a single clip of an unknown speaker).
+
+A model folder holds ``config.yaml``, ``model.safetensors`` [+ ``model-global.safetensors``], ``labels.json``,
+``encoder.json`` (encoder id, revision, feature mode, layers, precision), ``meta.json`` (model spec, heads,
+training set, resolved feature and training precision),
+``validation.json`` and ``README.md`` (the model card, :mod:`serkit.model_card`).
 """
 
 from __future__ import annotations
 
+import copy
+import shutil
 import time
 from pathlib import Path
 
-from safetensors.torch import save_file
+import pandas as pd
 
 from serkit.config import dump, load_config
+from serkit.errors import ConfigError
 from serkit.io import atomic_path, atomic_write_json, atomic_write_text
 from serkit.precision import run_precision
 from serkit.protocols import Fold, carve_validation
 
+#: head name -> (features.normalize it is trained with, weights file)
+HEAD_FILES = {"speaker": "model.safetensors", "global": "model-global.safetensors"}
 
-def train_final(config, out_dir, overrides: list[str] | None = None, log=print) -> Path:
-    from serkit.train.cv import feature_source, load_experiment_manifest
-    from serkit.train.features import usable_ids
+
+def heads_for(cfg: dict) -> list[str]:
+    """The heads a config trains: ``["speaker", "global"]`` with speaker normalisation, else ``["global"]``."""
+    return ["speaker", "global"] if cfg["features"].get("normalize", "none") == "speaker" else ["global"]
+
+
+def head_file(head: str, heads: list[str]) -> str:
+    """Weights file of ``head``: the first (main) head is ``model.safetensors``."""
+    return "model.safetensors" if head == heads[0] else HEAD_FILES[head]
+
+
+def validation_split(cfg: dict, manifest: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
+    """``(train ids, validation ids, validation speakers)`` of ``serkit train``; a :class:`ConfigError` in one line
+    when the corpus has too few speakers for the protocol's validation options (checked before extraction)."""
+    ids = manifest["id"].astype(str).tolist()
+    opts = dict(cfg["protocol"] or {})
+    try:
+        return carve_validation(manifest, ids, opts, int(cfg["train"]["seed"]))
+    except ConfigError as exc:
+        n = manifest["speaker"].astype(str).nunique()
+        raise ConfigError(
+            f"serkit train holds out validation speakers to choose the epoch count, but the corpus has {n} "
+            f"speaker(s): {exc} (give speakers: a manifest 'speaker' column, or DIR/<class>/<speaker>/*.wav for a "
+            f"folder corpus; or set protocol.val_speakers)") from None
+
+
+def _metric_curve(fold_dir: Path, monitor: str) -> list[dict]:
+    from serkit.train.fit import read_fold_metrics
+
+    df = read_fold_metrics(fold_dir)
+    if df is None or monitor not in df:
+        return []
+    v = df.dropna(subset=[monitor])
+    return [{"epoch": int(e), monitor: round(float(m), 6)} for e, m in zip(v["epoch"], v[monitor], strict=True)]
+
+
+def _train_head(cfg: dict, manifest: pd.DataFrame, split, source, work: Path, refit: bool, log):
+    """Validation run (epoch count), then the refit on every speaker; returns (module, labels, record)."""
     from serkit.train.fit import train_module
 
+    train, val, val_spk = split
+    monitor = cfg["train"]["monitor"]
+    fold = Fold(0, "serkit-train", True, train, val, [], [], val_spk)
+    module, labels, *_ = train_module(cfg, manifest, fold, source, work / "validation")
+    curve = _metric_curve(work / "validation", monitor)
+    best = max(curve, key=lambda r: r[monitor]) if curve else None
+    record = {"monitor": monitor, "val_speakers": val_spk, "n_train": len(train), "n_val": len(val),
+              "best_epoch": best["epoch"] if best else None, "best_val": best[monitor] if best else None,
+              "epochs_run": len(curve), "curve": curve, "refit": bool(refit and best is not None)}
+    if record["refit"]:
+        epochs = best["epoch"] + 1
+        rcfg = copy.deepcopy(cfg)
+        rcfg["train"].update(epochs=epochs, min_epochs=epochs, patience=epochs + 1)
+        everyone = Fold(0, "serkit-train-refit", True, train + val, val, [], [], val_spk)
+        log(f"  refit on all {len(train) + len(val)} utterances for {epochs} epoch(s) (best validation "
+            f"{monitor} {best[monitor]:.4f} at epoch {best['epoch']})")
+        module, labels, *_ = train_module(rcfg, manifest, everyone, source, work / "refit", select=False)
+        record.update(refit_epochs=epochs, n_refit=len(train) + len(val))
+    return module, labels, record
+
+
+def train_final(config, out_dir, overrides: list[str] | None = None, log=print, refit: bool = True,
+                cv_results: str | Path | None = None) -> Path:
+    """Train the model folder ``out_dir`` from ``config`` (path or dict) with ``overrides``.
+
+    ``refit``: after the validation run, train again on all speakers for the chosen epoch count (default).
+    ``cv_results``: a ``results.json`` of ``serkit cv`` with the same config, whose mean ± std the model card quotes.
+    """
+    from safetensors.torch import save_file
+
+    from serkit.train.cv import FEATURE_NORMALISATION, feature_source, load_experiment_manifest
+    from serkit.train.features import usable_ids
+
     cfg = load_config(config, overrides)
+    cv = None
+    if cv_results is not None:
+        import json
+
+        try:
+            cv = json.loads(Path(cv_results).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--cv-results {cv_results}: cannot read a results.json ({exc})") from None
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = load_experiment_manifest(cfg)
+    validation_split(cfg, manifest)  # fail on too few speakers before any extraction
+    heads = heads_for(cfg)
+    if len(heads) > 1 and cfg["features"]["source"] != "cache":
+        raise ConfigError("features.normalize: speaker needs features.source: cache")
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    if (work / "config.yaml").exists() and (work / "config.yaml").read_text() != dump(cfg):
+        shutil.rmtree(work)  # checkpoints of another config: never resume from them
+    work.mkdir(exist_ok=True)
+    atomic_write_text(work / "config.yaml", dump(cfg))
     source = feature_source(cfg, manifest, out)
     if source is not None:
         manifest = usable_ids(source, manifest)
-    ids = manifest["id"].astype(str).tolist()
-    opts = dict(cfg["protocol"] or {})
-    train, val, val_spk = carve_validation(manifest, ids, opts, int(cfg["train"]["seed"]))
-    fold = Fold(0, "all-data", True, train, val, [], [], val_spk)
+    split = validation_split(cfg, manifest)
     t0 = time.time()
-    module, labels, _, _, _ = train_module(cfg, manifest, fold, source, out / "work")
-    state = {k: v.detach().contiguous().cpu() for k, v in module.model.state_dict().items()}
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(state, str(tmp))
+    records, spec = {}, None
+    for head in heads:
+        hcfg = copy.deepcopy(cfg)
+        hcfg["features"]["normalize"] = "speaker" if head == "speaker" else "none"
+        log(f"training the {head} head ({FEATURE_NORMALISATION[hcfg['features']['normalize']].split(':')[0]} "
+            f"features)")
+        module, labels, record = _train_head(hcfg, manifest, split, source, work / head, refit, log)
+        state = {k: v.detach().contiguous().cpu() for k, v in module.model.state_dict().items()}
+        name = head_file(head, heads)
+        with atomic_path(out / name) as tmp:
+            save_file(state, str(tmp))
+        records[head] = {**record, "file": name}
+        spec = module.spec
     atomic_write_text(out / "config.yaml", dump(cfg))
     atomic_write_json(out / "labels.json", labels.to_dict())
-    precision = run_precision(cfg, source)
     enc = dict(source.spec) if source is not None else {"encoder": cfg["encoder"]["id"], "mode": cfg["encoder"]["mode"]}
     enc["layers_spec"] = cfg["encoder"].get("layers", "all")
+    precision = run_precision(cfg, source)
     enc["precision"] = precision["features"]
     atomic_write_json(out / "encoder.json", enc)
-    spec = module.spec
-    atomic_write_json(out / "meta.json", {
+    n_all = len(split[0]) + len(split[1])
+    from serkit import __version__
+
+    meta = {
+        "serkit_version": __version__,
         "spec": {"task": spec.task, "num_outputs": spec.num_outputs, "num_layers": spec.num_layers,
                  "hidden_size": spec.hidden_size, "num_speakers": spec.num_speakers, "class_names": spec.class_names},
-        "n_train": len(train), "n_val": len(val), "val_speakers": val_spk, "precision": precision,
+        "heads": {h: r["file"] for h, r in records.items()},
+        "n_train": n_all if records[heads[0]]["refit"] else len(split[0]),
+        "n_speakers": int(manifest["speaker"].astype(str).nunique()),
+        "refit": records[heads[0]]["refit"],
+        "val_speakers": split[2],
+        "precision": precision,
         "train_seconds_max": float(manifest["duration"].max()),
+        "train_hours": round(float(manifest["duration"].sum()) / 3600, 3),
+        "class_counts": {str(k): int(v) for k, v in manifest["emotion"].astype(str).value_counts().sort_index().items()}
+        if cfg["task"] == "classification" else {},
         "train_wall_seconds": round(time.time() - t0, 1),
-    })
-    log(f"trained on {len(train)} utterances, validated on {len(val)} ({len(val_spk)} speakers)")
+    }
+    atomic_write_json(out / "meta.json", meta)
+    atomic_write_json(out / "validation.json", {"protocol": "validation speakers carved from all speakers, then "
+                                                "refit on all speakers for the chosen epoch count" if meta["refit"]
+                                                else "validation speakers held out; the best validation epoch kept",
+                                                "heads": records, **({"cv": _cv_summary(cv)} if cv else {})})
+    from serkit.model_card import write_model_card
+
+    write_model_card(out)
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints are not part of the product
+    log(f"trained {', '.join(heads)} head(s) on {meta['n_train']} utterances of {meta['n_speakers']} speakers "
+        f"(validation: {len(split[1])} utterances of {len(split[2])} speakers) in {meta['train_wall_seconds']:.0f} s")
     return out
+
+
+def _cv_summary(cv: dict) -> dict:
+    """What the model card quotes of a ``serkit cv`` results.json."""
+    keep = ("name", "protocol", "speaker_independent", "feature_normalisation", "mean", "std")
+    return {**{k: cv[k] for k in keep if k in cv}, "n_folds": len(cv.get("folds", []))}
