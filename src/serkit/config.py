@@ -38,7 +38,7 @@ DEFAULTS: dict = {
               "monitor": "auto", "precision": "fp32", "accelerator": "auto", "devices": 1, "strategy": "auto",
               "num_workers": 0, "class_weights": None, "grad_clip": 1.0, "deterministic": True,
               "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True, "refit": False,
-              "max_frames": None, "num_nodes": 1},
+              "max_frames": None, "num_nodes": 1, "logger": "csv"},
     "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
     "recipe_options": {},
 }
@@ -58,6 +58,7 @@ CHOICES = {
     "features.normalize": ("none", "speaker"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.scheduler": ("none", "cosine", "exponential", "warmup_linear"),
+    "train.logger": ("csv", "tensorboard", "mlflow"),
 }
 
 

@@ -61,6 +61,35 @@ class RunFolderCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
         super().load_state_dict(state_dict)
 
 
+#: ``train.logger`` -> the package Lightning's logger needs (None: always there)
+LOGGER_PACKAGES = {"csv": None, "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
+
+
+def make_loggers(cfg: dict, fold_dir: Path) -> list:
+    """Lightning loggers of ``train.logger``: always the CSV logger (``fold_dir/logs/metrics.csv``, which epoch
+    selection and the reports read), plus TensorBoard (``fold_dir/tensorboard``) or MLflow (``$MLFLOW_TRACKING_URI``,
+    default a file store ``mlruns`` beside the run's folds; experiment = the config's name, run = the fold)."""
+    import importlib.util
+    import os
+
+    kind = cfg["train"].get("logger", "csv")
+    if kind not in LOGGER_PACKAGES:
+        raise ConfigError(f"config: train.logger={kind!r} is not one of {tuple(LOGGER_PACKAGES)}")
+    need = LOGGER_PACKAGES[kind]
+    if need and not any(importlib.util.find_spec(m) for m in need):
+        raise ConfigError(f"config: train.logger={kind!r} needs the {need[0]} package, which is not installed: "
+                          f"pip install 'serkit[tracking]' (or use train.logger=csv)")
+    # CSV rows are written at once: a killed run keeps the epochs it logged (selection and refit read them)
+    loggers = [L.pytorch.loggers.CSVLogger(str(fold_dir), name="logs", version="", flush_logs_every_n_steps=1)]
+    if kind == "tensorboard":
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(str(fold_dir), name="tensorboard", version=""))
+    elif kind == "mlflow":
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(fold_dir).resolve().parent / "mlruns").as_uri()
+        loggers.append(L.pytorch.loggers.MLFlowLogger(experiment_name=str(cfg.get("name", "serkit")),
+                                                      run_name=Path(fold_dir).name, tracking_uri=uri))
+    return loggers
+
+
 def make_trainer(cfg: dict, fold_dir: Path, extra_callbacks=()) -> L.Trainer:
     """A Trainer writing ``fold_dir/checkpoints/best.ckpt`` (best validation ``train.monitor``) and ``last.ckpt``
     (every epoch's end: what a killed run resumes from), early stopping on the monitor, and ``fold_dir/logs``."""
@@ -75,8 +104,7 @@ def make_trainer(cfg: dict, fold_dir: Path, extra_callbacks=()) -> L.Trainer:
                                enable_version_counter=False)
     early = L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=int(t["patience"]))
     precision = lightning_precision(t["precision"], t["accelerator"])
-    # rows are written at once: a killed run keeps the epochs it logged (selection and refit read them)
-    logger = L.pytorch.loggers.CSVLogger(str(fold_dir), name="logs", version="", flush_logs_every_n_steps=1)
+    logger = make_loggers(cfg, fold_dir)
     return L.Trainer(
         max_epochs=int(t["epochs"]), min_epochs=int(t["min_epochs"]), accelerator=t["accelerator"],
         devices=t["devices"], num_nodes=int(t.get("num_nodes", 1)), strategy=t["strategy"], precision=precision,
