@@ -68,13 +68,14 @@ class RecognizerGraph(nn.Module):
             raise ValueError(f"heads must be 'speaker' and / or 'global', got {sorted(heads)}")
         self.encoder, self.layers = encoder, list(layers)
         self.head_names = [h for h in ("speaker", "global") if h in heads]
-        self.heads = nn.ModuleDict({h: heads[h] for h in self.head_names})
+        # keys that are not Python keywords ("global" is one): torch.export generates code with them as attributes
+        self.heads = nn.ModuleDict({f"head_{h}": heads[h] for h in self.head_names})
         self.level, self.cached, self.task = level, cached, task
 
     @property
     def normalize(self) -> bool:
         """Whether the graph takes the speaker's statistics (it has a speaker-normalised head)."""
-        return "speaker" in self.heads
+        return "speaker" in self.head_names
 
     def input_names(self) -> list[str]:
         return ["waveform", "own"] + (["speaker_mean", "speaker_std"] if self.normalize else [])
@@ -93,7 +94,7 @@ class RecognizerGraph(nn.Module):
         scores = []
         for head in self.head_names:
             stats = (speaker_mean, speaker_std) if head == "speaker" else None
-            y = self.heads[head](self._batch(feats, pooled_statistics(feats), stats))
+            y = self.heads[f"head_{head}"](self._batch(feats, pooled_statistics(feats), stats))
             scores.append(torch.softmax(y["logits"].float(), -1)[0] if self.task == "classification"
                           else y["prediction"].float()[0])
         # the owned frames: [round(a / n * t), max(round(b / n * t), that + 1)) within the window's frames
