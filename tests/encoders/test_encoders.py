@@ -79,6 +79,21 @@ def test_runner_buckets_and_matches_single_files(encoders, family):
         torch.testing.assert_close(got[i][0], one.hidden_states[0][0], atol=1e-4, rtol=1e-4)
 
 
+def test_whisper_features_do_not_depend_on_batch_neighbours(encoders):
+    """Bit for bit: a clip's cached features are what it gives alone, whatever else a run extracts with it (a
+    resumed or partly cached extraction batches it with other neighbours)."""
+    enc = encoders["whisper"]
+    sigs = _signals([8000, 12000, 9100, 20000, 12000, 15500], seed=3)
+    layers = list(range(enc.num_layers))
+    alone = dict(encode_signals(enc, enumerate(sigs), layers, batch_seconds=1e-3))
+    together = dict(encode_signals(enc, enumerate(sigs), layers, batch_seconds=100))
+    others = dict(encode_signals(enc, [(i, sigs[i]) for i in (0, 2, 5)], layers, batch_seconds=100))
+    for i in range(len(sigs)):
+        assert torch.equal(together[i], alone[i])
+        if i in others:
+            assert torch.equal(others[i], alone[i])
+
+
 def test_gradients_flow_and_time_masking():
     for family in ("hubert-layer", "whisper"):
         enc = tiny_encoder(family, seed=1).train()

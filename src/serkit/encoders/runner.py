@@ -5,7 +5,10 @@ Items arrive as ``(key, signal)`` with ``signal`` float32 ``(samples,)`` at 16 k
 ``batch_size * longest_piece <= max_batch_samples``; encoders that are not padding-invariant (group-norm CNN front
 ends) batch only pieces of exactly equal length. Inputs longer than ``chunk_samples`` are cut into chunks that
 overlap by ``overlap_samples``, start on the encoder's frame grid (multiples of ``hop_samples``) and are joined
-at the middle of each overlap, so a stitched item has exactly the frames of an unchunked run.
+at the middle of each overlap, so a stitched item has exactly the frames of an unchunked run. Whisper's inference
+path gives every item of a padded batch bit for bit what it gives alone (:mod:`serkit.encoders.whisper`), so a
+clip's cached features do not depend on which other clips a run extracted with it (a resumed or partly cached
+extraction batches differently).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 The stock encoder only accepts 3000 mel frames (30 s) and adds all 1500 positional embeddings. In ``native``
 mode serkit runs the same layers on the real length: it adds only the first ``frames`` positional embeddings
 (the full table stays in place, sliced per batch) and masks padded frames in self-attention, so a padded batch
-gives the same result as one file at a time. In ``padded`` mode it reproduces the stock behaviour (30 s of zero
+gives the same result as one file at a time; without autograd (feature extraction, prediction) bit for bit: the
+front end and the attention then run per item at its own length, only the row-wise projections and feed-forwards
+see the whole batch. In ``padded`` mode it reproduces the stock behaviour (30 s of zero
 padding, no attention mask) and only marks frames beyond the real length in ``frame_mask``.
 
 Frames: log-mel at 100 Hz (hop 160 samples) -> conv stride 2 -> 50 Hz (hop 320 samples).
@@ -124,16 +126,18 @@ class WhisperSpeechEncoder(Encoder):
         enc = self.encoder
         if self.mode == "padded":
             waves = F.pad(waves, (0, self.max_samples - waves.shape[1]))
-        mel, mel_lengths = self.logmel(waves, lengths)  # (batch, n_mels, T)
-        mel = mel.to(enc.conv1.weight.dtype)
         native = self.mode == "native"
-        if native:  # zero beyond the end, as the convs' own zero padding does for a single file
-            mel_mask = length_mask(mel_lengths, mel.shape[-1])[:, None, :]
-            mel = mel * mel_mask
-            x = F.gelu(enc.conv1(mel)) * mel_mask
+        if native and waves.shape[0] > 1 and not self.training and not torch.is_grad_enabled():
+            # inference on a padded batch: the front end runs per item at its own length (as the blocks'
+            # attention does, _inference_attention), so that an item's features are bit for bit what it gives
+            # alone, whatever its batch neighbours (padding changes the kernels' float rounding)
+            n_all = int(self.num_frames(torch.tensor([waves.shape[1]]))[0])
+            x = waves.new_zeros(waves.shape[0], n_all, self.hidden_size, dtype=enc.conv1.weight.dtype)
+            for j, length in enumerate(lengths.tolist()):
+                one = self._front(waves[j : j + 1, :length], lengths[j : j + 1], native)
+                x[j, : one.shape[1]] = one[0]
         else:
-            x = F.gelu(enc.conv1(mel))
-        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)  # (batch, frames, d_model)
+            x = self._front(waves, lengths, native)
         n = x.shape[1]
         if n > self.max_positions:
             raise ValueError(f"{self.name}: {n} frames exceed the {self.max_positions} positional embeddings")
@@ -145,6 +149,20 @@ class WhisperSpeechEncoder(Encoder):
         hidden = F.dropout(hidden, p=enc.dropout, training=self.training)
         states = self._run_blocks(hidden, frame_mask, 0, unpadded=unpadded)
         return EncoderOutput(hidden_states=tuple(states), frame_mask=frame_mask, frame_rate=self.frame_rate)
+
+    def _front(self, waves: torch.Tensor, lengths: torch.Tensor, native: bool) -> torch.Tensor:
+        """Log-mel and the two convolutions: ``(batch, samples)`` -> ``(batch, frames, d_model)`` at 50 Hz."""
+        enc = self.encoder
+        mel, mel_lengths = self.logmel(waves, lengths)  # (batch, n_mels, T)
+        mel = mel.to(enc.conv1.weight.dtype)
+        if native:  # zero beyond the end, as the convs' own zero padding does for a single file
+            mel_mask = length_mask(mel_lengths, mel.shape[-1])[:, None, :]
+            mel = mel * mel_mask
+            x = F.gelu(enc.conv1(mel)) * mel_mask
+        else:
+            x = F.gelu(enc.conv1(mel))
+        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)  # (batch, frames, d_model)
+        return x
 
     def _run_blocks(self, hidden: torch.Tensor, frame_mask: torch.Tensor, start: int,
                     unpadded: bool = False) -> list[torch.Tensor]:
@@ -212,8 +230,9 @@ FFN_CHUNK_ROWS = 512
 def _inference_attention(attn: nn.Module, hidden: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
     """``WhisperAttention`` (self-attention, no cache) with one fused q/k/v projection and no layout copies.
 
-    ``hidden`` ``(batch, frames, d_model)``; ``attn_mask`` boolean ``(batch, 1, 1, frames)`` (True = attend) or
-    None. Same arithmetic as ``transformers``: queries scaled after their projection, softmax scale 1.
+    ``hidden`` ``(batch, frames, d_model)``; ``attn_mask`` ``(batch, 1, 1, frames)``, boolean (True = attend) or
+    additive (0 = attend), or None; frames past an item's length must be masked (right padding). Same arithmetic as
+    ``transformers``: queries scaled after their projection, softmax scale 1.
     """
     batch, frames, dim = hidden.shape
     heads = attn.num_heads
@@ -223,9 +242,18 @@ def _inference_attention(attn: nn.Module, hidden: torch.Tensor, attn_mask: torch
     qkv = F.linear(hidden, weight, bias).view(batch, frames, 3, heads, dim // heads)
     q = (qkv[:, :, 0] * attn.scaling).transpose(1, 2)  # (batch, heads, frames, head_dim)
     k, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
-    if attn_mask is not None and attn_mask.dtype != torch.bool:
-        attn_mask = attn_mask.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
+    if attn_mask is None:
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    else:
+        # each item attends over its own frames only, at its own length: a padded key axis (even fully masked)
+        # changes the kernel's float rounding, so a clip's features would depend on its batch's longest clip;
+        # padded query rows get zeros (their frames are dropped by the frame mask)
+        keep = attn_mask if attn_mask.dtype == torch.bool else attn_mask == 0
+        lengths = keep.reshape(batch, frames).sum(dim=1).tolist()
+        out = q.new_zeros(q.shape)
+        for j, n in enumerate(lengths):
+            out[j, :, :n] = F.scaled_dot_product_attention(q[j : j + 1, :, :n], k[j : j + 1, :, :n],
+                                                           v[j : j + 1, :, :n], scale=1.0)[0]
     return attn.out_proj(out.transpose(1, 2).reshape(batch, frames, dim))
 
 
