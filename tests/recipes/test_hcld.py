@@ -3,12 +3,10 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 
-from serkit.models.registry import ModelSpec, build_model
+from serkit.models.registry import ModelSpec
 from serkit.recipes.base import get_recipe
-from serkit.recipes.hcld import crop_pad_frames, pool_frames
 from serkit.recipes.hcld_ablation import VARIANT_TERMS, variant_config
 from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
 
@@ -30,32 +28,6 @@ def _batch(b=5, t=11):
         mask[i, : t - i] = True
     return {"features": torch.randn(b, 2, t, 6), "frame_mask": mask,
             "emotion": torch.tensor([0, 1, 2, 0, 1][:b]), "speaker": torch.tensor([0, 0, 1, 1, -1][:b])}
-
-
-@pytest.mark.parametrize("emo,spk", [("cnn", "cnn"), ("lstm", "transformer"), ("transformer", "cnn"),
-                                     ("cnn", "lstm"), ("lstm", "lstm")])
-def test_model_keys_and_shapes(emo, spk):
-    m = build_model(SPEC, "hcld", emotion_extractor=emo, speaker_extractor=spk, dim=7, extractor_opts=SMALL,
-                    max_frames=8)
-    out = m(_batch())
-    assert out["logits"].shape == (5, 3) and out["speaker_logits"].shape == (5, 4)
-    assert out["emotion_features"].shape == (5, 7) and out["speaker_features"].shape == (5, 7)
-    assert torch.equal(out["embedding"], out["emotion_features"])
-    none = build_model(SPEC, "hcld", emotion_extractor=emo, speaker_extractor="none", dim=7, extractor_opts=SMALL)
-    assert "speaker_features" not in none(_batch()) and "speaker_logits" not in none(_batch())
-
-
-def test_crop_pad_and_pool():
-    x, mask = torch.randn(3, 10, 2), torch.zeros(3, 10, dtype=torch.bool)
-    mask[0], mask[1, :4], mask[2, :7] = True, True, True
-    y, m = crop_pad_frames(x, mask, 6)
-    assert y.shape == (3, 6, 2) and m.sum(1).tolist() == [6, 4, 6]
-    assert torch.equal(y[0], x[0, 2:8]) and torch.equal(y[1, :4], x[1, :4])  # centre crop; short rows untouched
-    y, m = crop_pad_frames(x, mask, 12, pad="zeros")
-    assert y.shape == (3, 12, 2) and bool(m.all()) and float(y[1, 4:].abs().sum()) == 0.0
-    p, pm = pool_frames(x[:, None], mask, 4)
-    assert p.shape == (3, 1, 3, 2) and pm.sum(1).tolist() == [3, 1, 2]
-    assert torch.allclose(p[2, 0, 1], x[2, 4:7].mean(0))  # padded frames excluded from the average
 
 
 def test_sampler_batches_contain_pairs_and_objective_terms(tiny_corpus):  # noqa: F811

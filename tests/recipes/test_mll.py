@@ -4,15 +4,12 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from serkit.augment.variants import build_mixup, fold_test_groups, plan_variants, soft_labels, valid_variants
 from serkit.data.labels import LabelMap
-from serkit.models.registry import ModelSpec
 from serkit.protocols import make_folds
 from serkit.recipes.base import get_recipe
-from serkit.recipes.mll import MLLModel
 from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
 
 MLL_OBJECTIVE = [
@@ -21,23 +18,6 @@ MLL_OBJECTIVE = [
     {"name": "center", "dim": 8, "lr": 0.005, "weight": 0.01},
     {"name": "frame_supcon", "max_frames": 256, "weight": 0.1},
 ]
-
-
-def _spec(classes=3):
-    return ModelSpec(task="classification", num_outputs=classes, num_layers=2, hidden_size=12,
-                     class_names=[f"c{i}" for i in range(classes)])
-
-
-@pytest.mark.parametrize("pooling", ["mean", "max", "flam"])
-def test_model_shapes_and_keys(pooling):
-    m = MLLModel(_spec(), proj_dim=16, pooling=pooling, num_heads=4, embed_dim=8, frame_embed_dim=6)
-    mask = torch.ones(3, 7, dtype=torch.bool)
-    mask[1, 4:] = False
-    out = m({"features": torch.randn(3, 2, 7, 12), "frame_mask": mask})
-    assert out["logits"].shape == (3, 3) and out["embedding"].shape == (3, 16)
-    assert out["projection"].shape == (3, 8) and out["frame_projection"].shape == (3, 7, 6)
-    assert out["frame_mask"].shape == (3, 7) and out["frames"].shape == (3, 7, 16)
-    assert torch.isfinite(out["logits"]).all()
 
 
 def _toy_manifest(speakers=8, per=4):
@@ -151,39 +131,16 @@ def test_tiny_end_to_end_on_the_fly(tiny_corpus, tmp_path):  # noqa: F811
     assert len(res["folds"]) == 1
 
 
-def test_soft_label_train_set_per_epoch():
-    from serkit.recipes.mll import SoftLabelTrainSet
-
-    class Items:
-        def __init__(self, n, emo):
-            self.n, self.emo, self.enc, self.rows, self.ids = n, emo, {}, None, [str(i) for i in range(n)]
-
-        def __len__(self):
-            return self.n
-
-        def __getitem__(self, i):
-            return {"index": i, "emotion": self.emo[i], "tag": i}
-
-    base = Items(3, [0, 1, 2])
-    var = Items(4, [0, 0, 1, 1])
-    soft = np.array([[0.7, 0.3, 0], [0.9, 0, 0.1], [0, 0.8, 0.2], [0.4, 0.6, 0]], dtype=np.float32)
-    ds = SoftLabelTrainSet(base, var, soft, 3, parents=["a", "a", "b", "b"], per_epoch=1)
-    assert len(ds) == 5
-    assert ds[0]["emotion_soft"].tolist() == [1, 0, 0]
-    seen = set()
-    for e in range(8):
-        ds.set_epoch(e)
-        tags = [ds[i]["tag"] for i in (3, 4)]
-        assert tags[0] in (0, 1) and tags[1] in (2, 3)
-        seen.update(tags)
-        assert np.allclose(ds[3]["emotion_soft"], soft[tags[0]])
-    assert seen == {0, 1, 2, 3}
-    assert len(SoftLabelTrainSet(base, var, soft, 3)) == 7
-
-
 def test_ablation_rows_and_table(tiny_corpus, tmp_path):  # noqa: F811
     from serkit.config import load_config
-    from serkit.recipes.mll_ablation import DEFAULT_ROWS, collect, markdown, parse_row, row_overrides
+    from serkit.recipes.mll_ablation import (
+        DEFAULT_ROWS,
+        STEP_ROWS,
+        collect,
+        markdown,
+        parse_row,
+        row_overrides,
+    )
 
     base = load_config(tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants"},
                                    model={"name": "mll"}, objective=MLL_OBJECTIVE))
@@ -194,6 +151,10 @@ def test_ablation_rows_and_table(tiny_corpus, tmp_path):  # noqa: F811
     assert [t["name"] for t in cfg["objective"]] == ["kl", "center", "frame_supcon"]
     assert cfg["objective"][1]["weight"] == 0.01
     assert parse_row("eam-flam-all") == ("eam", "flam", "all")
+    assert STEP_ROWS[0] == parse_row("none-mean-k") and STEP_ROWS[-1] == ("eam", "flam", "all")
+    off = load_config(tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants"},
+                                  model={"name": "mll"}, objective=MLL_OBJECTIVE), row_overrides(base, *STEP_ROWS[0]))
+    assert off["augment"]["name"] == "none" and [t["name"] for t in off["objective"]] == ["kl"]
     (tmp_path / "eam-flam-all").mkdir()
     (tmp_path / "eam-flam-all" / "results.json").write_text(json.dumps(
         {"folds": [{"fold": 0}, {"fold": 1}], "mean": {"wa": 0.5, "ua": 0.4}, "std": {"wa": 0.1, "ua": 0.05},

@@ -109,3 +109,25 @@ def embed_label_texts(labels: list[str], model: str = "roberta-base", cache_dir:
     if use_cache:
         _atomic_save({"model": key, "labels": labels, "embeddings": emb}, path)
     return emb
+
+
+_TEXT_CACHE: dict[tuple, torch.Tensor] = {}  # per process
+
+
+def label_text_embeddings(classes: list[str], text_model: str = "roberta-base", cache_dir=None) -> torch.Tensor:
+    """``(C, text_dim)`` embeddings of the class names, computed once per process (and cached on disk)."""
+    key = (tuple(classes), text_model, str(cache_dir))
+    if key not in _TEXT_CACHE:
+        # offline, a UserWarning says that the packaged all-MiniLM-L6-v2 replaces the requested model
+        _TEXT_CACHE[key] = embed_label_texts(list(classes), model=text_model, cache_dir=cache_dir)
+    return _TEXT_CACHE[key]
+
+
+def label_words(classes: list[str], mapping: dict | None = None) -> list[str]:
+    """Text for each class: ``mapping`` (``recipe_options.label_text``) or the class name with short codes spelled
+    out (``hap`` -> ``happy``, ...)."""
+    spelled = {"hap": "happy", "ang": "angry", "sad": "sad", "neu": "neutral", "exc": "excited",
+               "fru": "frustrated", "sur": "surprised", "fea": "fearful", "dis": "disgusted", "cal": "calm",
+               "bor": "bored"}
+    mapping = mapping or {}
+    return [str(mapping.get(c, spelled.get(c, c))) for c in classes]

@@ -50,8 +50,11 @@ def available_models() -> list[str]:
 
 
 def _import_all():
+    """Import every module of :mod:`serkit.models`, so that each registers its models (no recipe is imported)."""
     import importlib
+    import pkgutil
 
-    for mod in ("baseline",):
-        importlib.import_module(f"serkit.models.{mod}")
-    import serkit.recipes  # noqa: F401  (recipes register their models)
+    import serkit.models as pkg
+
+    for m in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"serkit.models.{m.name}")

@@ -12,10 +12,8 @@ Attention", Interspeech 2025 (``/work/shared/papers/mll-eam-flam-interspeech2025
       soft labels. Partners come from the parent's test group and variants whose partner is not a training item
       of the fold (validation speakers) are left out, so no test or validation audio is ever trained on.
     - ``mode: auto`` (default): ``on_the_fly`` with ``features.source: waveform``, else ``variants``.
-* Model ``mll``: featurizer over the encoder layers -> optional frame projection -> pooling (``mean`` | ``max`` |
-  ``flam``: ``F' = F + MSA(F)`` with 16 heads, then attention pooling) -> classifier; plus a 64-d projection ``z``
-  of the pooled ``f`` (``out["projection"]``, center loss) and 64-d projected frames of ``F'``
-  (``out["frame_projection"]``, frame-level SupCon with context broadcasting).
+* Model ``mll``: :mod:`serkit.models.mll`; the training set of real utterances + variants:
+  :class:`serkit.data.soft_labels.SoftLabelTrainSet`.
 * Objective (config ``objective:``): ``kl`` + ``focal`` + ``center`` (its own lr, 5e-3) + ``frame_supcon`` on the
   soft labels, weights chosen so that each weighted term lies in [0, 1].
 """
@@ -27,82 +25,14 @@ import logging
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from serkit.data.features import FeatureDataset
-from serkit.encoders.featurizer import Featurizer
+from serkit.data.soft_labels import SoftLabelTrainSet
 from serkit.errors import ConfigError
-from serkit.models.heads import ClassificationHead
-from serkit.models.registry import ModelSpec, register_model
+from serkit.models.registry import ModelSpec
 from serkit.recipes.base import Recipe, register_recipe
 
 log = logging.getLogger("serkit")
-
-POOLINGS = ("mean", "max", "flam")
-
-
-# ------------------------------------------------------------------------------------------------------ model
-@register_model("mll")
-class MLLModel(nn.Module):
-    """Options (config ``model:``): ``layers`` (featurizer spec, default ``weighted``), ``normalize``,
-    ``proj_dim`` (frame projection width D, 256; 0 = none), ``pooling`` (``mean`` | ``max`` | ``flam``),
-    ``num_heads`` (FLAM heads, 16), ``attn_dropout``, ``embed_dim`` (64, the z of the center loss),
-    ``frame_embed_dim`` (64, frames for SupCon), ``hidden`` (classifier MLP sizes), ``dropout``.
-
-    Output: ``logits`` (B, C), ``embedding`` f (B, D), ``projection`` z (B, 64), ``frames`` F' (B, T, D),
-    ``frame_projection`` (B, T, 64), ``frame_mask`` (B, T).
-    """
-
-    def __init__(self, spec: ModelSpec, layers="weighted", normalize: bool = True, proj_dim: int = 256,
-                 pooling: str = "flam", num_heads: int = 16, attn_dropout: float = 0.0, embed_dim: int = 64,
-                 frame_embed_dim: int = 64, hidden: list[int] | None = None, dropout: float = 0.1):
-        super().__init__()
-        if spec.task != "classification":
-            raise ConfigError("model mll is a classification model (task: classification)")
-        if pooling not in POOLINGS:
-            raise ConfigError(f"model.pooling={pooling!r}: mll supports {POOLINGS}")
-        self.featurizer = Featurizer(spec.num_layers, spec.hidden_size, layers, normalize=normalize)
-        d = self.featurizer.output_size
-        if proj_dim:
-            self.frame_proj = nn.Sequential(nn.Linear(d, proj_dim), nn.ReLU(), nn.Dropout(dropout))
-            d = proj_dim
-        else:
-            self.frame_proj = nn.Identity()
-        self.pooling_name = pooling
-        if pooling == "flam":
-            from serkit.models.flam import FLAM
-
-            self.pool = FLAM(d, num_heads=num_heads, dropout=attn_dropout)
-        else:
-            from serkit.models.pooling import build_pooling
-
-            self.pool = build_pooling(pooling, d)
-        self.dim = d
-        self.projection = nn.Linear(d, embed_dim)
-        self.frame_projection = nn.Linear(d, frame_embed_dim)
-        self.dropout = nn.Dropout(dropout)
-        self.head = ClassificationHead(d, spec.num_outputs, hidden, dropout)
-
-    def forward(self, batch: dict) -> dict:
-        frames = self.frame_proj(self.featurizer(batch["features"]))
-        mask = batch.get("frame_mask")
-        if mask is None:
-            mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
-        out = {}
-        if self.pooling_name == "flam":
-            res = self.pool(frames, mask, return_all=True)
-            pooled, refined = res.pooled, res.frames  # (attention weights not exported: (B, T) varies by batch)
-        else:
-            pooled, refined = self.pool(frames, mask), frames
-        out.update({
-            "embedding": pooled,
-            "frames": refined,
-            "frame_mask": mask,
-            "projection": self.projection(pooled),
-            "frame_projection": self.frame_projection(refined),
-            "logits": self.head(self.dropout(pooled)),
-        })
-        return out
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -143,68 +73,6 @@ class StridedFeatureDataset(FeatureDataset):
 
 #: processed (strided / normalised) frames shared by every fold and ablation row of a process
 _PROCESSED: dict = {}
-
-
-class SoftLabelTrainSet(Dataset):
-    """A fold's training items (one-hot ``emotion_soft``) followed by pre-mixed variants (their soft labels).
-
-    ``base`` and ``variants`` are feature datasets; ``soft`` is ``(len(variants), classes)``; ``parents`` (the
-    parent id of each variant) with ``per_epoch=m`` serves, per epoch, ``m`` variants of each parent (drawn from
-    ``(seed, epoch, parent)``) instead of all of them, so an epoch has ``len(base) + m * parents`` items.
-    ``enc`` / ``rows`` are the base set's (class weights etc. come from real utterances).
-    """
-
-    def __init__(self, base, variants, soft: np.ndarray, num_classes: int, parents=None, per_epoch: int | None = None,
-                 seed: int = 0):
-        self.base, self.variants = base, variants
-        self.soft = np.asarray(soft, dtype=np.float32)
-        if len(self.soft) != len(variants):
-            raise ValueError(f"{len(variants)} variants but {len(self.soft)} soft labels")
-        self.num_classes, self.seed, self.epoch = num_classes, int(seed), 0
-        self.enc, self.rows, self.ids = base.enc, base.rows, list(base.ids)
-        self.n_base = len(base)
-        self.per_epoch = int(per_epoch) if per_epoch else None
-        if self.per_epoch:
-            if parents is None:
-                raise ValueError("per_epoch needs the parents of the variants")
-            groups: dict[str, list[int]] = {}
-            for j, p in enumerate(parents):
-                groups.setdefault(str(p), []).append(j)
-            self.groups = [groups[p] for p in sorted(groups)]
-            self.n_extra = self.per_epoch * len(self.groups)
-        else:
-            self.n_extra = len(variants)
-
-    def __len__(self) -> int:
-        return self.n_base + self.n_extra
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        for d in (self.base, self.variants):
-            if hasattr(d, "set_epoch"):
-                d.set_epoch(epoch)
-
-    def variant_index(self, k: int) -> int:
-        if not self.per_epoch:
-            return k
-        g, r = divmod(k, self.per_epoch)
-        members = self.groups[g]
-        rng = np.random.default_rng((self.seed, self.epoch, g))
-        order = rng.permutation(len(members))
-        return members[order[r % len(members)]]
-
-    def __getitem__(self, i: int) -> dict:
-        if i < self.n_base:
-            item = dict(self.base[i])
-            soft = np.zeros(self.num_classes, dtype=np.float32)
-            soft[int(item["emotion"])] = 1.0
-        else:
-            j = self.variant_index(i - self.n_base)
-            item = dict(self.variants[j])
-            soft = self.soft[j]
-        item["index"] = i
-        item["emotion_soft"] = soft
-        return item
 
 
 # ------------------------------------------------------------------------------------------------------ helpers

@@ -7,8 +7,8 @@ augmentation mode (``variants`` = K pre-mixed variants in the feature cache; ``o
 written next to every number. ``--tsne`` adds t-SNE plots of test-utterance embeddings before (pooled encoder
 features) and after (the model's embedding ``f``) for chosen rows, like the paper's Figure 2.
 
-    python -m serkit.recipes.mll_ablation configs/ravdess/mll.yaml --out /work/runs/mll-ablation \
-        [--rows none-flam-kc,eam-flam-all] [--set train.epochs=20] [--tsne eam-flam-all]
+    serkit ablate-mll configs/ravdess/mll.yaml --out /work/runs/mll-ablation \
+        [--rows none-flam-kc,eam-flam-all | --rows steps] [--set train.epochs=20] [--tsne eam-flam-all]
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from serkit.io import atomic_write_text
 
 #: loss sets: short name -> objective term names (weights and options come from the base config)
 LOSS_SETS = {
+    "k": ("kl",),  # KL on one-hot labels = cross-entropy: the "method off" loss
     "kc": ("kl", "center"),
     "kcf": ("kl", "center", "focal"),
     "kcs": ("kl", "center", "frame_supcon"),
     "all": ("kl", "focal", "center", "frame_supcon"),
 }
-LOSS_LABELS = {"kc": "KL+Center", "kcf": "KL+Center+Focal", "kcs": "KL+Center+SupCon",
+LOSS_LABELS = {"k": "KL", "kc": "KL+Center", "kcf": "KL+Center+Focal", "kcs": "KL+Center+SupCon",
                "all": "KL+Focal+Center+SupCon"}
 POOL_LABELS = {"mean": "MeanPool", "max": "MaxPool", "flam": "FLAM"}
 MIX_LABELS = {"none": "none", "lam": "LAM", "eam": "EAM"}
@@ -50,6 +51,18 @@ DEFAULT_ROWS = [
     ("none", "flam", "all"),
     ("lam", "mean", "kc"),
     ("lam", "max", "kc"),
+]
+
+
+#: the method off (no mixup, mean pooling, KL = CE only), then its parts added one at a time: EAM, FLAM, center
+#: loss, focal loss, frame-level SupCon (``--rows steps``)
+STEP_ROWS = [
+    ("none", "mean", "k"),
+    ("eam", "mean", "k"),
+    ("eam", "flam", "k"),
+    ("eam", "flam", "kc"),
+    ("eam", "flam", "kcf"),
+    ("eam", "flam", "all"),
 ]
 
 
@@ -189,7 +202,10 @@ def run_ablation(config: str, out: str | Path, overrides: list[str] | None = Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(config, overrides)
-    chosen = [parse_row(r) for r in rows] if rows else list(DEFAULT_ROWS)
+    if rows == ["steps"]:
+        chosen = list(STEP_ROWS)
+    else:
+        chosen = [parse_row(r) for r in rows] if rows else list(DEFAULT_ROWS)
     title = f"MLL ablation: {base['name']} ({base['encoder']['id']})"
     for mix, pool, losses in chosen:
         name = row_name(mix, pool, losses)
@@ -226,7 +242,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value (repeatable)")
     p.add_argument("--rows", default=None, help="comma-separated <mixup>-<pooling>-<losses> rows (default: all): "
-                   + ", ".join(row_name(*r) for r in DEFAULT_ROWS))
+                   + ", ".join(row_name(*r) for r in DEFAULT_ROWS) + "; or 'steps': the method off, then its parts "
+                   "one at a time: " + ", ".join(row_name(*r) for r in STEP_ROWS))
     p.add_argument("--tsne", default=None, help="comma-separated rows to draw t-SNE plots for")
     p.add_argument("--folds", default=None, help="comma-separated fold indices (default: all; say so when reporting)")
 

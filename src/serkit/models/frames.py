@@ -1,0 +1,66 @@
+"""Frame-level helpers for models on cached frames: masked average pooling over time, crop / pad to a length.
+
+Shapes: features ``(batch, layers, frames, dim)`` or ``(batch, frames, dim)``, masks ``(batch, frames)`` (True =
+real frame).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+PAD_MODES = ("mask", "zeros")
+
+
+def pool_frames(features: torch.Tensor, mask: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked average pooling over time by ``k``: ``features (B, L, T, D)`` (or ``(B, T, D)``), ``mask (B, T)``
+    -> ``(B, L, ceil(T/k), D)``, ``mask (B, ceil(T/k))`` (a pooled frame is real when any of its frames is)."""
+    squeeze = features.dim() == 3
+    x = features.unsqueeze(1) if squeeze else features
+    b, _, t, _ = x.shape
+    if mask is None:
+        mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
+    pad = (-t) % k
+    m = mask.to(x.dtype)
+    if pad:
+        x = F.pad(x, (0, 0, 0, pad))
+        m = F.pad(m, (0, pad))
+    tt = x.shape[2] // k
+    x = x * m[:, None, :, None]
+    xs = x.reshape(b, x.shape[1], tt, k, x.shape[-1]).sum(3)
+    ms = m.reshape(b, tt, k).sum(2)
+    xs = xs / ms.clamp_min(1.0)[:, None, :, None]
+    out_mask = ms > 0
+    return (xs.squeeze(1) if squeeze else xs), out_mask
+
+
+def crop_pad_frames(x: torch.Tensor, mask: torch.Tensor | None, max_frames: int | None, pad: str = "mask",
+                    train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop ``x (B, T, D)`` to at most ``max_frames`` real frames per row (random window when ``train``, else the
+    centre) and, with ``pad="zeros"``, pad every row to exactly ``max_frames`` zero frames marked real.
+    Returns ``(x (B, T', D), mask (B, T'))``; ``max_frames=None`` returns the input (mask filled in)."""
+    b, t, _ = x.shape
+    if mask is None:
+        mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
+    mask = mask.bool()
+    if not max_frames:
+        return x, mask
+    n = int(max_frames)
+    lengths = mask.sum(1)
+    if t > n:
+        over = (lengths - n).clamp_min(0)
+        if train:
+            starts = (torch.rand(b, device=x.device) * (over + 1).to(torch.float32)).floor().long()
+            starts = torch.minimum(starts, over)
+        else:
+            starts = over // 2
+        idx = (starts[:, None] + torch.arange(n, device=x.device)[None, :]).clamp_max(t - 1)
+        x = torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[-1]))
+        mask = torch.gather(mask, 1, idx) & (torch.arange(n, device=x.device)[None, :] < lengths[:, None])
+        t = n
+    if pad == "zeros":
+        x = x.masked_fill(~mask[:, :, None], 0.0)
+        if t < n:
+            x = F.pad(x, (0, 0, 0, n - t))
+        mask = torch.ones(b, n, dtype=torch.bool, device=x.device)
+    return x, mask

@@ -1,0 +1,100 @@
+"""HCLD's two-branch model (Li et al., ICASSP 2025): emotion and speaker extractors over shared frames.
+
+Model ``hcld`` (config ``model: {name: hcld, ...}``)::
+
+    cached encoder layers (batch, layers, T, D)
+      -> [frame_pool: masked average pooling over time, optional]
+      -> Featurizer (layer pick / learned weighted sum, optional per-layer LayerNorm)
+      -> [crop/pad to max_frames (paper: 7.5 s = 374/375 frames at 50 Hz), optional]
+      -> emotion extractor  -> X_e (batch, dim) -> linear emotion classifier   -> "logits"
+      -> speaker extractor  -> X_s (batch, dim) -> linear speaker classifier   -> "speaker_logits"
+         (cnn | lstm | transformer each, see serkit.models.extractors; the two may differ)
+
+Out keys: ``logits``, ``speaker_logits`` (training speakers, ``ModelSpec.num_speakers``),
+``emotion_features`` (X_e), ``speaker_features`` (X_s), ``embedding`` (= X_e), ``frame_mask``.
+``speaker_extractor: none`` drops the speaker branch (the "emotion only" baseline of Table II).
+
+Fixed length. The paper crops/pads the *waveform* to 7.5 s before HuBERT. The feature cache holds frames of the
+whole utterance (50 Hz), so the crop happens on frames: ``max_frames: 375`` crops longer utterances (a random
+window in training, the centre window in evaluation) and ``pad: mask`` (default) leaves shorter ones short with
+their padding masked out of every extractor (the output does not depend on padding), while ``pad: zeros`` pads
+every utterance to exactly ``max_frames`` zero frames that count as real (the paper's fixed-length input; padded
+frames of a cached encoder are zeros, not the encoder's response to silence). ``frame_pool: k`` averages k frames
+(masked) before everything else (50 Hz -> 50/k Hz); ``max_frames`` counts frames after pooling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from serkit.encoders.featurizer import Featurizer
+from serkit.errors import ConfigError
+from serkit.models.extractors import build_extractor
+from serkit.models.frames import PAD_MODES, crop_pad_frames, pool_frames
+from serkit.models.registry import ModelSpec, register_model
+
+
+@register_model("hcld")
+class HCLDModel(nn.Module):
+    """HCLD two-branch model; see the module docstring. Options (config ``model:``):
+
+    ``emotion_extractor`` (cnn | lstm | transformer, default cnn), ``speaker_extractor`` (same choices, default:
+    the emotion one; ``none`` = no speaker branch), ``dim`` (size of X_e and X_s, default 256), ``layers``
+    (featurizer spec, default ``weighted``), ``normalize`` (LayerNorm each layer, default true), ``extractor_opts``
+    (``{arch: {option: value}}`` applied to any branch of that architecture, e.g. ``{cnn: {channels: [128]}}``),
+    ``emotion_opts`` / ``speaker_opts`` (per-branch options, applied last), ``dropout`` (before the classifiers),
+    ``max_frames`` (crop, e.g. 375 = 7.5 s at 50 Hz), ``pad`` (mask | zeros), ``frame_pool`` (time pooling
+    factor, default 1).
+    """
+
+    def __init__(self, spec: ModelSpec, emotion_extractor: str = "cnn", speaker_extractor: str | None = None,
+                 dim: int = 256, layers="weighted", normalize: bool = True, extractor_opts: dict | None = None,
+                 emotion_opts: dict | None = None, speaker_opts: dict | None = None, dropout: float = 0.1,
+                 max_frames: int | None = None, pad: str = "mask", frame_pool: int = 1):
+        super().__init__()
+        if spec.task != "classification":
+            raise ConfigError("model hcld: classification only (emotion classes + speaker classes)")
+        if pad not in PAD_MODES:
+            raise ConfigError(f"model hcld: pad must be one of {PAD_MODES}, got {pad!r}")
+        if int(frame_pool) < 1:
+            raise ConfigError(f"model hcld: frame_pool must be >= 1, got {frame_pool}")
+        speaker_extractor = emotion_extractor if speaker_extractor is None else speaker_extractor
+        self.featurizer = Featurizer(spec.num_layers, spec.hidden_size, layers, normalize=normalize)
+        d_in = self.featurizer.output_size
+        self.max_frames, self.pad, self.frame_pool = max_frames, pad, int(frame_pool)
+        per_arch = dict(extractor_opts or {})
+
+        def opts(arch: str, own: dict | None) -> dict:
+            return {**dict(per_arch.get(arch, {})), **dict(own or {})}
+
+        self.emotion_arch, self.speaker_arch = emotion_extractor, speaker_extractor
+        self.emotion_extractor = build_extractor(emotion_extractor, d_in, dim, **opts(emotion_extractor, emotion_opts))
+        self.drop = nn.Dropout(dropout)
+        self.emotion_classifier = nn.Linear(dim, spec.num_outputs)
+        self.speaker_extractor = self.speaker_classifier = None
+        if speaker_extractor not in (None, "none", False):
+            self.speaker_extractor = build_extractor(speaker_extractor, d_in, dim,
+                                                     **opts(speaker_extractor, speaker_opts))
+            if spec.num_speakers:
+                self.speaker_classifier = nn.Linear(dim, spec.num_speakers)
+
+    def frames(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder layers -> (pooled) featurized, cropped/padded frames ``(B, T', d)`` and mask ``(B, T')``."""
+        feats, mask = batch["features"], batch.get("frame_mask")
+        if self.frame_pool > 1:
+            feats, mask = pool_frames(feats, mask, self.frame_pool)
+        x = self.featurizer(feats)
+        return crop_pad_frames(x, mask, self.max_frames, self.pad, train=self.training)
+
+    def forward(self, batch: dict) -> dict:
+        x, mask = self.frames(batch)
+        xe = self.emotion_extractor(x, mask)
+        out = {"emotion_features": xe, "embedding": xe, "logits": self.emotion_classifier(self.drop(xe)),
+               "frame_mask": mask}
+        if self.speaker_extractor is not None:
+            xs = self.speaker_extractor(x, mask)
+            out["speaker_features"] = xs
+            if self.speaker_classifier is not None:
+                out["speaker_logits"] = self.speaker_classifier(self.drop(xs))
+        return out

@@ -1,0 +1,32 @@
+"""Model hcld: two branches, output keys and shapes for each extractor pair, the emotion-only variant."""
+
+import pytest
+import torch
+
+from serkit.models.registry import ModelSpec, build_model
+
+SMALL = {"cnn": {"channels": [8]}, "lstm": {"hidden_size": 4, "num_layers": 1},
+         "transformer": {"d_model": 8, "num_heads": 2, "num_layers": 1, "ff_dim": 16}}
+SPEC = ModelSpec(task="classification", num_outputs=3, num_layers=2, hidden_size=6, num_speakers=4,
+                 class_names=["a", "b", "c"])
+
+
+def _batch(b=5, t=11):
+    mask = torch.zeros(b, t, dtype=torch.bool)
+    for i in range(b):
+        mask[i, : t - i] = True
+    return {"features": torch.randn(b, 2, t, 6), "frame_mask": mask,
+            "emotion": torch.tensor([0, 1, 2, 0, 1][:b]), "speaker": torch.tensor([0, 0, 1, 1, -1][:b])}
+
+
+@pytest.mark.parametrize("emo,spk", [("cnn", "cnn"), ("lstm", "transformer"), ("transformer", "cnn"),
+                                     ("cnn", "lstm"), ("lstm", "lstm")])
+def test_model_keys_and_shapes(emo, spk):
+    m = build_model(SPEC, "hcld", emotion_extractor=emo, speaker_extractor=spk, dim=7, extractor_opts=SMALL,
+                    max_frames=8)
+    out = m(_batch())
+    assert out["logits"].shape == (5, 3) and out["speaker_logits"].shape == (5, 4)
+    assert out["emotion_features"].shape == (5, 7) and out["speaker_features"].shape == (5, 7)
+    assert torch.equal(out["embedding"], out["emotion_features"])
+    none = build_model(SPEC, "hcld", emotion_extractor=emo, speaker_extractor="none", dim=7, extractor_opts=SMALL)
+    assert "speaker_features" not in none(_batch()) and "speaker_logits" not in none(_batch())
