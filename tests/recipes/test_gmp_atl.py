@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from serkit.errors import ConfigError
 from serkit.models.staged_encoder import StagedEncoder
 from serkit.recipes.gmp_atl import GMPStageModel, gmp_options
 from tests.encoders.tiny import FAMILIES, tiny_encoder
@@ -212,7 +213,7 @@ def test_ablation_merge_combines_fold_parts(tmp_path):
     assert abs(df["ua_mean"].iloc[0] - 60.0) < 1e-9 and abs(df["seconds"].iloc[0] - 15.0) < 1e-9
     assert (tmp_path / "t.md").exists()
     put("full-folds4_5", 2, 0.9, 0.9)  # disagreeing duplicate
-    with pytest.raises(SystemExit, match="fold 2"):
+    with pytest.raises(ConfigError, match="fold 2"):
         merge_parts("configs/ravdess/gmp-atl.yaml", tmp_path, rows=["full"], table="t")
 
 

@@ -283,12 +283,12 @@ class GMPATLRecipe(Recipe):
 
     def _fit(self, cfg_s: dict, model: nn.Module, terms: list[dict], labels: LabelMap, train_ds, val_ds,
              stage_dir: Path, seed: int, keep_last: bool = False):
+        import lightning as L
+
         from serkit.data.samplers import SeededShuffleSampler
         from serkit.io import load_tensors
         from serkit.train.fit import _quiet_lightning, fit_resumable, make_trainer
         from serkit.train.module import SERModule
-
-        import lightning as L
 
         _quiet_lightning()
         L.seed_everything(seed, workers=True, verbose=False)

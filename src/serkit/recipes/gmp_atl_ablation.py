@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from serkit.config import load_config
+from serkit.errors import ConfigError
 from serkit.io import atomic_write_text
 from serkit.recipes.ablation import percent_mean_std, split_list
 
@@ -58,7 +59,7 @@ def row_config(base: dict, row: str, stage_root: str) -> dict:
     elif row in ("full", "ce") or row.startswith("layer:"):
         ro["stages"] = [1, 2, 3]
     else:
-        raise SystemExit(f"unknown row {row!r}; choose from {', '.join(ROWS)} or layer:L")
+        raise ConfigError(f"unknown row {row!r}; choose from {', '.join(ROWS)} or layer:L")
     ro["stage3"]["loss"] = "cross_entropy" if row in ("ce", "no_gmp_ce") else "am_softmax"
     if row.startswith("layer:"):
         ro["cluster"]["layer"] = int(row.split(":", 1)[1])
@@ -142,7 +143,7 @@ def merge_parts(config, out_dir, rows=DEFAULT_ROWS, layers=(), overrides=None, t
                 r = json.loads(rf.read_text())
                 k = int(r["fold"])
                 if k in per_fold and per_fold[k]["metrics"] != r["metrics"]:
-                    raise SystemExit(f"merge: fold {k} of row {row} differs between parts ({rf})")
+                    raise ConfigError(f"merge: fold {k} of row {row} differs between parts ({rf})")
                 per_fold[k] = r
         if not per_fold:
             log(f"merge: no folds for row {row}; skipped")

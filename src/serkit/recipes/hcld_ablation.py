@@ -35,6 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from serkit.config import load_config
+from serkit.errors import ConfigError
 from serkit.io import atomic_write_text
 from serkit.recipes.ablation import percent_mean_std, split_list
 
@@ -64,9 +65,9 @@ METRICS = [("wa", "emotion WA"), ("ua", "emotion UA"), ("speaker_eer", "speaker 
 def variant_config(base: dict, extractor: str, variant: str) -> dict:
     """The ``base`` config (validated) turned into one Table II row."""
     if variant not in VARIANT_TERMS:
-        raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     if extractor not in EXTRACTORS:
-        raise SystemExit(f"unknown extractor {extractor!r}; choose from {', '.join(EXTRACTORS)}")
+        raise ConfigError(f"unknown extractor {extractor!r}; choose from {', '.join(EXTRACTORS)}")
     cfg = copy.deepcopy(base)
     cfg["recipe"] = "hcld"
     cfg["name"] = f"{base['name']}-{extractor}-{variant}"

@@ -424,7 +424,7 @@ def run_mvse(config, out_dir: str | Path, overrides: list[str] | None = None, fo
     from serkit.config import dump, load_config
     from serkit.io import atomic_write_json, atomic_write_text
     from serkit.protocols import describe, load_folds, make_folds, save_folds
-    from serkit.train.cv import experiment_protocol, load_experiment_manifest
+    from serkit.train.cv import experiment_protocol, has_fold_output, load_experiment_manifest, same_config
 
     cfg = load_config(config, overrides)
     if cfg["recipe"] != "if_mvse":
@@ -434,9 +434,10 @@ def run_mvse(config, out_dir: str | Path, overrides: list[str] | None = None, fo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.yaml"
-    if cfg_path.exists() and cfg_path.read_text() != dump(cfg):
-        raise SystemExit(f"{cfg_path} holds a different config; use a new --out folder (or delete it)")
-    atomic_write_text(cfg_path, dump(cfg))
+    started = has_fold_output(out)  # a run that failed before any fold wrote a file leaves nothing binding
+    if started and cfg_path.exists() and not same_config(cfg_path.read_text(), cfg):
+        raise ConfigError(f"{cfg_path} holds a different config and its folds have results; use a new --out "
+                          f"folder (or delete it)")
     manifest = load_experiment_manifest(cfg)
     manifest, views = load_views(cfg, manifest, out, log)
     sets = score_sets(cfg, list(views))
@@ -444,9 +445,11 @@ def run_mvse(config, out_dir: str | Path, overrides: list[str] | None = None, fo
     protocol = experiment_protocol(cfg, manifest)
     folds = make_folds(manifest, protocol, seed=int(cfg["train"]["seed"]))
     folds_path = out / "folds.json"
-    if folds_path.exists() and [f.to_dict() for f in load_folds(folds_path)] != [f.to_dict() for f in folds]:
-        raise SystemExit(f"{folds_path} differs from the folds this config builds now; refusing to mix them")
+    if started and folds_path.exists() and \
+            [f.to_dict() for f in load_folds(folds_path)] != [f.to_dict() for f in folds]:
+        raise ConfigError(f"{folds_path} differs from the folds this config builds now; refusing to mix them")
     save_folds(folds, folds_path)
+    atomic_write_text(cfg_path, dump(cfg))
     log(f"{cfg['name']}: {len(manifest)} utterances, protocol {protocol}, {len(folds)} fold(s), "
         f"score sets {[(s['name'], s['views']) for s in sets]}")
     log(describe(folds, manifest).to_string(index=False))

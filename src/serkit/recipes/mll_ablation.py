@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from serkit.errors import ConfigError
 from serkit.io import atomic_write_text
 
 #: loss sets: short name -> objective term names (weights and options come from the base config)
@@ -73,7 +74,7 @@ def row_name(mix: str, pool: str, losses: str) -> str:
 def parse_row(name: str) -> tuple[str, str, str]:
     parts = name.split("-")
     if len(parts) != 3 or parts[0] not in MIX_LABELS or parts[1] not in POOL_LABELS or parts[2] not in LOSS_SETS:
-        raise SystemExit(f"--rows: {name!r} is not <{'|'.join(MIX_LABELS)}>-<{'|'.join(POOL_LABELS)}>-"
+        raise ConfigError(f"--rows: {name!r} is not <{'|'.join(MIX_LABELS)}>-<{'|'.join(POOL_LABELS)}>-"
                          f"<{'|'.join(LOSS_SETS)}>")
     return parts[0], parts[1], parts[2]
 
@@ -84,7 +85,7 @@ def row_overrides(base_cfg: dict, mix: str, pool: str, losses: str) -> list[str]
     wanted = LOSS_SETS[losses]
     missing = [n for n in wanted if n not in terms]
     if missing:
-        raise SystemExit(f"the base config's objective lacks {missing}; it needs terms {LOSS_SETS['all']}")
+        raise ConfigError(f"the base config's objective lacks {missing}; it needs terms {LOSS_SETS['all']}")
     objective = [terms[n] for n in wanted]
     return [f"augment.name={mix}", f"model.pooling={pool}", "objective=" + json.dumps(objective)]
 
@@ -161,7 +162,7 @@ def tsne_plot(run_dir: str | Path, out_png: str | Path, fold: int | None = 0, se
     if fold is not None:
         folds = [f for f in folds if f == fold]
     if not folds:
-        raise SystemExit(f"{run_dir}: no fold with test_embeddings.npy")
+        raise ConfigError(f"{run_dir}: no fold with test_embeddings.npy")
     pred = pd.concat([pd.read_csv(run_dir / f"fold{f}" / "predictions.csv", dtype={"id": str}) for f in folds])
     after = np.concatenate([np.load(run_dir / f"fold{f}" / "test_embeddings.npy") for f in folds])
     from serkit.cache import FeatureStore
