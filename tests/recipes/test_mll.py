@@ -185,5 +185,7 @@ def test_tiny_bf16_training_records_its_precision(tiny_corpus, tmp_path):  # noq
     # a finished fold that ran in another precision (e.g. auto resolved elsewhere) is not mixed with new folds
     path = tmp_path / "run" / "fold0" / "result.json"
     path.write_text(json.dumps({**fold, "precision": {"features": "fp32", "train": "32-true"}}))
-    with pytest.raises(SystemExit, match="precision"):
+    from serkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="precision"):
         run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
