@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from serkit.augment.variants import build_mixup, fold_test_groups, plan_variants, soft_labels, valid_variants
