@@ -535,13 +535,20 @@ class Recognizer:
                   for s, e in pieces]
         stats = self._enrolment(enroll)
         keep = same_speaker and stats is None and "speaker" in self.heads
-        self._encode_inputs(inputs, keep_own=keep)
-        speech = sum(x.duration for x in inputs if x.error is None)
-        if keep and speech >= MIN_ENROLL_SECONDS:
-            stats = _combine([o for x in inputs if x.error is None for o in x.own if o is not None])
-        head = self._head_for(stats)
-        scored = [(p, sc[1]) for p, sc in zip(pieces, self._scores(inputs, stats, head), strict=True)
-                  if sc is not None]
+        if keep:  # the recording enrols its speaker: every piece's features wait for the statistics
+            self._encode_inputs(inputs, keep_own=True)
+            speech = sum(x.duration for x in inputs if x.error is None)
+            if speech >= MIN_ENROLL_SECONDS:
+                stats = _combine([o for x in inputs if x.error is None for o in x.own if o is not None])
+            head = self._head_for(stats)
+            per_piece = self._scores(inputs, stats, head)
+        else:  # the head is known: pieces are encoded and scored a batch at a time (bounded memory)
+            head, per_piece, step = self._head_for(stats), [], max(self.batch_size, 8)
+            for i in range(0, len(inputs), step):
+                self._encode_inputs(inputs[i:i + step], keep_own=False)
+                per_piece += self._scores(inputs[i:i + step], stats, head)
+            speech = sum(x.duration for x in inputs if x.error is None)
+        scored = [(p, sc[1]) for p, sc in zip(pieces, per_piece, strict=True) if sc is not None]
         result = {"file": path, "duration": round(duration, 3), "speech_seconds": round(speech, 3), "head": head,
                   "precision": self.precision}
         if not scored:
