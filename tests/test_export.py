@@ -100,7 +100,7 @@ def test_export_whisper_model_and_onnxruntime_matches_torch(tiny_corpus, tmp_pat
     enc = _tiny_whisper_dir(tmp_path / "tiny-whisper")
     cfg = tiny_config(tiny_corpus, encoder={"id": str(enc), "layers": "all"},
                       features={"level": "frames", "normalize": "speaker", "cache_dir": str(tmp_path / "cache")},
-                      train={"epochs": 1})
+                      train={"epochs": 1}, predict={"window_seconds": 1.0, "hop_seconds": 0.5})
     model_dir = train_final(cfg, tmp_path / "model", log=lambda *a: None)
     capsys.readouterr()
     assert main(["export", str(model_dir), "--format", "onnx"]) == 0
@@ -134,8 +134,29 @@ def test_export_whisper_model_and_onnxruntime_matches_torch(tiny_corpus, tmp_pat
             assert rec.labels.classes[int(np.argmax(got["scores_speaker"]))] == want["label"]
     assert max(diffs) <= TOLERANCE, diffs
 
+    # the same through the Recognizer API: files, a long file scored in windows, enrolment statistics
+    from serkit.onnx_backend import OnnxRecognizer
 
-def test_export_errors(tiny_corpus, tmp_path, capsys):  # noqa: F811
+    onnx_rec = OnnxRecognizer.from_folder(model_dir)
+    long = tmp_path / "long.wav"
+    sf.write(str(long), np.concatenate(signals[:4] * 2), SAMPLE_RATE)  # about 4 s: 7 windows
+    enroll = sorted((tiny_corpus / "spk3").glob("*.wav")) * 2  # at least 10 s of the speaker
+    a = rec.predict_files([*files, long], enroll=enroll)
+    b = onnx_rec.predict_files([*files, long], enroll=enroll)
+    assert len(a[-1]["windows"]) == len(b[-1]["windows"]) >= 6
+    diff = max(abs(ra["probabilities"][c] - rb["probabilities"][c])
+               for ra, rb in zip(a, b, strict=True) for c in ra["probabilities"])
+    assert diff <= TOLERANCE and [r["label"] for r in a] == [r["label"] for r in b], diff
+    sig = [sf.read(str(f), dtype="float32")[0] for f in enroll]
+    for s_torch, s_onnx in zip(rec.speaker_statistics(sig), onnx_rec.speaker_statistics(sig), strict=True):
+        np.testing.assert_allclose(s_onnx, s_torch, rtol=1e-4, atol=1e-5)
+
+
+def test_export_global_head_model_and_errors(tiny_corpus, tmp_path, capsys):  # noqa: F811
+    """A filterbank frame-level model with a global head (no speaker inputs); the errors a user can meet."""
+    from serkit.errors import SerkitError
+    from serkit.onnx_backend import OnnxRecognizer
+
     capsys.readouterr()
     assert main(["export", str(tmp_path), "--format", "onnx"]) == 2
     assert "not a serkit model folder" in capsys.readouterr().err
@@ -143,3 +164,15 @@ def test_export_errors(tiny_corpus, tmp_path, capsys):  # noqa: F811
     capsys.readouterr()
     assert main(["export", str(model_dir), "--format", "tflite"]) == 2
     assert capsys.readouterr().err.startswith("serkit export: error: --format 'tflite'")
+    with pytest.raises(SerkitError, match="serkit export"):
+        OnnxRecognizer.from_folder(model_dir)
+    out = tmp_path / "elsewhere.onnx"
+    assert main(["export", str(model_dir), "--out", str(out)]) == 0
+    onnx_rec = OnnxRecognizer.from_folder(model_dir, path=out, threads=1)
+    assert onnx_rec.inputs == ["waveform", "own"] and onnx_rec.head_names == ["global"]
+    files = sorted((tiny_corpus / "spk4").glob("*.wav"))
+    a, b = Recognizer.from_pretrained(model_dir).predict_files(files), onnx_rec.predict_files(files)
+    assert max(abs(np.array(list(x["probabilities"].values())) - _probabilities(y)).max()
+               for x, y in zip(a, b, strict=True)) <= 1e-3
+    with pytest.raises(SerkitError, match="shorter than the exported graph's minimum"):
+        onnx_rec.predict(np.ones(800, dtype=np.float32) * 0.1, SAMPLE_RATE)
