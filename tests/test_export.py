@@ -134,19 +134,20 @@ def test_export_whisper_model_and_onnxruntime_matches_torch(tiny_corpus, tmp_pat
             assert rec.labels.classes[int(np.argmax(got["scores_speaker"]))] == want["label"]
     assert max(diffs) <= TOLERANCE, diffs
 
-    # the same through the Recognizer API: files, a long file scored in windows, enrolment statistics
-    from serkit.onnx_backend import OnnxRecognizer
-
-    onnx_rec = OnnxRecognizer.from_folder(model_dir)
+    # the same through the Recognizer API: files, a long file scored in windows, each head
+    onnx_rec = Recognizer.from_pretrained(model_dir, backend="onnx")
+    assert onnx_rec.backend == "onnx" and set(onnx_rec.heads) == set(rec.heads) == {"speaker", "global"}
     long = tmp_path / "long.wav"
     sf.write(str(long), np.concatenate(signals[:4] * 2), SAMPLE_RATE)  # about 4 s: 7 windows
     enroll = sorted((tiny_corpus / "spk3").glob("*.wav")) * 2  # at least 10 s of the speaker
-    a = rec.predict_files([*files, long], enroll=enroll)
-    b = onnx_rec.predict_files([*files, long], enroll=enroll)
-    assert len(a[-1]["windows"]) == len(b[-1]["windows"]) >= 6
-    diff = max(abs(ra["probabilities"][c] - rb["probabilities"][c])
-               for ra, rb in zip(a, b, strict=True) for c in ra["probabilities"])
-    assert diff <= TOLERANCE and [r["label"] for r in a] == [r["label"] for r in b], diff
+    for kwargs in ({"enroll": enroll}, {"same_speaker": True}, {}):
+        a = rec.predict_files([*files, long], **kwargs)
+        b = onnx_rec.predict_files([*files, long], **kwargs)
+        assert [r["head"] for r in a] == [r["head"] for r in b], kwargs
+        assert len(a[-1]["windows"]) == len(b[-1]["windows"]) >= 6
+        diff = max(abs(ra["probabilities"][c] - rb["probabilities"][c])
+                   for ra, rb in zip(a, b, strict=True) for c in ra["probabilities"])
+        assert diff <= TOLERANCE and [r["label"] for r in a] == [r["label"] for r in b], (kwargs, diff)
     sig = [sf.read(str(f), dtype="float32")[0] for f in enroll]
     for s_torch, s_onnx in zip(rec.speaker_statistics(sig), onnx_rec.speaker_statistics(sig), strict=True):
         np.testing.assert_allclose(s_onnx, s_torch, rtol=1e-4, atol=1e-5)
@@ -169,10 +170,10 @@ def test_export_global_head_model_and_errors(tiny_corpus, tmp_path, capsys):  # 
     out = tmp_path / "elsewhere.onnx"
     assert main(["export", str(model_dir), "--out", str(out)]) == 0
     onnx_rec = OnnxRecognizer.from_folder(model_dir, path=out, threads=1)
-    assert onnx_rec.inputs == ["waveform", "own"] and onnx_rec.head_names == ["global"]
+    assert onnx_rec.inputs == ["waveform", "own"] and list(onnx_rec.heads) == ["global"]
     files = sorted((tiny_corpus / "spk4").glob("*.wav"))
     a, b = Recognizer.from_pretrained(model_dir).predict_files(files), onnx_rec.predict_files(files)
     assert max(abs(np.array(list(x["probabilities"].values())) - _probabilities(y)).max()
                for x, y in zip(a, b, strict=True)) <= 1e-3
     with pytest.raises(SerkitError, match="shorter than the exported graph's minimum"):
-        onnx_rec.predict(np.ones(800, dtype=np.float32) * 0.1, SAMPLE_RATE)
+        onnx_rec.run_window(np.ones(800, dtype=np.float32) * 0.1)

@@ -92,3 +92,5 @@ def test_serve_cli_errors(tmp_path, capsys):
 
     assert main(["serve", str(tmp_path), "--port", "0"]) == 2
     assert "not a serkit model folder" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--backend", "onnx"]) == 2
+    assert "not a serkit model folder" in capsys.readouterr().err

@@ -159,11 +159,22 @@ class Recognizer:
 
     @classmethod
     def from_pretrained(cls, model: str | Path, device: str | torch.device = "auto", batch_size: int = 16,
-                        revision: str | None = None, precision: str | None = None) -> Recognizer:
+                        revision: str | None = None, precision: str | None = None,
+                        backend: str = "torch") -> Recognizer:
         """Load a model folder from ``serkit train`` or a hub id ``owner/name`` (see :func:`resolve_model_dir`).
         ``precision`` (auto / fp32 / bf16) of the encoder; default: the one the model's training features were
-        extracted in (``encoder.json``; fp32 for models from before it was recorded)."""
+        extracted in (``encoder.json``; fp32 for models from before it was recorded). ``backend``: ``"torch"``,
+        or ``"onnx"`` for the graph ``serkit export MODEL --format onnx`` wrote, run by onnxruntime
+        (:mod:`serkit.onnx_backend`; float32, CPU unless ``device`` is cuda)."""
         from serkit.recipes.base import get_recipe
+
+        if backend == "onnx":
+            from serkit.onnx_backend import OnnxRecognizer
+
+            d = resolve_model_dir(model, revision)
+            return OnnxRecognizer.from_folder(d, device="cpu" if str(device) == "auto" else str(device))
+        if backend != "torch":
+            raise SerkitError(f"backend {backend!r}: expected 'torch' or 'onnx'")
 
         device = resolve_device(device)  # an unusable device fails before anything is loaded
         d = resolve_model_dir(model, revision)

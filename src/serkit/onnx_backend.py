@@ -1,45 +1,51 @@
-"""The exported graph run by onnxruntime behind the :class:`serkit.Recognizer` API.
+"""``Recognizer.from_pretrained(MODEL, backend="onnx")``: the exported graph run by onnxruntime, same API.
 
-``OnnxRecognizer.from_folder(MODEL)`` opens ``MODEL/model.onnx`` (written by ``serkit export MODEL --format onnx``,
-see :mod:`serkit.export`); windows, enrolment and the result dicts are the Recognizer's own, only the scores and
-the pooled statistics of each window come from the graph. Neither the encoder nor the heads are loaded in torch.
+The graph (``MODEL/model.onnx`` from ``serkit export MODEL --format onnx``, see :mod:`serkit.export`) scores one
+window and gives the pooled statistics of the frames the window owns. Windows, heads, enrolment, segments and
+the result dicts are the :class:`serkit.Recognizer`'s own: only its two seams change, :meth:`_encode` (one graph
+run per window: the global head's scores and the owned statistics) and :meth:`_score`. A speaker-normalised head
+needs the speaker's statistics as an input, so its windows run a second time once those are known. Neither the
+encoder nor the heads are loaded in torch.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from serkit.constants import SAMPLE_RATE
 from serkit.errors import SerkitError
-from serkit.inference import MIN_ENROLL_SECONDS, Recognizer
+from serkit.inference import Recognizer, model_folder_part
+
+
+@dataclass
+class _Window:
+    """One window for the graph: its signal and, when the graph has a global head, that head's scores."""
+
+    signal: np.ndarray
+    global_scores: np.ndarray | None
 
 
 class OnnxRecognizer(Recognizer):
-    """A :class:`Recognizer` whose windows are scored by an onnxruntime session on the exported graph.
+    """A :class:`Recognizer` whose windows go through an onnxruntime session on the exported graph.
 
     ``meta``: the graph's description (metadata :data:`serkit.export.METADATA_KEY`: heads, inputs, outputs,
-    classes, sample limits).
+    classes, sample limits). ``heads`` holds the graph's head names (no torch modules).
     """
 
     backend = "onnx"
 
-    def __init__(self, session, meta: dict, cfg: dict, labels, encoder_info: dict, device: str = "cpu"):
-        # the Recognizer's configuration, without a torch model
-        self.model, self.cfg, self.labels, self.encoder_info, self.device = None, cfg, labels, encoder_info, device
-        self.precision, self._encoder = "fp32", None
-        p = cfg.get("predict", {})
-        self.window = float(p.get("window_seconds", 10.0))
-        self.hop = float(p.get("hop_seconds", 5.0))
-        self.normalize = cfg.get("features", {}).get("normalize", "none")
+    def __init__(self, session, meta: dict, cfg: dict, labels, encoder_info: dict, model_dir: Path | None = None):
+        super().__init__({}, cfg, labels, encoder_info, "cpu", model_dir=model_dir, precision="fp32")
         self.session, self.meta = session, meta
+        self.heads = dict.fromkeys(meta["heads"])
         self.inputs = [i.name for i in session.get_inputs()]
         self.outputs = [o.name for o in session.get_outputs()]
-        self.head_names = list(meta["heads"])
-        shape = session.get_inputs()[self.inputs.index("speaker_mean")].shape if "speaker_mean" in self.inputs else None
-        self._stats_shape = tuple(shape) if shape else None
+        stats = session.get_inputs()[self.inputs.index("speaker_mean")].shape if "speaker_mean" in self.inputs else None
+        self._stats_shape = tuple(stats) if stats else None
 
     @classmethod
     def from_folder(cls, model_dir: str | Path, device: str = "cpu", path: str | Path | None = None,
@@ -71,27 +77,34 @@ class OnnxRecognizer(Recognizer):
                 raise SerkitError(f"device {device!r}: this onnxruntime has no CUDA provider (it has "
                                   f"{', '.join(ort.get_available_providers())})")
             providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(str(path), options, providers=providers)
-        props = session.get_modelmeta().custom_metadata_map
+        with model_folder_part(d, path.name):
+            session = ort.InferenceSession(str(path), options, providers=providers)
+            props = session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:
             raise SerkitError(f"{path}: not a graph written by `serkit export` (no {METADATA_KEY!r} metadata)")
-        cfg = yaml.safe_load((d / "config.yaml").read_text())
-        labels = LabelMap.from_dict(json.loads((d / "labels.json").read_text()))
-        enc = json.loads((d / "encoder.json").read_text())
-        return cls(session, json.loads(props[METADATA_KEY]), cfg, labels, enc, str(device))
+        with model_folder_part(d, "config.yaml"):
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+        with model_folder_part(d, "labels.json"):
+            labels = LabelMap.from_dict(json.loads((d / "labels.json").read_text()))
+        with model_folder_part(d, "encoder.json"):
+            enc = json.loads((d / "encoder.json").read_text())
+        return cls(session, json.loads(props[METADATA_KEY]), cfg, labels, enc, model_dir=d)
 
     @property
     def encoder(self):
-        raise SerkitError("the onnx backend has no torch encoder; use backend='torch' for features")
+        raise SerkitError("the onnx backend has no torch encoder (use backend='torch' for features)")
 
     def run_window(self, signal: np.ndarray, own: tuple[int, int] | None = None, stats=None) -> dict[str, np.ndarray]:
         """The graph's outputs by name for one window (16 kHz float32 ``(samples,)``): ``scores_<head>``,
         ``pooled`` and ``frames`` of the samples ``own`` (default all). ``stats``: the speaker's ``(mean, std)``
         for the speaker head (default: placeholders, when its scores are not wanted)."""
-        n, low = len(signal), int(self.meta["min_samples"])
+        n, low, high = len(signal), int(self.meta["min_samples"]), self.meta.get("max_samples")
         if n < low:
-            raise SerkitError(f"a window of {n} samples ({n / SAMPLE_RATE:.3f} s) is shorter than the exported "
-                              f"graph's minimum of {low} ({low / SAMPLE_RATE:.2f} s)")
+            raise SerkitError(f"a window of {n / SAMPLE_RATE:.3f} s is shorter than the exported graph's minimum "
+                              f"of {low / SAMPLE_RATE:.2f} s")
+        if high is not None and n > high:
+            raise SerkitError(f"a window of {n / SAMPLE_RATE:.1f} s is longer than the exported graph's maximum "
+                              f"of {high / SAMPLE_RATE:.0f} s")
         feed = {"waveform": np.ascontiguousarray(signal, dtype=np.float32)[None],
                 "own": np.array(own if own is not None else (0, n), dtype=np.int64)}
         if self._stats_shape is not None:
@@ -101,24 +114,40 @@ class OnnxRecognizer(Recognizer):
             feed["speaker_std"] = np.asarray(stats[1], dtype=np.float32)
         return dict(zip(self.outputs, self.session.run(self.outputs, feed), strict=True))
 
-    def _head(self, stats) -> str:
-        if stats is not None and "speaker" in self.head_names:
-            return "speaker"
-        if "global" in self.head_names:
-            return "global"
-        return self.head_names[0]
+    def _encode(self, pieces):
+        """As :meth:`Recognizer._encode`; the head input is a :class:`_Window`. A piece longer than the graph
+        takes (enrolment files over Whisper's 30 s) contributes its statistics in graph-sized parts, unscored."""
+        high = self.meta.get("max_samples")
+        for key, signal, own in pieces:
+            if high is not None and len(signal) > high:
+                parts = [self.run_window(signal[s:s + high]) for s in range(0, len(signal), high)
+                         if len(signal) - s >= int(self.meta["min_samples"])]
+                yield key, _Window(signal, None), _combine_owned(parts)
+                continue
+            out = self.run_window(signal, own)
+            frames = int(out["frames"])
+            yield (key, _Window(signal, out.get("scores_global")),
+                   (out["pooled"], frames) if frames else None)
 
-    def _score(self, signal: np.ndarray, stats=None) -> np.ndarray:
-        return self.run_window(signal, stats=stats)[f"scores_{self._head(stats)}"]
+    def _score(self, head: str, inputs, stats) -> np.ndarray:
+        """Scores ``(len(inputs), outputs)`` of ``head`` for windows from :meth:`_encode`."""
+        if not inputs:
+            return np.zeros((0, self.labels.num_outputs), dtype=np.float32)
+        if head == "global" and any(w.global_scores is None for w in inputs):
+            raise SerkitError(f"a window longer than the exported graph's maximum of "
+                              f"{self.meta['max_samples'] / SAMPLE_RATE:.0f} s cannot be scored")
+        if head == "global":
+            return np.stack([w.global_scores for w in inputs])
+        return np.stack([self.run_window(w.signal, stats=stats)["scores_speaker"] for w in inputs])
 
-    def speaker_statistics(self, signals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`Recognizer.speaker_statistics`, from the graph's pooled statistics."""
-        from serkit.data.normalize import frame_stats
 
-        seconds = sum(len(x) for x in signals) / SAMPLE_RATE
-        if seconds < MIN_ENROLL_SECONDS:
-            raise SerkitError(
-                f"this model normalises features per speaker (features.normalize: speaker) and needs at least "
-                f"{MIN_ENROLL_SECONDS:.0f} s of the speaker's audio to estimate them, got {seconds:.1f} s")
-        outs = [self.run_window(x) for x in signals]
-        return frame_stats(np.stack([o["pooled"] for o in outs]), [int(o["frames"]) for o in outs])
+def _combine_owned(parts: list[dict]) -> tuple[np.ndarray, int] | None:
+    """One ``(pooled, frames)`` from several graph runs' pooled statistics (frame-weighted)."""
+    from serkit.data.normalize import frame_stats
+
+    parts = [p for p in parts if int(p["frames"])]
+    if not parts:
+        return None
+    frames = [int(p["frames"]) for p in parts]
+    mean, std = frame_stats(np.stack([p["pooled"] for p in parts]), frames)
+    return np.concatenate([mean, std], axis=-1), sum(frames)

@@ -196,9 +196,9 @@ def _serve(args) -> int:
 
     if args.max_mb <= 0:
         raise SerkitError(f"--max-mb {args.max_mb:g}: must be positive")
-    rec = Recognizer.from_pretrained(args.model, device=args.device)
+    rec = Recognizer.from_pretrained(args.model, device=args.device, backend=args.backend)
     app = create_app(rec, max_bytes=int(args.max_mb * 2**20), model_name=Path(args.model).name)
-    print(f"serving {args.model} on http://{args.host}:{args.port}/", flush=True)
+    print(f"serving {args.model} ({args.backend}) on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
@@ -208,6 +208,8 @@ def add_parsers(sub) -> None:
     p.add_argument("model", help="model folder from `serkit train`")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="onnx: the graph of `serkit export MODEL --format onnx`, run by onnxruntime")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20,
                    help="request size limit in MiB (413 above it; default %(default)g)")
