@@ -51,7 +51,7 @@ def _folds(args) -> int:
     from serkit.corpora import get_reader
     from serkit.errors import ConfigError
     from serkit.manifest import read_manifest
-    from serkit.protocols import describe, make_folds, save_folds
+    from serkit.protocols import make_folds, save_folds, summary_text
 
     df = read_manifest(args.manifest)
     if args.protocol:
@@ -64,7 +64,7 @@ def _folds(args) -> int:
     else:
         protocol = dict(get_reader(str(df["corpus"].iloc[0])).default_protocol)
     folds = make_folds(df, protocol, seed=args.seed)
-    print(describe(folds, df).to_string(index=False))
+    print(summary_text(folds, df, protocol))
     if args.out:
         print(f"-> {save_folds(folds, args.out)}")
     return 0

@@ -28,7 +28,7 @@ DEFAULTS: dict = {
     "encoder": {"id": "openai/whisper-base", "mode": "native", "layers": "all", "device": "auto",
                 "batch_seconds": 120.0, "precision": "fp32"},
     "features": {"source": "cache", "cache_dir": None, "max_seconds": None, "crop": "none", "level": "frames",
-                 "preload": True, "normalize": "none"},
+                 "preload": True, "normalize": None, "speaker_min_seconds": 10.0, "speaker_min_utterances": 5},
     "model": {"name": "baseline"},
     "objective": None,
     "augment": None,
@@ -38,13 +38,13 @@ DEFAULTS: dict = {
               "monitor": "auto", "precision": "fp32", "accelerator": "auto", "devices": 1, "strategy": "auto",
               "num_workers": 0, "class_weights": None, "grad_clip": 1.0, "deterministic": True,
               "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True, "refit": False,
-              "max_frames": None, "num_nodes": 1, "logger": "csv"},
+              "max_frames": None, "num_nodes": 1, "logger": "csv", "select": None},
     "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
     "recipe_options": {},
 }
 
 TYPES = {
-    "name": str, "recipe": str, "corpus": (str, type(None)), "root": (str, type(None)),
+    "name": str, "recipe": str, "corpus": (str, list, type(None)), "root": (str, dict, type(None)),
     "manifest": (str, type(None)), "class_set": (str, dict, type(None)), "task": str, "targets": list,
     "protocol": (dict, type(None)), "encoder": (dict, list), "features": dict, "model": dict,
     "objective": (list, type(None)), "augment": (dict, type(None)), "sampler": (dict, type(None)),
@@ -55,7 +55,7 @@ CHOICES = {
     "encoder.mode": ("native", "padded"),
     "features.source": ("cache", "waveform"),
     "features.level": ("frames", "pooled"),
-    "features.normalize": ("none", "speaker"),
+    "features.normalize": ("none", "speaker", "auto"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.scheduler": ("none", "cosine", "exponential", "warmup_linear"),
     "train.logger": ("csv", "tensorboard", "mlflow"),
@@ -132,6 +132,8 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"config: {k!r} must be {t}, got {type(cfg.get(k)).__name__} ({cfg.get(k)!r})")
     _precisions(cfg)
     _check_subkeys(cfg)
+    if cfg["features"].get("normalize") is None:
+        cfg["features"]["normalize"] = default_normalize(cfg)
     for dotted, choices in CHOICES.items():
         v = get(cfg, dotted) if not (dotted.startswith("encoder") and isinstance(cfg["encoder"], list)) else None
         if v is not None and v not in choices:
@@ -167,6 +169,7 @@ def validate(cfg: dict) -> dict:
     for i, term in enumerate(cfg["objective"]):
         if not isinstance(term, dict) or "name" not in term:
             raise ConfigError(f"config: objective[{i}] must be a mapping with a 'name', got {term!r}")
+    _check_select(cfg)
     if cfg["train"]["monitor"] == "auto":
         cfg["train"]["monitor"] = "val_ua" if cfg["task"] == "classification" else "val_ccc_mean"
     return cfg
@@ -191,6 +194,36 @@ def parse_yaml(text: str, where: str):
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+
+
+def default_normalize(cfg: dict) -> str:
+    """``features.normalize`` when a config leaves it out: the corpus reader's ``default_normalize`` (``auto`` for
+    the user layouts ``csv`` and ``folder``, ``none`` for the published corpora) on cached features, else none."""
+    if cfg["features"].get("source", "cache") != "cache" or not isinstance(cfg.get("corpus"), str):
+        return "none"
+    from serkit.corpora import get_reader
+
+    return get_reader(cfg["corpus"]).default_normalize
+
+
+def _check_select(cfg: dict) -> None:
+    """``train.select``: ``{dotted.key: [values...]}`` chosen per fold on validation (serkit.train.select)."""
+    sel = cfg["train"].get("select")
+    if sel is None:
+        return
+    if not isinstance(sel, dict) or not sel:
+        raise ConfigError(f"config: train.select must be a mapping of config keys to lists of values, got {sel!r}")
+    for key, values in sel.items():
+        head = str(key).split(".")[0]
+        if head not in ("train", "model", "features", "objective") or "." not in str(key):
+            raise ConfigError(f"config: train.select key {key!r} must name a train./model./features. option")
+        if key in ("train.select", "train.seed", "train.monitor"):
+            raise ConfigError(f"config: train.select cannot choose {key!r}")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"config: train.select.{key} must be a non-empty list, got {values!r}")
+    if cfg["features"]["normalize"] == "auto" and "features.normalize" in sel:
+        raise ConfigError("config: features.normalize: auto already chooses features.normalize; "
+                          "drop it from train.select")
 
 
 def get(cfg: dict, dotted: str):

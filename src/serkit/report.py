@@ -49,10 +49,19 @@ def plot_folds(summary: dict, keys: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_learning_curves(out_dir: Path, monitor: str, path: Path) -> bool:
+def fold_work_dirs(out_dir: Path, summary: dict | None = None) -> list[Path]:
+    """Each fold's training folder: ``foldK``, or the candidate validation chose (``foldK/select/<choice>``)."""
+    from serkit.train.select import slug
+
+    chosen = {f"fold{f['fold']}": f["selection"]["chosen"] for f in (summary or {}).get("folds", [])
+              if f.get("selection")}
+    return [d / "select" / slug(chosen[d.name]) if d.name in chosen else d for d in sorted(out_dir.glob("fold*"))]
+
+
+def plot_learning_curves(out_dir: Path, monitor: str, path: Path, summary: dict | None = None) -> bool:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
     any_ = False
-    for fold_dir in sorted(out_dir.glob("fold*")):
+    for fold_dir in fold_work_dirs(out_dir, summary):
         from serkit.train.fit import read_fold_metrics
 
         df = read_fold_metrics(fold_dir)
@@ -60,10 +69,10 @@ def plot_learning_curves(out_dir: Path, monitor: str, path: Path) -> bool:
             continue
         if "train_loss" in df:
             t = df.dropna(subset=["train_loss"])
-            a1.plot(t["epoch"], t["train_loss"], label=fold_dir.name)
+            a1.plot(t["epoch"], t["train_loss"], label=fold_dir.relative_to(out_dir).parts[0])
         if monitor in df:
             v = df.dropna(subset=[monitor])
-            a2.plot(v["epoch"], v[monitor], label=fold_dir.name)
+            a2.plot(v["epoch"], v[monitor], label=fold_dir.relative_to(out_dir).parts[0])
         any_ = True
     a1.set_title("training loss")
     a2.set_title(f"validation {monitor.removeprefix('val_')}")
@@ -74,6 +83,25 @@ def plot_learning_curves(out_dir: Path, monitor: str, path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return any_
+
+
+def choices_section(summary: dict) -> list[str]:
+    """Per fold: what validation chose (normalisation, head options) and which speakers fell back to global
+    normalisation statistics for lack of speech."""
+    rows = []
+    for f in summary["folds"]:
+        sel, norm = f.get("selection"), f.get("normalisation") or {}
+        if not sel and not norm.get("fallback_speakers"):
+            continue
+        chosen = ", ".join(f"{k}={v}" for k, v in sel["chosen"].items()) if sel else "-"
+        scores = " / ".join(f"{c['val']:.3f}" if c["val"] is not None else "-" for c in sel["candidates"]) if sel else "-"
+        fb = " ".join(norm.get("fallback_speakers", [])) or "-"
+        rows.append(f"| {f['fold']} | {chosen} | {scores} | {fb} |")
+    if not rows:
+        return []
+    head = ("| fold | chosen | validation score of each candidate (grid order) | speakers with too little speech "
+            "(global statistics) |")
+    return ["## Chosen on the validation speakers", "", head, "|---|---|---|---|", *rows, ""]
 
 
 def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
@@ -108,6 +136,10 @@ def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
     if resumed:
         lines.append(f"- resumed after a kill (from the last epoch's checkpoint): {'; '.join(resumed)}")
     lines += ["", "## Test scores per fold", "", format_table(summary), ""]
+    if summary.get("cross_corpus"):
+        from serkit.train.cross_corpus import format_cross_table
+
+        lines += ["## Cross-corpus table", "", format_cross_table(summary["cross_corpus"], cfg), ""]
     if summary["task"] == "classification":
         keys = ["wa", "ua", "macro_f1"]
         confs = [np.asarray(f["confusion"]) for f in summary["folds"] if "confusion" in f]
@@ -122,7 +154,8 @@ def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
         keys = [k for k in summary["mean"] if k.startswith("ccc_")]
     plot_folds(summary, keys, fig_dir / "folds.png")
     lines += ["## Per-fold scores", "", "![folds](figures/folds.png)", ""]
-    if plot_learning_curves(out_dir, cfg["train"]["monitor"], fig_dir / "learning_curves.png"):
+    lines += choices_section(summary)
+    if plot_learning_curves(out_dir, cfg["train"]["monitor"], fig_dir / "learning_curves.png", summary):
         lines += ["## Learning curves", "", "![curves](figures/learning_curves.png)", ""]
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))

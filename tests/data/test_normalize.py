@@ -74,3 +74,35 @@ def test_speaker_normalizer_uses_each_speakers_own_frames_and_no_labels():
             np.testing.assert_array_equal(x, y)
     with pytest.raises(KeyError, match="speaker 'c'"):
         norm.apply("c", feats["a0"], "frames")
+
+
+class _TimedStore(_Store):
+    """``_Store`` whose entries also carry seconds (10 ms per frame), as the feature cache's do."""
+
+    def entry(self, uid):
+        return {"frames": self.feats[uid].shape[1], "seconds": 0.01 * self.feats[uid].shape[1]}
+
+
+def test_speakers_with_too_little_speech_fall_back_to_the_reference_statistics():
+    rng = np.random.default_rng(3)
+    feats, rows = {}, []
+    plan = {"big": (8, 300), "few": (2, 300), "short": (8, 20)}  # speaker -> (utterances, frames each)
+    for spk, (n, frames) in plan.items():
+        for u in range(n):
+            uid = f"{spk}{u}"
+            feats[uid] = rng.normal(5.0 if spk == "big" else -3.0, 1.0, size=(2, frames, 5)).astype(np.float32)
+            rows.append({"id": uid, "speaker": spk})
+    man = pd.DataFrame(rows)
+    store = _TimedStore(feats)
+    train = [u for u in man["id"] if u.startswith(("big", "few"))]
+    norm = SpeakerNormalizer.from_store(store, man, min_seconds=10.0, min_utterances=5, reference_ids=train)
+    # "few": 2 utterances (6 s each) < 5 utterances; "short": 8 x 0.2 s = 1.6 s < 10 s
+    assert norm.fallback_speakers == ["few", "short"]
+    ref = frame_stats(np.stack([store.pooled(u) for u in train]), [feats[u].shape[1] for u in train])
+    for spk in ("few", "short"):
+        np.testing.assert_allclose(norm.stats[spk][0], ref[0])
+        np.testing.assert_allclose(norm.stats[spk][1], ref[1])
+    own = frame_stats(np.stack([store.pooled(f"big{u}") for u in range(8)]), [300] * 8)
+    np.testing.assert_allclose(norm.stats["big"][0], own[0])
+    # without minimums every speaker keeps its own statistics (the API as before)
+    assert SpeakerNormalizer.from_store(store, man).fallback_speakers == []

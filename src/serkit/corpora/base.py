@@ -32,6 +32,8 @@ class CorpusReader:
     description: str = ""
     class_sets: dict[str, ClassSet] = {}
     default_protocol: dict = {}
+    #: ``features.normalize`` for configs that do not name it (user layouts: ``auto``, chosen on validation)
+    default_normalize: str = "none"
     audio_glob: str = "**/*.wav"
 
     def rows(self, root: Path):  # pragma: no cover - interface

@@ -29,9 +29,11 @@ class EmoDB(CorpusReader):
     description = "wav/SSTTTEv.wav (or .flac)"
     class_sets = {
         "7class": {e: e for e in EMOTIONS.values()},
+        # the six classes EmoDB shares with RAVDESS (bored dropped): cross-corpus experiments
+        "6class": {e: e for e in EMOTIONS.values() if e != "bored"},
         "4class": {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"},
     }
-    default_protocol = {"name": "speaker_kfold", "k": 5}
+    default_protocol = {"name": "speaker_kfold", "k": 5, "grouping": "sorted"}  # 5 folds of 2 speakers
 
     def rows(self, root: Path):
         folder = root / "wav" if (root / "wav").is_dir() else root

@@ -26,6 +26,7 @@ class CsvCorpus(CorpusReader):
     name = "csv"
     description = "a CSV with columns path, emotion [, id, speaker, gender, session, valence, arousal, dominance]"
     default_protocol = {"name": "speaker_kfold", "k": 5}
+    default_normalize = "auto"
 
     def read(self, root, *, with_duration: bool = True):
         root = Path(root).expanduser().resolve()
@@ -61,6 +62,7 @@ class FolderCorpus(CorpusReader):
     name = "folder"
     description = "DIR/<class>/[<speaker>/]*.wav"
     default_protocol = {"name": "random", "test_fraction": 0.2}
+    default_normalize = "auto"
 
     def rows(self, root: Path):
         for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):

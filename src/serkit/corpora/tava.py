@@ -23,7 +23,7 @@ class Tava(CorpusReader):
     name = "tava"
     description = "recordings/sSS_AFFECT_audio.wav + SummaryData.csv"
     class_sets = {}
-    default_protocol = {"name": "speaker_kfold", "k": 5}
+    default_protocol = {"name": "speaker_kfold", "k": 5, "grouping": "sorted", "classes": None}  # dimensional
 
     def rows(self, root: Path):
         table = root / "SummaryData.csv"

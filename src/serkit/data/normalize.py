@@ -10,6 +10,13 @@ of the speaker's audio (see :class:`serkit.Recognizer`).
 The statistics come straight from the cache's pooled statistics (per-utterance frame mean and std and frame
 count), so no frame is read twice; pooled vectors are normalised as the pooling of normalised frames would be:
 ``mean' = (mean - mu_s) / sd_s`` and ``std' = std / sd_s``.
+
+Its limits: a speaker's statistics are only as good as that speaker's speech. A speaker with less than
+``min_seconds`` of audio or fewer than ``min_utterances`` utterances gets the global statistics of the reference
+utterances instead (the training fold's; :attr:`SpeakerNormalizer.fallback_speakers` lists them). And a speaker
+whose speech is all one emotion loses that emotion with its mean: on corpora cut from broadcast speech, speaker
+normalisation can be worse than none. ``features.normalize: auto`` (serkit.train.select) therefore trains the
+head both ways and keeps the one the validation speakers prefer, per fold.
 """
 
 from __future__ import annotations
@@ -18,8 +25,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-#: Normalisation modes a config may name under ``features.normalize``.
-NORMALIZE_MODES = ("none", "speaker")
+#: Normalisation modes a config may name under ``features.normalize`` (``auto``: chosen per fold on validation).
+NORMALIZE_MODES = ("none", "speaker", "auto")
+#: Defaults for how much speech a speaker needs for its own statistics (``features.speaker_min_seconds`` /
+#: ``features.speaker_min_utterances``); the prediction side asks for the same 10 s of enrolment.
+MIN_SECONDS = 10.0
+MIN_UTTERANCES = 5
 #: Lower bound on a speaker's per-dimension standard deviation.
 MIN_STD = 1e-4
 
@@ -63,23 +74,44 @@ def normalize_frames(frames: np.ndarray, mean: np.ndarray, std: np.ndarray) -> n
 
 
 class SpeakerNormalizer:
-    """Per-speaker ``(mean, std)`` ``(layers, dim)``; :meth:`apply` normalises one utterance's features."""
+    """Per-speaker ``(mean, std)`` ``(layers, dim)``; :meth:`apply` normalises one utterance's features.
 
-    def __init__(self, stats: dict[str, tuple[np.ndarray, np.ndarray]]):
+    ``fallback``: the global ``(mean, std)`` that speakers with too little speech share (``fallback_speakers``);
+    also used for a speaker that has no statistics of its own, when given."""
+
+    def __init__(self, stats: dict[str, tuple[np.ndarray, np.ndarray]],
+                 fallback: tuple[np.ndarray, np.ndarray] | None = None, fallback_speakers: Sequence[str] = ()):
         self.stats = stats
+        self.fallback = fallback
+        self.fallback_speakers = sorted(fallback_speakers)
 
     @classmethod
-    def from_store(cls, store, manifest, ids: Sequence[str] | None = None) -> SpeakerNormalizer:
+    def from_store(cls, store, manifest, ids: Sequence[str] | None = None, *, min_seconds: float = 0.0,
+                   min_utterances: int = 1, reference_ids: Sequence[str] | None = None) -> SpeakerNormalizer:
         """Statistics of every speaker of ``manifest`` (restricted to ``ids``) from a feature store's pooled
-        statistics; uses features only, never labels."""
+        statistics; uses features only, never labels.
+
+        A speaker with under ``min_seconds`` of audio (the store's seconds per utterance) or under
+        ``min_utterances`` utterances is normalised with the statistics of all ``reference_ids`` (default: all
+        ``ids``) instead; pass the training fold's ids so that no test utterance shapes them."""
         rows = manifest if ids is None else manifest.set_index("id").loc[[str(i) for i in ids]].reset_index()
         stats = {}
+        small = []
         for speaker, group in rows.groupby(rows["speaker"].astype(str)):
             uids = group["id"].astype(str).tolist()
+            entries = [store.entry(u) for u in uids]
+            seconds = sum(float(e.get("seconds") or 0.0) for e in entries)
+            if len(uids) < min_utterances or seconds < min_seconds:
+                small.append(speaker)
+                continue
             pooled = np.stack([store.pooled(u) for u in uids])
-            frames = [store.entry(u)["frames"] for u in uids]
-            stats[speaker] = frame_stats(pooled, frames)
-        return cls(stats)
+            stats[speaker] = frame_stats(pooled, [e["frames"] for e in entries])
+        fallback = None
+        if small:
+            ref = [str(u) for u in (reference_ids if reference_ids is not None else rows["id"])]
+            fallback = frame_stats(np.stack([store.pooled(u) for u in ref]), [store.entry(u)["frames"] for u in ref])
+            stats.update({s: fallback for s in small})
+        return cls(stats, fallback, small)
 
     def apply(self, speaker: str, x: np.ndarray, level: str) -> np.ndarray:
         """``x``: pooled ``(layers, 2*dim)`` when ``level == "pooled"``, else frames ``(layers, frames, dim)``."""

@@ -13,23 +13,58 @@ def _precision_overrides(args) -> list[str]:
     return [*args.set, f"encoder.precision={args.precision}", f"train.precision={args.precision}"]
 
 
+def experiment(args):
+    """``args.config``: a YAML config, or data (a table, a prepared manifest, a folder) to build one from
+    (serkit.train.defaults); returns what :func:`serkit.config.load_config` takes."""
+    from serkit.errors import ConfigError
+    from serkit.train.defaults import is_config, table_config
+
+    if is_config(args.config):
+        if args.recipe or args.layout or args.task:
+            raise ConfigError("--recipe / --layout / --task apply to a table or folder, not to a config file "
+                              f"({args.config}); change the config or use --set")
+        return args.config
+    return table_config(args.config, layout=args.layout, recipe=args.recipe, task=args.task or "classification")
+
+
+def _default_out(args, cfg) -> str:
+    if args.out:
+        return args.out
+    from pathlib import Path
+
+    from serkit.config import load_config
+
+    return str(Path("runs") / load_config(cfg, args.set)["name"])
+
+
 def _cv(args) -> int:
     from serkit.train.cv import format_table, run_cv
 
     folds = [int(x) for x in args.folds.split(",")] if args.folds else None
-    summary = run_cv(args.config, args.out, _precision_overrides(args), folds_only=folds)
+    cfg = experiment(args)
+    out = _default_out(args, cfg)
+    summary = run_cv(cfg, out, _precision_overrides(args), folds_only=folds)
     print(format_table(summary))
-    print(f"results -> {args.out}/results.json, report -> {args.out}/report.md")
+    print(f"results -> {out}/results.json, report -> {out}/report.md")
     return 0
 
 
 def _train(args) -> int:
     from serkit.train.final import train_final
 
-    path = train_final(args.config, args.out, _precision_overrides(args), refit=not args.no_refit,
+    cfg = experiment(args)
+    path = train_final(cfg, _default_out(args, cfg), _precision_overrides(args), refit=not args.no_refit,
                        cv_results=args.cv_results)
     print(f"model -> {path}")
     return 0
+
+
+def _add_data_options(p) -> None:
+    p.add_argument("config", help="a YAML config, or data to build one from: a table (CSV: path, emotion[, speaker, "
+                                  "gender, ...]; or a manifest from `serkit prepare`) or a folder per class")
+    p.add_argument("--recipe", help="with a table: the recipe whose default settings to use (default baseline)")
+    p.add_argument("--layout", choices=("csv", "folder"), help="with a table or folder: how to read it")
+    p.add_argument("--task", choices=("classification", "regression"), help="with a table (default classification)")
 
 
 def _predict(args) -> int:
@@ -162,17 +197,17 @@ def _add_precision(p, what: str) -> None:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("cv", help="cross-validate a config over its protocol's folds (resumable)")
-    p.add_argument("config")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("cv", help="cross-validate a config (or a table) over its protocol's folds (resumable)")
+    _add_data_options(p)
+    p.add_argument("--out", help="run folder (default runs/<name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--folds", help="only these folds, e.g. 0,1")
     _add_precision(p, "sets encoder.precision and train.precision")
     p.set_defaults(func=_cv)
 
     p = sub.add_parser("train", help="train one model on all speakers (epoch count validated on held-out speakers)")
-    p.add_argument("config")
-    p.add_argument("--out", required=True, help="model folder")
+    _add_data_options(p)
+    p.add_argument("--out", help="model folder (default runs/<name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-refit", action="store_true",
                    help="keep the validation run's best model (trained without the validation speakers)")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from serkit.config import dump, load_config
 from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
 from serkit.metrics import mean_std
-from serkit.protocols import describe, load_folds, make_folds, save_folds
+from serkit.protocols import load_folds, make_folds, save_folds, summary_text
 
 
 def load_experiment_manifest(cfg: dict) -> pd.DataFrame:
@@ -29,11 +30,18 @@ def load_experiment_manifest(cfg: dict) -> pd.DataFrame:
     from serkit.corpora import apply_class_set, prepare
     from serkit.manifest import read_manifest
 
-    if cfg["manifest"]:
+    if isinstance(cfg["corpus"], list):  # several corpora (cross-corpus): each read, its class set applied
+        roots = cfg["root"] if isinstance(cfg["root"], dict) else {}
+        parts = []
+        for c in cfg["corpus"]:
+            part = prepare(c, roots.get(c))
+            parts.append(apply_class_set(part, cfg["class_set"], corpus=c) if cfg["class_set"] else part)
+        df = pd.concat(parts, ignore_index=True)
+    elif cfg["manifest"]:
         df = read_manifest(cfg["manifest"])
     else:
         df = prepare(cfg["corpus"], cfg["root"])
-    if cfg["class_set"]:
+    if cfg["class_set"] and not isinstance(cfg["corpus"], list):
         df = apply_class_set(df, cfg["class_set"], corpus=cfg["corpus"])
     if cfg["task"] == "regression":
         missing = [t for t in cfg["targets"] if t not in df.columns]
@@ -47,11 +55,18 @@ def load_experiment_manifest(cfg: dict) -> pd.DataFrame:
 
 
 def experiment_protocol(cfg: dict, manifest: pd.DataFrame) -> dict:
+    """The config's protocol, else the corpus reader's; a dimensional task balances no class column."""
     if cfg["protocol"]:
-        return dict(cfg["protocol"])
-    from serkit.corpora import get_reader
+        protocol = dict(cfg["protocol"])
+    elif "corpus" in manifest.columns and manifest["corpus"].nunique() > 1:
+        protocol = {"name": "cross_corpus"}
+    else:
+        from serkit.corpora import get_reader
 
-    return dict(get_reader(str(manifest["corpus"].iloc[0])).default_protocol)
+        protocol = dict(get_reader(str(manifest["corpus"].iloc[0])).default_protocol)
+    if cfg["task"] == "regression":
+        protocol.setdefault("classes", None)
+    return protocol
 
 
 def feature_source(cfg: dict, manifest: pd.DataFrame, out_dir: Path):
@@ -76,6 +91,8 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
         raise ConfigError(f"{cfg_path} holds a different config and its folds have results; use a new --out "
                           f"folder (or delete it) to change settings")
     manifest = load_experiment_manifest(cfg)
+    protocol = experiment_protocol(cfg, manifest)
+    check_folds(cfg, make_folds(manifest, protocol, seed=int(cfg["train"]["seed"])), manifest)  # before extraction
     source = feature_source(cfg, manifest, out)
     if source is not None:
         from serkit.train.features import usable_ids
@@ -88,9 +105,8 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
 
     precision = run_precision(cfg, source)
     _check_fold_precision(out, precision)
-    protocol = experiment_protocol(cfg, manifest)
     folds_path = out / "folds.json"
-    folds = make_folds(manifest, protocol, seed=int(cfg["train"]["seed"]))
+    folds = check_folds(cfg, make_folds(manifest, protocol, seed=int(cfg["train"]["seed"])), manifest)
     if started and folds_path.exists():
         saved = load_folds(folds_path)
         if [f.to_dict() for f in saved] != [f.to_dict() for f in folds]:
@@ -98,7 +114,7 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
     save_folds(folds, folds_path)
     atomic_write_text(cfg_path, dump(cfg))
     log(f"{cfg['name']}: {len(manifest)} utterances, protocol {protocol}, {len(folds)} fold(s)")
-    log(describe(folds, manifest).to_string(index=False))
+    log(summary_text(folds, manifest, protocol))
     from serkit.train.fit import fit_fold
 
     results = []
@@ -114,6 +130,10 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
         results.append(res)
     summary = summarise(cfg, folds, results, protocol)
     summary["precision"] = precision
+    if protocol["name"] == "cross_corpus":
+        from serkit.train.cross_corpus import cross_table
+
+        summary["cross_corpus"] = cross_table(cfg, folds, results, protocol, out, log)
     summary["wall_seconds"] = round(time.time() - t0, 1)
     known = [r["seconds"] for r in results if r.get("seconds") is not None]
     if len(known) == len(results) and results:
@@ -152,10 +172,28 @@ def same_config(saved_yaml: str, cfg: dict) -> bool:
         return False
 
 
+def check_folds(cfg: dict, folds, manifest: pd.DataFrame):
+    """Refuse folds whose scores would mean nothing: a classification test part of one class (its UA is one
+    recall, 1.000 for a model that always says that class). Other weak spots are warnings on the folds."""
+    if cfg["task"] == "classification":
+        lab = manifest.set_index("id")["emotion"].astype(str)
+        for f in folds:
+            present = sorted(set(lab.loc[f.test]))
+            if len(present) < 2:
+                raise ConfigError(
+                    f"protocol {f.protocol}: fold {f.index}'s test part holds only class(es) {present} "
+                    f"(speakers {f.test_speakers[:5]}); its UA would be one class's recall. Use fewer folds "
+                    f"(protocol.k), other speaker groups, or a corpus with more classes per speaker")
+    return folds
+
+
 FEATURE_NORMALISATION = {
     "none": "none",
     "speaker": "speaker: each speaker's frames z-scored with that speaker's own feature statistics (no labels; "
-               "test speakers' statistics from their test utterances, i.e. transductive)",
+               "test speakers' statistics from their test utterances, i.e. transductive; speakers with too little "
+               "speech get the training fold's global statistics, listed per fold)",
+    "auto": "auto: per fold, speaker normalisation (transductive, as 'speaker') or none, whichever scored higher "
+            "on the validation speakers (folds[k].normalisation says which)",
 }
 
 
@@ -174,9 +212,14 @@ def describe_augmentation(cfg: dict) -> str:
     return f"{name}, mode {mode}: mixed anew in the training loop on waveforms, encoder in the loop"
 
 
+#: Metrics whose per-fold gaps results.json names (``not_averaged``).
+HEADLINE = ("wa", "ua", "macro_f1", "ccc_mean")
+
+
 def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
     mean, std = mean_std([r["metrics"] for r in results])
     si = all(f.speaker_independent for f in folds)
+    by_index = {f.index: f for f in folds}
     return {
         "name": cfg["name"],
         "recipe": cfg["recipe"],
@@ -187,12 +230,20 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
         "feature_normalisation": FEATURE_NORMALISATION[cfg["features"].get("normalize", "none")],
         "augmentation": describe_augmentation(cfg),
         "folds": [
-            {k: r[k] for k in ("fold", "test_speakers", "n_test", "metrics", "best_epoch", "best_val", "confusion",
-                               "classes", "refit_epochs", "resumed") if k in r}
+            {**{k: r[k] for k in ("fold", "test_speakers", "n_test", "metrics", "best_epoch", "best_val", "confusion",
+                                  "classes", "refit_epochs", "resumed", "ua_classes", "absent_from_test",
+                                  "unseen_in_training", "val_speakers", "n_val", "normalisation", "selection")
+                if k in r},
+             "warnings": by_index[r["fold"]].warnings if r["fold"] in by_index else []}
             for r in results
         ],
         "mean": mean,
         "std": std,
+        # a headline metric some fold could not score is named with those folds, never silently averaged away
+        "not_averaged": {k: [r["fold"] for r in results if not math.isfinite(r["metrics"].get(k, math.nan))]
+                         for k in HEADLINE if k in mean and any(not math.isfinite(r["metrics"].get(k, math.nan))
+                                                                for r in results)},
+        "fold_warnings": {str(f.index): f.warnings for f in folds if f.warnings},
     }
 
 
@@ -210,6 +261,10 @@ def format_table(summary: dict, keys: list[str] | None = None) -> str:
                      " | ".join(f"{f['metrics'].get(k, float('nan')):.4f}" for k in keys) + " |")
     lines.append("| mean ± std | | | " + " | ".join(
         f"{summary['mean'].get(k, float('nan')):.4f} ± {summary['std'].get(k, float('nan')):.4f}" for k in keys) + " |")
+    for k, bad in (summary.get("not_averaged") or {}).items():
+        lines.append(f"\n{k}: mean over {len(summary['folds']) - len(bad)} fold(s); no value in fold(s) {bad}")
+    for k, ws in (summary.get("fold_warnings") or {}).items():
+        lines.extend(f"\nwarning: fold {k}: {w}" for w in ws)
     return "\n".join(lines)
 
 

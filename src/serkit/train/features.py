@@ -50,10 +50,52 @@ def extraction_options(enc: dict) -> dict:
             "precision": feature_precision(enc), "batch_seconds": float(enc.get("batch_seconds", 120.0))}
 
 
+class StoreUnion:
+    """Several corpora's feature stores (same encoder, mode and layers) read as one, by utterance id; what a
+    multi-corpus (cross-corpus) experiment trains and tests on. Offers what the datasets read of a store."""
+
+    def __init__(self, stores: dict):
+        self.stores = dict(stores)
+        first = next(iter(self.stores.values()))
+        for name, st in self.stores.items():
+            if st.layers != first.layers or st.hidden_size != first.hidden_size:
+                raise ValueError(f"feature stores differ: {name} has layers {st.layers} x {st.hidden_size}, "
+                                 f"another {first.layers} x {first.hidden_size}")
+        self._where = {}
+        for name, st in self.stores.items():
+            for u in st.ids():
+                if u in self._where:
+                    raise ValueError(f"utterance id {u!r} is in the stores of both {self._where[u]} and {name}")
+                self._where[u] = name
+        self.layers, self.hidden_size, self.spec = first.layers, first.hidden_size, dict(first.spec)
+        self.root = first.root
+        self.frame_rate = first.frame_rate
+
+    def _store(self, utt_id: str):
+        return self.stores[self._where[str(utt_id)]]
+
+    def ids(self) -> list[str]:
+        return list(self._where)
+
+    def entry(self, utt_id: str) -> dict:
+        return self._store(utt_id).entry(utt_id)
+
+    def load(self, utt_id: str):
+        return self._store(utt_id).load(utt_id)
+
+    def pooled(self, utt_id: str):
+        return self._store(utt_id).pooled(utt_id)
+
+
 def ensure_features(manifest: pd.DataFrame, cfg: dict, out_dir: Path | None = None, encoder: dict | None = None,
                     log=print):
-    """Extract whatever the store lacks (resumable) and return the opened :class:`~serkit.cache.FeatureStore`."""
+    """Extract whatever the store lacks (resumable) and return the opened :class:`~serkit.cache.FeatureStore`
+    (a :class:`StoreUnion` of one store per corpus when the manifest holds several corpora)."""
     from serkit.cache import FeatureStore, extract_to_cache
+
+    if "corpus" in manifest.columns and manifest["corpus"].nunique() > 1:
+        return StoreUnion({c: ensure_features(m.reset_index(drop=True), cfg, out_dir, encoder, log)
+                           for c, m in manifest.groupby(manifest["corpus"].astype(str))})
 
     enc = encoder or cfg["encoder"]
     path = store_dir(cfg, manifest, enc)

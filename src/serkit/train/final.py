@@ -29,7 +29,7 @@ from serkit.config import dump, load_config
 from serkit.errors import ConfigError
 from serkit.io import atomic_path, atomic_write_json, atomic_write_text
 from serkit.precision import run_precision
-from serkit.protocols import Fold, carve_validation
+from serkit.protocols import Fold, carve_validation, label_column
 
 #: head name -> (features.normalize it is trained with, weights file)
 HEAD_FILES = {"speaker": "model.safetensors", "global": "model-global.safetensors"}
@@ -37,7 +37,9 @@ HEAD_FILES = {"speaker": "model.safetensors", "global": "model-global.safetensor
 
 def heads_for(cfg: dict) -> list[str]:
     """The heads a config trains: ``["speaker", "global"]`` with speaker normalisation, else ``["global"]``."""
-    return ["speaker", "global"] if cfg["features"].get("normalize", "none") == "speaker" else ["global"]
+    # auto (chosen per fold in cross-validation) trains both heads; prediction then uses the speaker head where
+    # enough of the speaker's speech is given and the global head otherwise
+    return ["speaker", "global"] if cfg["features"].get("normalize", "none") in ("speaker", "auto") else ["global"]
 
 
 def head_file(head: str, heads: list[str]) -> str:
@@ -51,7 +53,8 @@ def validation_split(cfg: dict, manifest: pd.DataFrame) -> tuple[list[str], list
     ids = manifest["id"].astype(str).tolist()
     opts = dict(cfg["protocol"] or {})
     try:
-        return carve_validation(manifest, ids, opts, int(cfg["train"]["seed"]))
+        classes = label_column(opts, manifest) if cfg["task"] == "classification" else None
+        return carve_validation(manifest, ids, opts, int(cfg["train"]["seed"]), classes)
     except ConfigError as exc:
         n = manifest["speaker"].astype(str).nunique()
         raise ConfigError(

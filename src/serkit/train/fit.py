@@ -27,6 +27,7 @@ from serkit.models.registry import ModelSpec
 from serkit.precision import lightning_precision, run_precision
 from serkit.protocols import Fold, check_leakage
 from serkit.recipes.base import get_recipe
+from serkit.train import select as choose
 from serkit.train.module import SERModule
 
 log = logging.getLogger("serkit")
@@ -39,6 +40,7 @@ def _quiet_lightning():
     warnings.filterwarnings("ignore", ".*sync_dist.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*treespec.*")
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
 
 
 class RunFolderCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
@@ -176,12 +178,20 @@ def build_datasets(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: LabelM
 def speaker_normalizer(cfg: dict, manifest: pd.DataFrame, fold: Fold, source):
     """A :class:`~serkit.data.normalize.SpeakerNormalizer` over the fold's speakers when the config asks for one
     (``features.normalize: speaker``), else None. Features only: each speaker's statistics use that speaker's own
-    utterances (a test speaker's come from its test utterances, never from a label)."""
-    if cfg["features"].get("normalize", "none") == "none":
+    utterances (a test speaker's come from its test utterances, never from a label); a speaker with less than
+    ``features.speaker_min_seconds`` / ``speaker_min_utterances`` gets the training fold's global statistics."""
+    mode = cfg["features"].get("normalize", "none")
+    if mode == "none":
         return None
+    if mode != "speaker":
+        raise ConfigError(f"features.normalize={mode!r} must be resolved to 'speaker' or 'none' per fold before the "
+                          "datasets are built (serkit.train.select)")
     from serkit.data.normalize import SpeakerNormalizer
 
-    return SpeakerNormalizer.from_store(source, manifest, fold.train + fold.val + fold.test)
+    f = cfg["features"]
+    return SpeakerNormalizer.from_store(
+        source, manifest, fold.train + fold.val + fold.test, min_seconds=float(f["speaker_min_seconds"]),
+        min_utterances=int(f["speaker_min_utterances"]), reference_ids=fold.train)
 
 
 def load_loop_encoder(cfg: dict):
@@ -304,34 +314,46 @@ def _fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: P
     check_leakage(fold, manifest)
     own = getattr(get_recipe(cfg["recipe"]), "fit_fold", None)
     if own is not None:  # a multi-stage recipe (GMP-ATL) runs its own stages and writes result.json
+        if choose.grid(cfg):
+            raise ConfigError(f"recipe {cfg['recipe']!r} runs its own stages; features.normalize: auto and "
+                              "train.select are not supported there")
         return own(cfg, manifest, fold, source, fold_dir)
-    module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw = train_module(cfg, manifest, fold, source, fold_dir)
+    cfg, work_dir, selection, trained = select_on_validation(cfg, manifest, fold, source, fold_dir)
+    module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw = trained
+    normaliser = {"mode": cfg["features"].get("normalize", "none")}
+    if getattr(train_ds, "normalizer", None) is not None:
+        normaliser["fallback_speakers"] = list(train_ds.normalizer.fallback_speakers)
     refit_epochs = None
     if cfg["train"].get("refit"):
         # Refit on train + validation for the epoch count that validation chose (as GridSearchCV's refit);
         # the test part is still never looked at before scoring.
         import copy
 
-        refit_epochs = (_best_epoch(fold_dir, cfg["train"]["monitor"]) or 0) + 1
+        refit_epochs = (_best_epoch(work_dir, cfg["train"]["monitor"]) or 0) + 1
         rcfg = copy.deepcopy(cfg)
         rcfg["train"].update(epochs=refit_epochs, min_epochs=refit_epochs, patience=refit_epochs + 1)
         whole = Fold(fold.index, fold.protocol, fold.speaker_independent, fold.train + fold.val, fold.val, fold.test,
                      fold.test_speakers, fold.val_speakers)
         module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw = train_module(
-            rcfg, manifest, whole, source, fold_dir / "refit", select=False)
+            rcfg, manifest, whole, source, work_dir / "refit", select=False)
     test_dl = DataLoader(test_ds, **eval_kw)
     outputs = predict_outputs(module, test_dl, inference_device(cfg["train"]))
     rows = test_ds.rows
     res = {"fold": fold.index, "test_speakers": fold.test_speakers, "val_speakers": fold.val_speakers,
            "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-           "best_epoch": _best_epoch(fold_dir, cfg["train"]["monitor"]),
-           "best_val": _best_val(fold_dir, cfg["train"]["monitor"])}
+           "best_epoch": _best_epoch(work_dir, cfg["train"]["monitor"]),
+           "best_val": _best_val(work_dir, cfg["train"]["monitor"])}
     pred_table = pd.DataFrame({"id": rows["id"], "speaker": rows["speaker"]})
     if cfg["task"] == "classification":
         y_true = test_ds.enc["emotion"]
         probs = torch.softmax(torch.from_numpy(outputs["logits"]), -1).numpy()
         y_pred = probs.argmax(-1)
         res["metrics"] = classification_metrics(y_true, y_pred, labels.classes)
+        # UA and macro-F1 average over the classes the test part holds; say which, and which it lacks
+        seen = set(train_ds.enc["emotion"].tolist())
+        res["ua_classes"] = [c for i, c in enumerate(labels.classes) if i in set(y_true.tolist())]
+        res["absent_from_test"] = [c for i, c in enumerate(labels.classes) if i in seen and c not in res["ua_classes"]]
+        res["unseen_in_training"] = [c for i, c in enumerate(labels.classes) if c in res["ua_classes"] and i not in seen]
         res["confusion"] = confusion(y_true, y_pred, len(labels.classes)).tolist()
         pred_table["true"] = [labels.classes[i] for i in y_true]
         pred_table["pred"] = [labels.classes[i] for i in y_pred]
@@ -345,6 +367,9 @@ def _fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: P
             pred_table[f"pred_{a}"] = outputs["prediction"][:, i]
     res["metrics"].update(recipe.extra_test_metrics(outputs, rows, labels, fold))
     res["classes"] = labels.classes
+    res["normalisation"] = normaliser
+    if selection is not None:
+        res["selection"] = selection
     if refit_epochs is not None:
         res["refit_epochs"] = refit_epochs
     res["resumed"] = [{"phase": "search", **r} for r in read_resumes(fold_dir)] + \
@@ -353,6 +378,28 @@ def _fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: P
     if "embedding" in outputs:
         np.save(fold_dir / "test_embeddings.npy", outputs["embedding"].astype(np.float32))
     return res  # fit_fold writes result.json (the fold's resume marker) with its time
+
+
+def select_on_validation(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path):
+    """Train every candidate of :func:`serkit.train.select.candidates` on ``fold.train``, keep the best on
+    ``fold.val`` (never the test part). Returns ``(chosen config, its folder, selection record or None, what
+    train_module returned for it)``; with nothing to choose, one training in ``fold_dir`` as before."""
+    cands = choose.candidates(cfg)
+    if len(cands) == 1:
+        return cands[0][1], fold_dir, None, train_module(cands[0][1], manifest, fold, source, fold_dir)
+    monitor = cfg["train"]["monitor"]
+    scores, kept, kept_i = [], None, None
+    for i, (choice, c) in enumerate(cands):
+        d = fold_dir / "select" / choose.slug(choice)
+        trained = train_module(c, manifest, fold, source, d)
+        scores.append(_best_val(d, monitor))
+        if choose.best(scores) == i:
+            kept, kept_i = trained, i
+        log.info("fold %d: candidate %s: best %s %s", fold.index, choose.slug(choice), monitor, scores[-1])
+    choice, chosen = cands[kept_i]
+    record = {"grid": choose.grid(cfg), "monitor": monitor, "chosen": choice,
+              "candidates": [{"choice": ch, "val": v} for (ch, _), v in zip(cands, scores)]}
+    return chosen, fold_dir / "select" / choose.slug(choice), record, kept
 
 
 def _keep_old_metrics(fold_dir: Path) -> None:
