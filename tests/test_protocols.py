@@ -173,7 +173,7 @@ EMODB_VAL2 = [["10", "16"], ["11", "16"], ["09", "15"], ["08", "15"], ["12", "13
 @needs_shared
 @pytest.mark.parametrize("config, test, val", [
     ("configs/ravdess/baseline.yaml", RAVDESS_TEST, [[f"ravdess_{s}" for s in v] for v in RAVDESS_VAL2]),
-    ("configs/ravdess/mll.yaml", RAVDESS_TEST, [[f"ravdess_{s}" for s in v] for v in RAVDESS_VAL4]),
+    ("configs/ravdess/baseline-frames.yaml", RAVDESS_TEST, [[f"ravdess_{s}" for s in v] for v in RAVDESS_VAL4]),
     ("configs/emodb/baseline.yaml", [[f"emodb_{s}" for s in v] for v in EMODB_TEST],
      [[f"emodb_{s}" for s in v] for v in EMODB_VAL2]),
 ])

@@ -37,9 +37,7 @@ HEAD_FILES = {"speaker": "model.safetensors", "global": "model-global.safetensor
 
 def heads_for(cfg: dict) -> list[str]:
     """The heads a config trains: ``["speaker", "global"]`` with speaker normalisation, else ``["global"]``."""
-    # auto (chosen per fold in cross-validation) trains both heads; prediction then uses the speaker head where
-    # enough of the speaker's speech is given and the global head otherwise
-    return ["speaker", "global"] if cfg["features"].get("normalize", "none") in ("speaker", "auto") else ["global"]
+    return ["speaker", "global"] if cfg["features"].get("normalize", "none") == "speaker" else ["global"]
 
 
 def head_file(head: str, heads: list[str]) -> str:
@@ -111,6 +109,10 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
     from serkit.train.features import usable_ids
 
     cfg = load_config(config, overrides)
+    if cfg["features"]["normalize"] == "auto":
+        # a trained model has both heads (speaker-normalised and global); prediction uses the speaker head where
+        # the speaker's speech is given (--enroll) and the global head otherwise: what auto chooses between
+        cfg["features"]["normalize"] = "speaker"
     cv = None
     if cv_results is not None:
         import json
