@@ -176,3 +176,26 @@ def test_train_refuses_too_few_speakers_before_extraction(tmp_path, monkeypatch,
     assert main(["train", str(cfg), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("serkit train: error:") and "1 speaker(s)" in err and "\n" not in err
+
+
+def test_the_card_quotes_cross_validation_figures(spk_model, tmp_path, tiny_corpus, capsys):
+    import shutil
+
+    from serkit.model_card import write_model_card
+    from serkit.train.final import _cv_summary
+
+    d = tmp_path / "m"
+    shutil.copytree(spk_model, d)
+    val = json.loads((d / "validation.json").read_text())
+    cv = {"name": "tiny", "protocol": {"name": "speaker_kfold", "k": 3}, "speaker_independent": True,
+          "feature_normalisation": "none", "folds": [{}, {}, {}],
+          "mean": {"ua": 0.8123, "wa": 0.8, "macro_f1": 0.79}, "std": {"ua": 0.0456, "wa": 0.05, "macro_f1": 0.06}}
+    (d / "validation.json").write_text(json.dumps({**val, "cv": _cv_summary(cv)}))
+    card = write_model_card(d).read_text()
+    assert "3 folds" in card and "| ua | 0.812 ± 0.046 |" in card
+    assert main(["info", str(d)]) == 0 and "cv:        ua 0.812 ± 0.046 (3 folds)" in capsys.readouterr().out
+    # a results.json that cannot be read stops `serkit train` before any work, in one line
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"corpus: csv\nroot: {tiny_corpus / 'table.csv'}\nencoder: {{id: fbank-40}}\n")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "out"), "--cv-results", str(tmp_path / "no.json")]) == 2
+    assert "--cv-results" in capsys.readouterr().err and not (tmp_path / "out").exists()
