@@ -17,7 +17,7 @@ Utterances that are tested in no fold (e.g. the ``official`` protocol's training
 
 Functions:
     :func:`fold_test_groups` (id -> group), :func:`plan_variants` (who mixes with whom, no audio),
-    :func:`render_variants` (mix and write wav files), :func:`valid_variants` (per fold),
+    :func:`render_variants` (mix and write audio files), :func:`valid_variants` (per fold),
     :func:`soft_labels` (rows of class probabilities), :func:`build_mixup` (config -> a mixup object),
     :func:`ensure_variant_store` (plan + render + extract into a store keyed by the mixup spec; resumable).
 """
@@ -121,10 +121,12 @@ def plan_variants(manifest: pd.DataFrame, folds, k: int, seed: int = 0, differen
 
 def render_variants(plan: pd.DataFrame, manifest: pd.DataFrame, mixup, out_dir: str | Path, seed: int = 0,
                     read=None) -> pd.DataFrame:
-    """Mix every planned pair with ``mixup.mix_pair`` and write float32 16 kHz wav files under ``out_dir``.
+    """Mix every planned pair with ``mixup.mix_pair`` and write float32 16 kHz AU files under ``out_dir``.
 
     Returns ``plan`` plus ``path``, ``duration`` (s) and ``lam`` (the partner's label weight). The mixing draws
-    come from ``(seed, variant id)``, so a re-render gives identical files (identical content hashes).
+    come from ``(seed, variant id)``, so a re-render, in any order or of any subset, gives identical files
+    (identical content hashes, so a resumed variant store keeps what it already extracted). AU, not WAV:
+    libsndfile stamps float WAVs with the time of writing (PEAK chunk).
     """
     import soundfile as sf
 
@@ -149,8 +151,8 @@ def render_variants(plan: pd.DataFrame, manifest: pd.DataFrame, mixup, out_dir: 
         for r in sub.itertuples(index=False):
             mixed, lm, _ = mixup.mix_pair(wave(r.parent), wave(r.partner), _rng(seed, "mix", r.id))
             mixed = np.asarray(mixed, dtype=np.float32)
-            p = out_dir / f"{r.id.replace('/', '_')}.wav"
-            sf.write(str(p), mixed, SAMPLE_RATE, subtype="FLOAT")
+            p = out_dir / f"{r.id.replace('/', '_')}.au"
+            sf.write(str(p), mixed, SAMPLE_RATE, format="AU", subtype="FLOAT")
             lam.append(float(lm))
             dur.append(len(mixed) / SAMPLE_RATE)
             path.append(str(p))
@@ -195,7 +197,7 @@ def ensure_variant_store(manifest: pd.DataFrame, folds, spec: dict, encoder: dic
                          progress: bool = True, log=print):
     """Plan, render and extract the variants described by ``spec`` (``name``, ``k``, ``seed``, mixup options) into
     ``<base_dir>-variants-<name>-k<k>-<key>``; returns ``(FeatureStore, variants table)``. Resumable: a finished
-    store (``variants.csv`` written and every id present) is opened without rendering anything; the temporary wav
+    store (``variants.csv`` written and every id present) is opened without rendering anything; the temporary audio
     files are deleted after extraction."""
     from serkit.cache import FeatureStore, extract_to_cache
     from serkit.train.features import extraction_options
