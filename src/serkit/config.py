@@ -27,18 +27,19 @@ DEFAULTS: dict = {
     "protocol": None,
     "encoder": {"id": "openai/whisper-base", "mode": "native", "layers": "all", "device": "auto",
                 "batch_seconds": 120.0, "precision": "fp32"},
-    "features": {"source": "cache", "cache_dir": None, "max_seconds": None, "crop": "none", "level": "frames",
-                 "preload": True, "normalize": None, "speaker_min_seconds": 10.0, "speaker_min_utterances": 5},
+    # the feature stage (serkit.train.feature_stage): what every model sees of the encoder's hidden states
+    "features": {"source": "cache", "cache_dir": None, "crop": "none", "level": "frames", "preload": True,
+                 "normalize": None, "speaker_min_seconds": 10.0, "speaker_min_utterances": 5, "layers": None,
+                 "pool_frames": 1, "max_frames": None},
     "model": {"name": "baseline"},
     "objective": None,
     "augment": None,
-    "sampler": None,
     "train": {"epochs": 30, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw",
               "scheduler": "none", "warmup_epochs": 0, "lr_decay": 1.0, "patience": 8, "seed": 0,
               "monitor": "auto", "precision": "fp32", "accelerator": "auto", "devices": 1, "strategy": "auto",
-              "num_workers": 0, "class_weights": None, "grad_clip": 1.0, "deterministic": True,
+              "num_workers": 0, "grad_clip": 1.0, "deterministic": True,
               "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True, "refit": False,
-              "max_frames": None, "num_nodes": 1, "logger": "csv", "select": None},
+              "num_nodes": 1, "logger": "csv", "select": None},
     "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
     "recipe_options": {},
 }
@@ -47,7 +48,7 @@ TYPES = {
     "name": str, "recipe": str, "corpus": (str, list, type(None)), "root": (str, dict, type(None)),
     "manifest": (str, type(None)), "class_set": (str, dict, type(None)), "task": str, "targets": list,
     "protocol": (dict, type(None)), "encoder": (dict, list), "features": dict, "model": dict,
-    "objective": (list, type(None)), "augment": (dict, type(None)), "sampler": (dict, type(None)),
+    "objective": (list, type(None)), "augment": (dict, type(None)),
     "train": dict, "predict": dict, "recipe_options": dict,
 }
 CHOICES = {
@@ -67,10 +68,53 @@ CHOICES = {
 NUMERIC = {
     "train.seed": (int, False), "train.min_epochs": (int, False), "train.eval_batch_size": (int, False),
     "train.num_workers": (int, True), "train.warmup_epochs": (int, False), "train.decay_epochs": (int, True),
-    "train.max_frames": (int, True), "train.lr_decay": (float, False), "train.grad_clip": (float, True),
+    "train.lr_decay": (float, False), "train.grad_clip": (float, True),
     "predict.window_seconds": (float, False), "predict.hop_seconds": (float, False),
-    "features.max_seconds": (float, True), "encoder.batch_seconds": (float, False),
+    "features.max_frames": (int, True), "features.pool_frames": (int, False), "encoder.batch_seconds": (float, False),
 }
+
+
+#: Old spellings: ``(section, key) -> (section, key)`` moved on loading with a FutureWarning (one spelling each).
+DEPRECATED = {
+    ("train", "max_frames"): ("features", "max_frames"),
+    ("model", "layers"): ("features", "layers"),
+}
+
+
+#: Keys that were accepted but never read: dropped when unset (configs saved by older versions), else an error.
+DEAD = {(None, "sampler"), ("features", "max_seconds"), ("train", "class_weights")}
+
+
+def _move_deprecated(raw: dict, source: str) -> dict:
+    """Move old spellings (:data:`DEPRECATED`) of a raw config to their one place, warning once per key; drop
+    unset :data:`DEAD` keys."""
+    import warnings
+
+    for sec, key in DEAD:
+        holder = raw if sec is None else raw.get(sec)
+        if isinstance(holder, dict) and key in holder:
+            name = key if sec is None else f"{sec}.{key}"
+            if holder[key] is not None:
+                raise ConfigError(f"{source}: {name} was never used by serkit and is removed; "
+                                  + ("class weights go on the loss term (objective: [{name: cross_entropy, "
+                                     "class_weights: balanced}])" if key == "class_weights" else "delete it"))
+            holder = {k: v for k, v in holder.items() if k != key}
+            raw = holder if sec is None else {**raw, sec: holder}
+    for (sec, key), (to_sec, to_key) in DEPRECATED.items():
+        old = raw.get(sec)
+        if not isinstance(old, dict) or key not in old:
+            continue
+        if old[key] is None:
+            raw = {**raw, sec: {k: v for k, v in old.items() if k != key}}
+            continue
+        new = raw.get(to_sec) if isinstance(raw.get(to_sec), dict) else {}
+        if new.get(to_key) is not None and new[to_key] != old[key]:
+            raise ConfigError(f"{source}: {sec}.{key}={old[key]!r} and {to_sec}.{to_key}={new[to_key]!r} disagree; "
+                              f"{sec}.{key} is the old spelling of {to_sec}.{to_key}: give only that")
+        warnings.warn(f"{source}: {sec}.{key} is deprecated; write {to_sec}.{to_key} (moved for this run)",
+                      FutureWarning, stacklevel=3)
+        raw = {**raw, sec: {k: v for k, v in old.items() if k != key}, to_sec: {**new, to_key: old[key]}}
+    return raw
 
 
 def _merge(base: dict, override: dict, path: str = "") -> dict:
@@ -140,6 +184,11 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"config: {dotted}={v!r} is not one of {choices}")
     if cfg["corpus"] is None and cfg["manifest"] is None:
         raise ConfigError("config: give 'corpus' (a reader name) or 'manifest' (a prepared table)")
+    if not isinstance(cfg["features"]["pool_frames"], int) or cfg["features"]["pool_frames"] < 1:
+        raise ConfigError(f"config: features.pool_frames must be an integer >= 1, got {cfg['features']['pool_frames']!r}")
+    mf = cfg["features"]["max_frames"]
+    if mf is not None and (not isinstance(mf, int) or mf < 1):
+        raise ConfigError(f"config: features.max_frames must be a positive integer or null, got {mf!r}")
     for k in ("epochs", "batch_size", "patience"):
         if not isinstance(cfg["train"][k], int) or cfg["train"][k] <= 0:
             raise ConfigError(f"config: train.{k} must be a positive integer, got {cfg['train'][k]!r}")
@@ -172,6 +221,9 @@ def validate(cfg: dict) -> dict:
     _check_select(cfg)
     if cfg["train"]["monitor"] == "auto":
         cfg["train"]["monitor"] = "val_ua" if cfg["task"] == "classification" else "val_ccc_mean"
+    from serkit.options import resolve
+
+    resolve(cfg)  # every section type-checked once (serkit.options.resolve gives the typed view)
     return cfg
 
 
@@ -280,9 +332,10 @@ def load_config(path: str | Path | dict, overrides: list[str] | None = None) -> 
         if base:
             parent = load_config_raw(p.parent / base)
             raw = _merge(parent, raw) if parent else raw
-    cfg = _merge(DEFAULTS, raw)
+    cfg = _merge(DEFAULTS, _move_deprecated(raw, source))
     for o in overrides or []:
         cfg = apply_override(cfg, o)
+    cfg = _move_deprecated(cfg, source)
     return validate(cfg)
 
 

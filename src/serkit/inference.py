@@ -151,6 +151,19 @@ class Recognizer:
         self.hop = float(p.get("hop_seconds", 5.0))
         #: "speaker" when the model was trained on speaker-normalised features (see serkit.data.normalize)
         self.normalize = normalize
+        #: the model normalises encoder outputs itself (encoder blocks in the loop): it gets raw features plus the
+        #: speaker statistics (``speaker_mean`` / ``speaker_std``) instead of normalised features
+        self.stats_in_batch = any(bool(getattr(m, "takes_speaker_stats", False)) for m in self.heads.values()) or \
+            cfg.get("features", {}).get("source") == "waveform"
+        #: the feature stage's layer choice (positions in the stored layers) and frame pooling, as in training
+        self.layer_index = None
+        chosen = cfg.get("features", {}).get("layers")
+        if chosen is not None and not self.stats_in_batch and "layers" in encoder_info:
+            from serkit.encoders.featurizer import parse_layers
+
+            idx, _ = parse_layers(chosen, len(encoder_info["layers"]))
+            self.layer_index = None if idx == list(range(len(encoder_info["layers"]))) else idx
+        self.pool_frames = int(cfg.get("features", {}).get("pool_frames", 1) or 1)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -197,6 +210,9 @@ class Recognizer:
         for head, file in files.items():
             if not (d / file).exists():
                 raise SerkitError(f"{d}: not a serkit model folder (missing {file}, the {head} head)")
+            if recipe == "if_mvse":
+                raise SerkitError(f"{d}: IF-MVSE models (several encoders and score sets) cannot be loaded for "
+                                  f"prediction yet")
             module = get_recipe(recipe).build_model(cfg, spec)
             if source == "waveform":
                 from serkit.encoders import load_encoder, parse_layers
@@ -320,9 +336,16 @@ class Recognizer:
                 batch = {"waveform": waves, "lengths": lengths}
             elif self.cfg["features"].get("level") == "pooled":
                 pooled = [x.numpy() if use is None else normalize_pooled(x.numpy(), *use) for x in chunk]
+                pooled = [p if self.layer_index is None else p[self.layer_index] for p in pooled]
                 batch = {"pooled": torch.from_numpy(np.stack(pooled))}
             else:
-                frames = [x.numpy() if use is None else normalize_frames(x.numpy(), *use) for x in chunk]
+                inner = self.stats_in_batch  # raw frames; the model normalises what its encoder blocks compute
+                frames = [x.numpy() if use is None or inner else normalize_frames(x.numpy(), *use) for x in chunk]
+                frames = [f if self.layer_index is None else f[self.layer_index] for f in frames]
+                if self.pool_frames > 1:
+                    from serkit.data.features import pool_frames
+
+                    frames = [pool_frames(np.asarray(f, dtype=np.float32), self.pool_frames) for f in frames]
                 t = max(f.shape[1] for f in frames)
                 feats = torch.zeros(len(frames), frames[0].shape[0], t, frames[0].shape[2])
                 mask = torch.zeros(len(frames), t, dtype=torch.bool)
@@ -330,6 +353,11 @@ class Recognizer:
                     feats[j, :, :f.shape[1]] = torch.from_numpy(f).float()
                     mask[j, :f.shape[1]] = True
                 batch = {"features": feats, "frame_mask": mask}
+            if use is not None and self.stats_in_batch:
+                batch["speaker_mean"] = torch.from_numpy(np.asarray(use[0], dtype=np.float32))[None].expand(
+                    len(chunk), -1, -1)
+                batch["speaker_std"] = torch.from_numpy(np.asarray(use[1], dtype=np.float32))[None].expand(
+                    len(chunk), -1, -1)
             batch = {k: v.to(self.device) for k, v in batch.items()}
             if self._waveform_model and self.precision == "bf16":  # the encoder runs inside the model
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):

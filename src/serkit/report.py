@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from serkit.io import atomic_write_text
+from serkit.train.logs import read_fold_metrics
 
 
 def plot_confusion(conf: np.ndarray, classes: list[str], path: Path, title: str) -> None:
@@ -62,8 +63,6 @@ def plot_learning_curves(out_dir: Path, monitor: str, path: Path, summary: dict 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
     any_ = False
     for fold_dir in fold_work_dirs(out_dir, summary):
-        from serkit.train.fit import read_fold_metrics
-
         df = read_fold_metrics(fold_dir)
         if df is None:
             continue
@@ -78,7 +77,8 @@ def plot_learning_curves(out_dir: Path, monitor: str, path: Path, summary: dict 
     a2.set_title(f"validation {monitor.removeprefix('val_')}")
     for a in (a1, a2):
         a.set_xlabel("epoch")
-        a.legend(fontsize=7)
+        if any_:
+            a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -104,9 +104,41 @@ def choices_section(summary: dict) -> list[str]:
     return ["## Chosen on the validation speakers", "", head, "|---|---|---|---|", *rows, ""]
 
 
-def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
-    from serkit.train.cv import format_table
+def format_table(summary: dict, keys: list[str] | None = None) -> str:
+    """Markdown table of per-fold metrics plus mean ± std (percent for classification)."""
+    if keys is None:
+        keys = ["wa", "ua", "macro_f1"] if summary["task"] == "classification" else \
+            [k for k in summary["mean"] if k.startswith("ccc_")]
+        keys += [k for k in ("speaker_eer", "speaker_wa", "speaker_ua") if k in summary["mean"]]
+    head = "| fold | test speakers | n | " + " | ".join(keys) + " |"
+    lines = [head, "|" + "---|" * (3 + len(keys))]
+    for f in summary["folds"]:
+        spk = " ".join(s.split("_")[-1] for s in f["test_speakers"][:6])
+        lines.append(f"| {f['fold']} | {spk} | {f['n_test']} | " +
+                     " | ".join(f"{f['metrics'].get(k, float('nan')):.4f}" for k in keys) + " |")
+    lines.append("| mean ± std | | | " + " | ".join(
+        f"{summary['mean'].get(k, float('nan')):.4f} ± {summary['std'].get(k, float('nan')):.4f}" for k in keys) + " |")
+    for k, bad in (summary.get("not_averaged") or {}).items():
+        lines.append(f"\n{k}: mean over {len(summary['folds']) - len(bad)} fold(s); no value in fold(s) {bad}")
+    for k, ws in (summary.get("fold_warnings") or {}).items():
+        lines.extend(f"\nwarning: fold {k}: {w}" for w in ws)
+    return "\n".join(lines)
 
+
+def format_stages(summary: dict) -> str:
+    """Markdown: each scored stage's test (and validation) mean ± std over folds; the last one is the result."""
+    keys = ["ua", "wa", "macro_f1"] if summary["task"] == "classification" else \
+        [k for k in summary["mean"] if k.startswith("ccc_")]
+    lines = ["| stage | " + " | ".join(keys) + " | validation " + keys[0] + " |", "|" + "---|" * (2 + len(keys))]
+    for n, s in summary["stages"].items():
+        val = s.get("val_mean", {}).get(keys[0])
+        lines.append(f"| {n} | " + " | ".join(
+            f"{s['mean'].get(k, float('nan')):.4f} ± {s['std'].get(k, float('nan')):.4f}" for k in keys)
+            + f" | {'-' if val is None else f'{val:.4f}'} |")
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
@@ -140,6 +172,8 @@ def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
         from serkit.train.cross_corpus import format_cross_table
 
         lines += ["## Cross-corpus table", "", format_cross_table(summary["cross_corpus"], cfg), ""]
+    if summary.get("stages"):
+        lines += ["## Stages (test mean ± std over folds; the last is the result)", "", format_stages(summary), ""]
     if summary["task"] == "classification":
         keys = ["wa", "ua", "macro_f1"]
         confs = [np.asarray(f["confusion"]) for f in summary["folds"] if "confusion" in f]

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from serkit.errors import ConfigError
+from serkit.models.gmp_atl import GMPStageModel
 from serkit.models.staged_encoder import StagedEncoder
-from serkit.recipes.gmp_atl import GMPStageModel, gmp_options
+from serkit.recipes.gmp_atl import gmp_options
 from tests.encoders.tiny import FAMILIES, tiny_encoder
 from tests.encoders.tiny import tiny_config as tiny_encoder_config
 from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
@@ -75,7 +76,8 @@ def test_stage2_pseudo_label_shapes_and_loss():
     pseudo = torch.full((b, 2, 25), -1, dtype=torch.long)
     pseudo[:, 0, :t] = torch.randint(0, 4, (b, t))
     pseudo[:, 1, :t] = torch.randint(0, 16, (b, t))
-    batch = {"features": torch.randn(b, 1, t, 32), "frame_mask": fm, "pseudo": pseudo, "emotion": torch.tensor([0, 1, 2])}
+    batch = {"features": torch.randn(b, enc.num_layers, t, 32), "frame_mask": fm, "pseudo": pseudo,
+             "emotion": torch.tensor([0, 1, 2])}
     out = model(batch)
     assert {k: tuple(v.shape) for k, v in out["pseudo_logits"].items()} == {4: (b, t, 4), 16: (b, t, 16)}
     assert {k: tuple(v.shape) for k, v in out["pseudo_labels"].items()} == {4: (b, t), 16: (b, t)}
@@ -120,16 +122,17 @@ def test_three_stages_from_cache_and_resume(tiny_corpus, tmp_path):  # noqa: F81
     assert 0.0 <= res["metrics"]["ua"] <= 1.0
     fold_root = tmp_path / "stages" / "fold0"
     dirs = sorted(p.name.split("-")[0] for p in fold_root.iterdir())
-    assert dirs == ["gmp", "stage1", "stage2", "stage3"]
+    assert dirs == ["gmps", "stage1", "stage2", "stage3"]
     for d in fold_root.iterdir():
         marker = json.loads((d / "stage.json").read_text())
         assert not (d / "checkpoints").exists()
-        if d.name.startswith("stage"):
-            assert (d / marker["state"]).exists()
-        if d.name.startswith("stage1"):
-            assert marker["encoder_trained"] is False  # frozen encoder in stage 1 here: only its head is kept
-    gmp = next(fold_root.glob("gmp-*"))
-    with np.load(gmp / "pseudo_labels.npz") as z:
+        assert all((d / f).exists() for f in marker["files"])
+        if d.name.startswith("stage1"):  # frozen encoder in stage 1 here: only its head is kept
+            from safetensors.torch import load_file
+
+            assert not any(k.startswith("encoder.") for k in load_file(str(d / "state.safetensors")))
+    gmp = next(fold_root.glob("gmps-*"))
+    with np.load(gmp / "arrays.npz") as z:
         arrs = [z[k] for k in z.files]
     n_train = json.loads((tmp_path / "run" / "folds.json").read_text())
     assert len(arrs) == len(n_train[0]["train"] if isinstance(n_train, list) else n_train["folds"][0]["train"])
@@ -160,7 +163,7 @@ def test_three_stages_waveform_hubert_full_finetuning(tiny_corpus, tmp_path):  #
     run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
     res = json.loads((tmp_path / "run" / "fold0" / "result.json").read_text())
     assert set(res["stage_metrics"]) == {"stage1", "stage3"}
-    gmp = json.loads(next((tmp_path / "run" / "fold0").glob("gmp-*/stage.json")).read_text())
+    gmp = json.loads(next((tmp_path / "run" / "fold0").glob("gmps-*/stage.json")).read_text())
     assert gmp["from_stage1"]  # the fine-tuned stage-1 encoder gives the clustered frames
 
 
@@ -171,7 +174,9 @@ def test_options_checked():
         gmp_options({"recipe_options": {"stages": [2, 3]}})
     with pytest.raises(ConfigError):
         gmp_options({"recipe_options": {"stage3": {"loss": "focal"}}})
-    assert gmp_options({})["cluster"]["ks"] == [64, 512, 4096]
+    assert gmp_options({}).cluster.ks == [64, 512, 4096]
+    with pytest.raises(ConfigError, match="bogus"):
+        gmp_options({"recipe_options": {"stage1": {"bogus": 1}}})
 
 
 def test_ablation_rows_share_stage_root(tmp_path):
@@ -208,7 +213,7 @@ def test_ablation_merge_combines_fold_parts(tmp_path):
     put("full", 2, 0.6, 0.7)  # the same fold again, agreeing
     (tmp_path / "part-0_1-rows.json").write_text(json.dumps([{"row": "full", "seconds": 10.0}]))
     (tmp_path / "part-2_3-rows.json").write_text(json.dumps([{"row": "full", "seconds": 5.0}]))
-    md, df = merge_parts("configs/ravdess/gmp-atl.yaml", tmp_path, rows=["stage1", "full"], table="t")
+    _, df = merge_parts("configs/ravdess/gmp-atl.yaml", tmp_path, rows=["stage1", "full"], table="t")
     assert list(df["row"]) == ["full"] and int(df["folds"].iloc[0]) == 3
     assert abs(df["ua_mean"].iloc[0] - 60.0) < 1e-9 and abs(df["seconds"].iloc[0] - 15.0) < 1e-9
     assert (tmp_path / "t.md").exists()
@@ -218,7 +223,7 @@ def test_ablation_merge_combines_fold_parts(tmp_path):
 
 
 def test_stage_keys_ignore_result_neutral_settings():
-    from serkit.recipes.gmp_atl import _schedule
+    from serkit.train.stages import schedule as _schedule
 
     t = {"epochs": 3, "lr": 1e-4, "num_workers": 8, "progress": False}
     assert _schedule(t) == _schedule({**t, "num_workers": 0, "progress": True}) == {"epochs": 3, "lr": 1e-4}

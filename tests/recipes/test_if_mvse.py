@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import serkit.recipes.if_mvse as mvse
 from serkit.config import load_config
@@ -20,7 +21,7 @@ def _cfg(root, task="regression", **over):
     cfg = tiny_config(root, recipe="if_mvse", task=task, train={"epochs": 3, "lr": 0.003, "patience": 5})
     cfg["encoder"] = [{"id": "fbank-40", "name": "fb40"}, {"id": "fbank-80", "name": "fb80", "pooling": "stats"}]
     cfg["model"] = {"name": "if_mvse", "hidden": [16], "dropout": 0.0, "fuse_dim": 16}
-    cfg["recipe_options"] = {"score_sets": SETS, "pooling": "mean", "layer": -1}
+    cfg["recipe_options"] = {"score_sets": SETS, "pooling": "mean"}
     if task == "regression":
         cfg["targets"] = ["arousal", "valence"]
         cfg["objective"] = [{"name": "ccc"}]
@@ -33,60 +34,78 @@ def quiet(*a):
 
 
 def test_regression_end_to_end_schema(tiny_corpus, tmp_path):  # noqa: F811
+    from serkit.train.cv import run_cv
+
     out = tmp_path / "reg"
-    summary = mvse.run_mvse(_cfg(tiny_corpus), out, log=quiet)
+    summary = run_cv(_cfg(tiny_corpus), out, log=quiet)  # the one runner (`serkit mvse` is an alias)
     res = json.loads((out / "results.json").read_text())
-    # run_cv's schema ...
     assert {"name", "recipe", "task", "protocol", "speaker_independent", "encoder", "folds", "mean", "std"} <= set(res)
     assert res["recipe"] == "if_mvse" and res["speaker_independent"] and len(res["folds"]) == 3
     for f in res["folds"]:
         assert {"fold", "test_speakers", "n_test", "metrics"} <= set(f)
         assert {"ccc_arousal", "ccc_valence", "ccc_mean"} <= set(f["metrics"])
-        assert set(f["weights"]) == {"S1", "S2", "S3"} and all(0 <= w <= 1 for w in f["weights"].values())
-        assert all(abs(w * 100 - round(w * 100)) < 1e-6 for w in f["weights"].values())  # 0.01 grid
+        w = f["extras"]["weights"]
+        assert set(w) == {"S1", "S2", "S3"} and all(0 <= x <= 1 for x in w.values())
+        assert all(abs(x * 100 - round(x * 100)) < 1e-6 for x in w.values())  # 0.01 grid
         # the validation search includes every one-hot weight, so it can never lose to a single set there
-        best_single = max(s["val"]["ccc_mean"] for s in f["score_sets"].values())
-        assert f["val_metrics"]["ccc_mean"] >= best_single - 1e-9
-        assert f["score_sets"]["S2"]["views"] == ["fb40", "fb80"]
-    # ... plus the IF-MVSE tables
-    assert set(res["score_sets"]) == {"S1", "S2", "S3"}
-    for s in res["score_sets"].values():
-        assert {"views", "mean", "std", "val_mean", "val_std"} <= set(s) and "ccc_mean" in s["mean"]
-    assert len(res["weights"]) == 3 and res["validation_check"]["combination_ge_best_single_view_on_val"]
+        sm = f["stage_metrics"]
+        assert set(sm) == {"S1", "S2", "S3", "combine"}
+        best_single = max(sm[n]["val"]["ccc_mean"] for n in ("S1", "S2", "S3"))
+        assert sm["combine"]["val"]["ccc_mean"] >= best_single - 1e-9
+        assert sm["combine"]["test"] == pytest.approx(f["metrics"])
+        assert f["extras"]["best_single_view"]["name"] in ("S1", "S3")
+    assert set(res["stages"]) == {"S1", "S2", "S3", "combine"}
     assert res["mean"]["ccc_mean"] == pytest.approx(np.mean([f["metrics"]["ccc_mean"] for f in res["folds"]]))
-    report = (out / "report.md").read_text()
-    assert "weighted combination" in report and "Weights found on validation" in report
+    assert "Stages" in (out / "report.md").read_text()
     assert summary["mean"] == res["mean"]
-    # views: fbank-40 mean (40-d) and fbank-80 mean+std (160-d); resumed run reuses every result
-    mats = mvse.load_views(load_config(_cfg(tiny_corpus)), _manifest(tiny_corpus), out, quiet)[1]
-    assert mats["fb40"].shape[1] == 40 and mats["fb80"].shape[1] == 160
-    again = mvse.run_mvse(_cfg(tiny_corpus), out, log=quiet)
+    again = mvse.run_mvse(_cfg(tiny_corpus), out, log=quiet)  # resumed: every fold reused
     assert again["mean"] == summary["mean"]
 
 
-def _manifest(root):
-    from serkit.train.cv import load_experiment_manifest
+def test_views_come_from_the_feature_stage(tiny_corpus, tmp_path):  # noqa: F811
+    """Per-view layer choice and pooling, speaker-normalised views (the statistics applied by the stage)."""
+    from serkit.train.cv import run_cv
 
-    return load_experiment_manifest(load_config(_cfg(root)))
+    cfg = _cfg(tiny_corpus, features={"cache_dir": str(tiny_corpus / "cache"), "normalize": "speaker"})
+    cfg["encoder"][1]["features"] = {"layers": 0}
+    dims = {}
+    original = mvse.fold_views
+
+    def spy(ctx, labels):
+        sets = original(ctx, labels)
+        dims.update({n: v.shape[1] for n, v in sets[0].views.items()})
+        return sets
+
+    import serkit.recipes.if_mvse as m
+
+    m.fold_views = spy
+    try:
+        res = run_cv(cfg, tmp_path / "spk", folds_only=[0], log=quiet)
+    finally:
+        m.fold_views = original
+    assert dims == {"fb40": 40, "fb80": 160}  # mean of the last fbank-40 layer; mean+std of fbank-80
+    assert res["feature_normalisation"].startswith("speaker")
 
 
 def test_weights_never_read_test_data(tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
+    from serkit.train.cv import run_cv
+
     cfg = _cfg(tiny_corpus)
-    ref = mvse.run_mvse(cfg, tmp_path / "ref", folds_only=[0], log=quiet)
-    test_ids = set(json.loads((tmp_path / "ref" / "folds.json").read_text())[0]["test"])
-    original = mvse.load_views
+    ref = run_cv(cfg, tmp_path / "ref", folds_only=[0], log=quiet)
+    original = mvse.fold_views
 
-    def noisy(*a, **k):
-        manifest, mats = original(*a, **k)
-        rows = manifest["id"].astype(str).isin(test_ids).to_numpy()
+    def noisy(ctx, labels):
+        train, val, test = original(ctx, labels)
         rng = np.random.default_rng(0)
-        return manifest, {n: np.where(rows[:, None], rng.normal(0, 50, m.shape), m).astype(np.float32)
-                          for n, m in mats.items()}
+        for k, v in test.views.items():
+            test.views[k] = v + torch.from_numpy(rng.normal(0, 50, v.shape).astype(np.float32))
+        return train, val, test
 
-    monkeypatch.setattr(mvse, "load_views", noisy)
-    noise = mvse.run_mvse(cfg, tmp_path / "noise", folds_only=[0], log=quiet)
+    monkeypatch.setattr(mvse, "fold_views", noisy)
+    noise = run_cv(cfg, tmp_path / "noise", folds_only=[0], log=quiet)
     a, b = ref["folds"][0], noise["folds"][0]
-    assert a["weights"] == b["weights"] and a["val_metrics"] == pytest.approx(b["val_metrics"])
+    assert a["extras"]["weights"] == b["extras"]["weights"]
+    assert a["stage_metrics"]["combine"]["val"] == pytest.approx(b["stage_metrics"]["combine"]["val"])
     assert a["metrics"]["ccc_mean"] != pytest.approx(b["metrics"]["ccc_mean"])
 
 
@@ -97,7 +116,8 @@ def test_classification_variant(tiny_corpus, tmp_path):  # noqa: F811
     f = res["folds"][0]
     assert f["fold"] == 1 and {"ua", "wa", "macro_f1"} <= set(f["metrics"]) and "confusion" in f
     assert np.asarray(f["confusion"]).sum() == f["n_test"]
-    assert f["val_metrics"]["ua"] >= max(s["val"]["ua"] for s in f["score_sets"].values()) - 1e-9
+    sm = f["stage_metrics"]
+    assert sm["combine"]["val"]["ua"] >= max(sm[n]["val"]["ua"] for n in ("S1", "S2")) - 1e-9
     assert res["mean"]["ua"] > 0.5, "pitch classes from filterbank statistics are easy"
 
 

@@ -61,17 +61,23 @@ def test_planted_fold_checkpoint_is_refused_and_never_runs(finished_run, tmp_pat
 
 
 def test_planted_stage_checkpoint_is_refused_and_never_runs(tiny_corpus, tmp_path):
+    """Every stage of a stage list (GMP-ATL's, IF-MVSE's) trains through the runner's train_module, which resumes
+    with fit_resumable: a planted last.ckpt in a stage folder is refused the same way."""
     from serkit.config import load_config
-    from serkit.data.labels import LabelMap
-    from serkit.recipes.gmp_atl import GMPATLRecipe
+    from serkit.protocols import make_folds
+    from serkit.train.cv import feature_source, load_experiment_manifest
+    from serkit.train.fit import train_module
+    from serkit.train.stages import TrainStage
 
     cfg = load_config(tiny_config(tiny_corpus))
+    manifest = load_experiment_manifest(cfg)
+    store = feature_source(cfg, manifest, tmp_path, log=lambda *a: None)
+    fold = make_folds(manifest, cfg["protocol"], seed=0)[0]
     stage_dir = tmp_path / "stage1-abc"
     marker = tmp_path / "MARKER"
     plant(stage_dir / "checkpoints" / "last.ckpt", marker)
-    labels = LabelMap("classification", ["a", "b"], [], ["s"])
     with pytest.raises(CheckpointError, match="last.ckpt: refused to load"):
-        GMPATLRecipe()._fit(cfg, torch.nn.Linear(2, 2), [{"name": "cross_entropy"}], labels, [{}], [{}], stage_dir, seed=0)
+        train_module(cfg, manifest, fold, store, stage_dir, stage=TrainStage("stage1", select="last"))
     assert not marker.exists()
 
 

@@ -62,31 +62,63 @@ class FeatureDataset(_LabelledUtterances):
 
     def __init__(self, store, manifest: pd.DataFrame, ids: Sequence[str], labels: LabelMap, level: str = "frames",
                  preload: bool = True, max_frames: int | None = None, train: bool = False, layers: list[int] | None = None,
-                 normalizer=None):
+                 normalizer=None, pool_frames: int = 1, speaker_stats: bool = False):
         self.store, self.level, self.max_frames, self.layers = store, level, max_frames, layers
-        #: optional :class:`serkit.data.normalize.SpeakerNormalizer`, applied to the stored layers on reading
-        self.normalizer = normalizer
+        #: optional :class:`serkit.data.normalize.SpeakerNormalizer`, applied to the stored layers on reading, or
+        #: (``speaker_stats``) served with each item as ``speaker_mean`` / ``speaker_std`` ``(layers, dim)`` for a
+        #: model that runs encoder blocks on the raw features and normalises their outputs
+        self.normalizer, self.speaker_stats = normalizer, bool(speaker_stats) and normalizer is not None
+        self.pool_frames = max(1, int(pool_frames))
+        if normalizer is not None and hasattr(normalizer, "datasets"):
+            normalizer.datasets += 1
         super().__init__(manifest, ids, labels, train, preload)
 
     def _read(self, i: int) -> np.ndarray:
         uid = self.ids[i]
         x = self.store.pooled(uid) if self.level == "pooled" else self.store.load(uid)
-        if self.normalizer is not None:
+        if self.normalizer is not None and not self.speaker_stats:
             x = self.normalizer.apply(self.rows["speaker"].iloc[i], x, self.level)
         if self.layers is not None:
             x = x[self.layers]
+        if self.level == "frames" and self.pool_frames > 1:
+            x = pool_frames(np.asarray(x, dtype=np.float32), self.pool_frames)
         return np.asarray(x, dtype=np.float16 if self.level == "frames" else np.float32)
+
+    def crop_start(self, i: int, frames: int) -> int | None:
+        """Where item ``i``'s ``max_frames`` window starts (random from ``(epoch, i)`` in training, else the centre),
+        or None when it is not cropped; wrappers crop frame-aligned arrays (e.g. pseudo-labels) the same way."""
+        if self.level != "frames" or not self.max_frames or frames <= self.max_frames:
+            return None
+        if self.train:
+            return int(np.random.default_rng((self.epoch, i)).integers(0, frames - self.max_frames + 1))
+        return (frames - self.max_frames) // 2
 
     def __getitem__(self, i: int) -> dict:
         x = self._get(i)
-        if self.level == "frames" and self.max_frames and x.shape[1] > self.max_frames:
-            if self.train:
-                rng = np.random.default_rng((self.epoch, i))
-                s = int(rng.integers(0, x.shape[1] - self.max_frames + 1))
-            else:
-                s = (x.shape[1] - self.max_frames) // 2
+        s = self.crop_start(i, x.shape[1]) if self.level == "frames" else None
+        if s is not None:
             x = x[:, s : s + self.max_frames]
-        return self._item(i, "features" if self.level == "frames" else "pooled", x)
+        item = self._item(i, "features" if self.level == "frames" else "pooled", x)
+        item["frame_offset"] = 0 if s is None else s
+        if self.speaker_stats:
+            mean, std = self.normalizer.stats_for(self.rows["speaker"].iloc[i])
+            item["speaker_mean"], item["speaker_std"] = mean, std
+        return item
+
+
+def pool_frames(x: np.ndarray, k: int) -> np.ndarray:
+    """Average non-overlapping windows of ``k`` frames: ``(layers, T, dim)`` -> ``(layers, ceil(T/k), dim)`` (the
+    last window averages the frames it has)."""
+    if k <= 1:
+        return x
+    layers, t, d = x.shape
+    n = -(-t // k)
+    pad = n * k - t
+    sums = np.pad(x, ((0, 0), (0, pad), (0, 0))).reshape(layers, n, k, d).sum(2)
+    counts = np.full(n, float(k), dtype=np.float32)
+    if pad:
+        counts[-1] = k - pad
+    return (sums / counts[None, :, None]).astype(x.dtype)
 
 
 def loader_workers(train_cfg: dict) -> dict:
@@ -127,6 +159,10 @@ def collate(items: list[dict]) -> dict:
                 buf[j, : len(v)] = v
             out["waveform"] = torch.from_numpy(buf)
             out["lengths"] = torch.tensor(lengths, dtype=torch.long)
+        elif isinstance(vals[0], dict):  # nested items, e.g. IF-MVSE views {name: (dim,)}
+            out[k] = {n: torch.stack([torch.as_tensor(v[n]) for v in vals]) for n in vals[0]}
+        elif torch.is_tensor(vals[0]):
+            out[k] = torch.stack(vals)
         elif isinstance(vals[0], np.ndarray):
             out[k] = torch.from_numpy(np.stack(vals).astype(vals[0].dtype if vals[0].dtype != np.float16 else np.float32))
         elif isinstance(vals[0], (int, np.integer)):

@@ -84,6 +84,11 @@ class SpeakerNormalizer:
         self.stats = stats
         self.fallback = fallback
         self.fallback_speakers = sorted(fallback_speakers)
+        #: how many utterances (features, or statistics for an encoder in the loop) it normalised / served: the
+        #: feature stage reports what was applied from these, never from the config
+        self.applied = 0
+        #: datasets built to normalise with it (items a process-level cache serves again count there)
+        self.datasets = 0
 
     @classmethod
     def from_store(cls, store, manifest, ids: Sequence[str] | None = None, *, min_seconds: float = 0.0,
@@ -115,8 +120,26 @@ class SpeakerNormalizer:
 
     def apply(self, speaker: str, x: np.ndarray, level: str) -> np.ndarray:
         """``x``: pooled ``(layers, 2*dim)`` when ``level == "pooled"``, else frames ``(layers, frames, dim)``."""
+        mean, std = self.stats_for(speaker)
+        return normalize_pooled(x, mean, std) if level == "pooled" else normalize_frames(x, mean, std)
+
+    def stats_for(self, speaker: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, std)`` ``(layers, dim)`` of ``speaker``, e.g. for a model that runs the encoder in the loop and
+        normalises its outputs (:func:`normalize_hidden`)."""
         try:
-            mean, std = self.stats[str(speaker)]
+            stats = self.stats[str(speaker)]
         except KeyError:
             raise KeyError(f"no normalisation statistics for speaker {speaker!r}") from None
-        return normalize_pooled(x, mean, std) if level == "pooled" else normalize_frames(x, mean, std)
+        self.applied += 1
+        return stats
+
+
+def normalize_hidden(hidden, batch: dict, layer: int):
+    """Hidden state ``layer`` ``(batch, frames, dim)`` of an encoder run in the loop, z-scored with each item's
+    speaker statistics ``batch["speaker_mean"]`` / ``batch["speaker_std"]`` ``(batch, layers, dim)`` (the feature
+    stage attaches them when ``features.normalize: speaker``); returned unchanged when the batch has none."""
+    if "speaker_mean" not in batch:
+        return hidden
+    mean = batch["speaker_mean"][:, layer].to(hidden.device, hidden.dtype)
+    std = batch["speaker_std"][:, layer].to(hidden.device, hidden.dtype)
+    return (hidden - mean[:, None, :]) / std[:, None, :]

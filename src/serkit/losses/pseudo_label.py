@@ -5,6 +5,7 @@ Keys read:
     ``out["span_mask"]``       (batch, frames) bool            True on masked frames (see :mod:`serkit.augment.masking`);
                                                                needed only when ``masked_only``
     ``batch["pseudo_labels"]`` dict ``k -> (batch, frames)`` long, cluster index, -1 on padding / unlabelled frames
+                               (``out["pseudo_labels"]`` wins when the model returns them cropped to its frames)
 Dict keys may be ints or their strings (``64`` or ``"64"``).
 """
 
@@ -44,7 +45,7 @@ class PseudoLabelCE(nn.Module):
 
     def forward(self, out: dict, batch: dict) -> torch.Tensor:
         logits = _by_int(out[self.logits_key])
-        labels = _by_int(batch[self.labels_key])
+        labels = _by_int(out[self.labels_key] if self.labels_key in out else batch[self.labels_key])
         missing = sorted(set(logits) - set(labels))
         if missing:
             raise KeyError(f"pseudo_label_ce: no batch[{self.labels_key!r}] for scales {missing}")

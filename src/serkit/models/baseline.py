@@ -71,8 +71,8 @@ class PooledMLP(nn.Module):
         super().__init__()
         from serkit.encoders.featurizer import parse_layers
 
-        self.indices, _ = parse_layers(layers, spec.num_layers)
-        self.combine = combine
+        self.indices, weighted = parse_layers(layers, spec.num_layers)
+        self.combine = "weighted" if weighted else combine
         d = 2 * spec.hidden_size
         # batchnorm: per-feature standardisation with running statistics of the training data (what a
         # StandardScaler does for a linear model); layernorm: per-utterance, per-layer normalisation

@@ -65,7 +65,11 @@ class EncoderDownstream(nn.Module):
         else:
             with torch.no_grad():
                 out = self.encoder(waves, lengths, **kw)
-        feats = torch.stack([out.hidden_states[i] for i in self.layers], dim=1)
+        # speaker normalisation of the encoder's outputs (the feature stage attaches each item's statistics, per
+        # stored layer; the cache holds every hidden state, so hidden state i is row i)
+        from serkit.data.normalize import normalize_hidden
+
+        feats = torch.stack([normalize_hidden(out.hidden_states[i], batch, i) for i in self.layers], dim=1)
         return {**batch, "features": feats, "frame_mask": out.frame_mask}
 
     def train(self, mode: bool = True):

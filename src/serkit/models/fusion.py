@@ -268,3 +268,20 @@ class MultiViewScorer(nn.Module):
                 raise KeyError(f"MultiViewScorer: score set {name!r} needs views {missing}, got {sorted(views)}")
             out[name] = model(*(views[v] for v in names))
         return out
+
+
+class ScoreSetModel(nn.Module):
+    """One IF-MVSE score set behind serkit's batch-dict interface: ``batch["views"]`` ``{name: (B, dim)}`` ->
+    ``{"prediction": (B, attributes)}`` (regression) or ``{"logits": (B, classes)}`` (classification).
+
+    ``score_set``: ``{"name", "views": [one view] | [two views]}``; ``defaults``: :class:`MultiViewScorer`
+    options (``hidden``, ``dropout``, ``fuse_dim``, ...)."""
+
+    def __init__(self, view_dims: Mapping[str, int], score_set: Mapping, task: str, num_outputs: int, **defaults):
+        super().__init__()
+        self.name = score_set["name"]
+        self.key = "logits" if task == "classification" else "prediction"
+        self.scorer = MultiViewScorer(view_dims, [score_set], num_outputs, **defaults)
+
+    def forward(self, batch: dict) -> dict:
+        return {self.key: self.scorer(batch["views"])[self.name]}

@@ -24,6 +24,9 @@ class ModelSpec:
     num_speakers: int = 0
     class_names: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # e.g. per-view sizes for multi-view models
+    #: how to combine the layers it is given, from the feature stage (``features.layers``): ``"weighted"`` (learned
+    #: weighted sum), ``"all"`` (concatenate; one layer is that layer) or None (the model's own default)
+    layers: str | None = None
 
 
 def register_model(name: str):
@@ -38,10 +41,21 @@ def build_model(spec: ModelSpec, name: str, **options) -> nn.Module:
     _import_all()
     if name not in _MODELS:
         raise ConfigError(f"model.name={name!r} is unknown; known: {sorted(_MODELS)}")
+    if spec.layers is not None and "layers" not in options and _accepts(_MODELS[name], "layers"):
+        options = {**options, "layers": spec.layers}  # the feature stage's layer choice (one spelling)
     try:
         return _MODELS[name](spec, **options)
     except TypeError as exc:
         raise ConfigError(f"model {name!r}: bad option: {exc}") from None
+
+
+def _accepts(cls, param: str) -> bool:
+    import inspect
+
+    try:
+        return param in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def available_models() -> list[str]:

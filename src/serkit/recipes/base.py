@@ -1,12 +1,30 @@
-"""The recipe interface: how an experiment composes a model, an objective, a sampler and batch hooks.
+"""The recipe interface: what a method adds to the runner, declared as hooks on :class:`Recipe`.
 
-A recipe subclasses :class:`Recipe`, overrides what it needs, and registers under a name that configs use
-(``recipe: mll``). The default recipe trains the configured ``model`` with the configured ``objective``.
+A recipe subclasses :class:`Recipe`, overrides the hooks it needs, and registers under a name that configs use
+(``recipe: mll``). The runner (:mod:`serkit.train.fit`) owns everything else: manifest, folds, feature cache and
+the feature stage (layers, speaker normalisation, frame pooling / cropping), Lightning Trainer, loaders, resumption,
+scoring, results.json, report and trained model. The hooks:
+
+==========================  ==================================================================================
+``options(cfg)``            the recipe's typed, validated ``recipe_options`` (unknown keys are errors)
+``stages(cfg)``             the stage list the runner runs per fold (default: one :class:`TrainStage`)
+``feature_views(cfg)``      the encoders whose feature stores the runner fills (default: ``cfg["encoder"]``)
+``build_model``             the model of a training stage from its :class:`ModelSpec`
+``objective_context`` /     values loss constructors may ask for by name / the weighted loss terms
+``build_objective``
+``train_sampler``           a Sampler (or ``("batch_sampler", obj)``) for training
+``batch_hook``              ``(batch, module) -> batch`` on training batches (e.g. waveform mixup)
+``build_datasets``          ``(train, val, test)`` from the feature stage (a recipe may add items, e.g. variants)
+``extra_test_metrics``      metrics beyond the task's
+``fold_extras(ctx)``        extra fields of a fold's result (e.g. fusion weights)
+``stage_root(cfg)``         a folder shared by runs whose stages coincide (ablation rows), or None
+==========================  ==================================================================================
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,8 +58,47 @@ class Recipe:
     name = "baseline"
     #: "cache" (features from the feature cache) or "waveform" (the encoder runs in the training loop)
     default_source = "cache"
+    #: typed options class (a dataclass whose fields are the allowed ``recipe_options`` keys), or None (no options)
+    options_class: type | None = None
+
+    def options(self, cfg: dict):
+        """``recipe_options`` as :attr:`options_class` (validated, unknown keys named); None without a class."""
+        from serkit.options import parse_options
+
+        ro = cfg.get("recipe_options") or {}
+        if self.options_class is None:  # a recipe that validates its own options (to become a class)
+            return dict(ro)
+        return parse_options(self.options_class, ro, f"recipe_options ({self.name})")
+
+    def stages(self, cfg: dict) -> list:
+        """The stages the runner runs per fold, in order (:mod:`serkit.train.stages`). Default: one training stage
+        of :meth:`build_model` with the config's objective, refit on train + validation when ``train.refit``."""
+        from serkit.train.stages import TrainStage
+
+        return [TrainStage("main", refit=bool(cfg["train"].get("refit")))]
+
+    def feature_views(self, cfg: dict) -> list[dict]:
+        """Encoders whose feature stores the runner fills, each ``{"name", "encoder": {...}, "features": {...}}``
+        (``features``: this view's overrides of the feature stage). Default: the config's one encoder, ``main``."""
+        return [{"name": "main", "encoder": cfg["encoder"], "features": {}}]
+
+    def stage_root(self, cfg: dict) -> str | None:
+        """A folder where stages live across runs (``<root>/fold<k>/<stage>-<key>``), or None (the fold folder)."""
+        return None
+
+    def build_datasets(self, cfg: dict, manifest, fold, labels: LabelMap, features) -> tuple:
+        """``(train, val, test)`` datasets from the runner's feature stage ``features``
+        (:class:`~serkit.train.feature_stage.FeatureStage`). Recipes that add items wrap these."""
+        from serkit.train.fit import build_datasets
+
+        return build_datasets(cfg, manifest, fold, labels, features)
+
+    def fold_extras(self, ctx) -> dict:
+        """Extra fields for the fold's result (``ctx``: :class:`~serkit.train.stages.StageContext`)."""
+        return {}
 
     def build_model(self, cfg: dict, spec: ModelSpec) -> torch.nn.Module:
+        """The configured ``model:`` (by registered name) built from ``spec``."""
         opts = dict(cfg["model"])
         return build_model(spec, opts.pop("name"), **opts)
 
@@ -101,6 +158,20 @@ class Recipe:
         return out
 
 
+@dataclass
+class NoOptions:
+    """A recipe without ``recipe_options`` (any key is unknown)."""
+
+
+def registered_recipes() -> list[str]:
+    """Names of every registered recipe."""
+    import serkit.recipes  # noqa: F401
+
+    return sorted(_RECIPES)
+
+
 @register_recipe("baseline")
 class BaselineRecipe(Recipe):
     """The configured model and objective, nothing else (SUPERB / EmoBox-style downstream)."""
+
+    options_class = NoOptions

@@ -64,7 +64,7 @@ def row_config(base: dict, row: str, stage_root: str) -> dict:
     if row.startswith("layer:"):
         ro["cluster"]["layer"] = int(row.split(":", 1)[1])
     else:
-        ro["cluster"]["layer"] = int(opts["cluster"]["layer"])
+        ro["cluster"]["layer"] = int(opts.cluster.layer)
     cfg["recipe_options"] = ro
     cfg["name"] = f"{base['name']}-{row.replace(':', '')}"
     return cfg

@@ -165,7 +165,7 @@ class MLLRecipe(Recipe):
         else:
             mk = lambda ids, train: StridedFeatureDataset(
                 source, manifest, ids, labels, level=f["level"], preload=f["preload"],
-                max_frames=cfg["train"].get("max_frames"), train=train, stride=ro["frame_stride"],
+                max_frames=cfg["features"].get("max_frames"), train=train, stride=ro["frame_stride"],
                 prenormalize=ro["prenormalize"], normalizer=normalizer)
             train, val, test = mk(fold.train, True), mk(fold.val, False), mk(fold.test, False)
         aug = augment_options(cfg)
@@ -177,7 +177,7 @@ class MLLRecipe(Recipe):
         ok = valid_variants(table, fold)
         vds = StridedFeatureDataset(store, ok, ok["id"].tolist(), labels, level=f["level"],
                                     preload=bool(aug.get("preload", f["preload"])),
-                                    max_frames=cfg["train"].get("max_frames"), train=True,
+                                    max_frames=cfg["features"].get("max_frames"), train=True,
                                     stride=ro["frame_stride"], prenormalize=ro["prenormalize"], normalizer=normalizer)
         soft = soft_labels(ok, labels.classes)
         per_epoch = aug.get("per_epoch")

@@ -23,6 +23,8 @@ from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
 from serkit.metrics import mean_std
 from serkit.protocols import load_folds, make_folds, save_folds, summary_text
+from serkit.report import format_table, write_report  # noqa: F401  (format_table: importable from here too)
+from serkit.train.feature_stage import NORMALISATION_TEXT, applied_normalisation
 
 
 def load_experiment_manifest(cfg: dict) -> pd.DataFrame:
@@ -69,13 +71,32 @@ def experiment_protocol(cfg: dict, manifest: pd.DataFrame) -> dict:
     return protocol
 
 
-def feature_source(cfg: dict, manifest: pd.DataFrame, out_dir: Path):
-    """Make sure the feature cache holds every utterance (extracting what is missing) and return the store."""
-    if cfg["features"]["source"] != "cache":
+def feature_source(cfg: dict, manifest: pd.DataFrame, out_dir: Path, log=print):
+    """Make sure the feature cache holds every utterance of every view the recipe declares (extracting what is
+    missing) and return the store: one, ``{view: store}`` for several views, or None (waveforms without speaker
+    normalisation; with it the store gives the speakers' statistics)."""
+    from serkit.recipes.base import get_recipe
+
+    if cfg["features"]["source"] != "cache" and cfg["features"].get("normalize", "none") == "none":
         return None
     from serkit.train.features import ensure_features
 
-    return ensure_features(manifest, cfg, out_dir)
+    views = get_recipe(cfg["recipe"]).feature_views(cfg)
+    stores = {v["name"]: ensure_features(manifest, cfg, out_dir, encoder=v["encoder"], log=log) for v in views}
+    return stores["main"] if list(stores) == ["main"] else stores
+
+
+def usable_manifest(source, manifest: pd.DataFrame, log=print) -> pd.DataFrame:
+    """Rows with features in every store of ``source`` (bad audio was reported and skipped at extraction)."""
+    from serkit.train.features import usable_ids
+
+    n = len(manifest)
+    for store in (source.values() if isinstance(source, dict) else [source]):
+        if store is not None:
+            manifest = usable_ids(store, manifest)
+    if len(manifest) < n:
+        log(f"{n - len(manifest)} utterance(s) have no features (bad audio, see the store's errors.json); skipped")
+    return manifest
 
 
 def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, folds_only: list[int] | None = None,
@@ -93,14 +114,8 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
     manifest = load_experiment_manifest(cfg)
     protocol = experiment_protocol(cfg, manifest)
     check_folds(cfg, make_folds(manifest, protocol, seed=int(cfg["train"]["seed"])), manifest)  # before extraction
-    source = feature_source(cfg, manifest, out)
-    if source is not None:
-        from serkit.train.features import usable_ids
-
-        n = len(manifest)
-        manifest = usable_ids(source, manifest)
-        if len(manifest) < n:
-            log(f"{n - len(manifest)} utterance(s) have no features (bad audio, see the store's errors.json); skipped")
+    source = feature_source(cfg, manifest, out, log)
+    manifest = usable_manifest(source, manifest, log)
     from serkit.precision import run_precision
 
     precision = run_precision(cfg, source)
@@ -139,8 +154,6 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
     if len(known) == len(results) and results:
         summary["fold_seconds"] = round(float(sum(known)), 1)
     atomic_write_json(out / "results.json", summary)
-    from serkit.report import write_report
-
     write_report(out, summary, cfg)
     return summary
 
@@ -187,14 +200,8 @@ def check_folds(cfg: dict, folds, manifest: pd.DataFrame):
     return folds
 
 
-FEATURE_NORMALISATION = {
-    "none": "none",
-    "speaker": "speaker: each speaker's frames z-scored with that speaker's own feature statistics (no labels; "
-               "test speakers' statistics from their test utterances, i.e. transductive; speakers with too little "
-               "speech get the training fold's global statistics, listed per fold)",
-    "auto": "auto: per fold, speaker normalisation (transductive, as 'speaker') or none, whichever scored higher "
-            "on the validation speakers (folds[k].normalisation says which)",
-}
+#: results.json's normalisation texts (kept importable; the feature stage owns them)
+FEATURE_NORMALISATION = NORMALISATION_TEXT
 
 
 def describe_augmentation(cfg: dict) -> str:
@@ -217,22 +224,28 @@ HEADLINE = ("wa", "ua", "macro_f1", "ccc_mean")
 
 
 def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
+    """results.json: per-fold test metrics, their mean and std, and what the runner applied (the folds' feature
+    stage records, never the config)."""
     mean, std = mean_std([r["metrics"] for r in results])
     si = all(f.speaker_independent for f in folds)
     by_index = {f.index: f for f in folds}
-    return {
+    records = [v for r in results for v in (r.get("features") or {}).values()]
+    auto = cfg["features"].get("normalize") == "auto"  # chosen per fold: folds[k].normalisation says which
+    summary = {
         "name": cfg["name"],
         "recipe": cfg["recipe"],
         "task": cfg["task"],
         "protocol": protocol,
         "speaker_independent": si,
         "encoder": cfg["encoder"],
-        "feature_normalisation": FEATURE_NORMALISATION[cfg["features"].get("normalize", "none")],
+        "feature_normalisation": NORMALISATION_TEXT["auto"] if auto else applied_normalisation(records),
+        "feature_stage": records[0] if records else None,
         "augmentation": describe_augmentation(cfg),
         "folds": [
             {**{k: r[k] for k in ("fold", "test_speakers", "n_test", "metrics", "best_epoch", "best_val", "confusion",
                                   "classes", "refit_epochs", "resumed", "ua_classes", "absent_from_test",
-                                  "unseen_in_training", "val_speakers", "n_val", "normalisation", "selection")
+                                  "unseen_in_training", "val_speakers", "n_val", "normalisation", "selection",
+                                  "stage_metrics", "stage_seconds", "extras")
                 if k in r},
              "warnings": by_index[r["fold"]].warnings if r["fold"] in by_index else []}
             for r in results
@@ -245,27 +258,15 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
                                                                 for r in results)},
         "fold_warnings": {str(f.index): f.warnings for f in folds if f.warnings},
     }
-
-
-def format_table(summary: dict, keys: list[str] | None = None) -> str:
-    """Markdown table of per-fold metrics plus mean ± std (percent for classification)."""
-    if keys is None:
-        keys = ["wa", "ua", "macro_f1"] if summary["task"] == "classification" else \
-            [k for k in summary["mean"] if k.startswith("ccc_")]
-        keys += [k for k in ("speaker_eer", "speaker_wa", "speaker_ua") if k in summary["mean"]]
-    head = "| fold | test speakers | n | " + " | ".join(keys) + " |"
-    lines = [head, "|" + "---|" * (3 + len(keys))]
-    for f in summary["folds"]:
-        spk = " ".join(s.split("_")[-1] for s in f["test_speakers"][:6])
-        lines.append(f"| {f['fold']} | {spk} | {f['n_test']} | " +
-                     " | ".join(f"{f['metrics'].get(k, float('nan')):.4f}" for k in keys) + " |")
-    lines.append("| mean ± std | | | " + " | ".join(
-        f"{summary['mean'].get(k, float('nan')):.4f} ± {summary['std'].get(k, float('nan')):.4f}" for k in keys) + " |")
-    for k, bad in (summary.get("not_averaged") or {}).items():
-        lines.append(f"\n{k}: mean over {len(summary['folds']) - len(bad)} fold(s); no value in fold(s) {bad}")
-    for k, ws in (summary.get("fold_warnings") or {}).items():
-        lines.extend(f"\nwarning: fold {k}: {w}" for w in ws)
-    return "\n".join(lines)
+    stage_names = [n for n in (results[0].get("stage_metrics") or {})] if results else []
+    if stage_names:
+        summary["stages"] = {}
+        for n in stage_names:
+            m, s = mean_std([r["stage_metrics"][n]["test"] for r in results])
+            vals = [r["stage_metrics"][n]["val"] for r in results if r["stage_metrics"][n].get("val")]
+            vm, vs = mean_std(vals) if len(vals) == len(results) else ({}, {})
+            summary["stages"][n] = {"mean": m, "std": s, "val_mean": vm, "val_std": vs}
+    return summary
 
 
 def load_results(out_dir) -> dict:

@@ -30,7 +30,8 @@ def store_dir(cfg: dict, manifest: pd.DataFrame, encoder: dict | None = None) ->
 
     enc = encoder or cfg["encoder"]
     corpus = str(manifest["corpus"].iloc[0]) if "corpus" in manifest.columns else "custom"
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{enc['id']}-{enc.get('mode', 'native')}-{enc.get('layers', 'all')}")
+    rev = f"-rev{enc['revision']}" if enc.get("revision") else ""  # another revision: another store
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{enc['id']}{rev}-{enc.get('mode', 'native')}-{enc.get('layers', 'all')}")
     slug += store_suffix(feature_precision(enc))
     root = Path(cfg["features"]["cache_dir"]) if cfg["features"]["cache_dir"] else default_cache_root()
     return root / corpus / slug
@@ -107,7 +108,13 @@ def ensure_features(manifest: pd.DataFrame, cfg: dict, out_dir: Path | None = No
         opts = extraction_options(enc)
         log(f"extracting {enc['id']} ({opts['mode']}, layers {enc.get('layers', 'all')}, {opts['precision']}) "
             f"-> {path}")
-        extract_to_cache(manifest, enc["id"], enc.get("layers", "all"), path, **opts,
+        encoder = enc["id"]
+        if enc.get("revision"):  # a pinned hub revision (branch, tag or commit)
+            from serkit.encoders import load_encoder
+
+            encoder = load_encoder(enc["id"], mode=opts["mode"], revision=str(enc["revision"]), device=opts["device"])
+        extract_to_cache(manifest, encoder, enc.get("layers", "all"), path, **opts,
+                         chunk_seconds=float(enc.get("chunk_seconds", 30.0)),
                          progress=bool(cfg["train"].get("progress", True)))
     return FeatureStore(path)
 

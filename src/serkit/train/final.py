@@ -72,12 +72,29 @@ def _metric_curve(fold_dir: Path, monitor: str) -> list[dict]:
 
 
 def _train_head(cfg: dict, manifest: pd.DataFrame, split, source, work: Path, refit: bool, log):
-    """Validation run (epoch count), then the refit on every speaker; returns (module, labels, record)."""
-    from serkit.train.fit import train_module
+    """Validation run (epoch count), then the refit on every speaker; returns (module, labels, record).
+
+    A recipe with several stages (GMP-ATL) runs its stage list on the validation split through the fold runner and
+    keeps the last training stage's selected model (no refit: each stage chose its own epochs)."""
+    from serkit.recipes.base import get_recipe
+    from serkit.train.fit import final_module, fit_stages, train_module
+    from serkit.train.stages import Step
 
     train, val, val_spk = split
     monitor = cfg["train"]["monitor"]
     fold = Fold(0, "serkit-train", True, train, val, [], [], val_spk)
+    stages = get_recipe(cfg["recipe"]).stages(cfg)
+    if isinstance(stages[-1], Step):
+        raise ConfigError(f"recipe {cfg['recipe']!r} ends in the step {stages[-1].name!r}, which a single saved "
+                          f"model cannot replay yet; use serkit cv")
+    if len(stages) > 1:
+        ctx, stages, _ = fit_stages(cfg, manifest, fold, source, work / "validation")
+        module, last = final_module(ctx, stages)
+        marker = ctx.results[last.name].marker
+        return module, ctx.labels, {"monitor": monitor, "val_speakers": val_spk, "n_train": len(train),
+                                    "n_val": len(val), "stages": [s.name for s in stages],
+                                    "best_epoch": marker.get("best_epoch"), "best_val": marker.get("best_val"),
+                                    "refit": False}
     module, labels, *_ = train_module(cfg, manifest, fold, source, work / "validation")
     curve = _metric_curve(work / "validation", monitor)
     best = max(curve, key=lambda r: r[monitor]) if curve else None
@@ -164,7 +181,8 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
     meta = {
         "serkit_version": __version__,
         "spec": {"task": spec.task, "num_outputs": spec.num_outputs, "num_layers": spec.num_layers,
-                 "hidden_size": spec.hidden_size, "num_speakers": spec.num_speakers, "class_names": spec.class_names},
+                 "hidden_size": spec.hidden_size, "num_speakers": spec.num_speakers, "class_names": spec.class_names,
+                 "layers": spec.layers},
         "heads": {h: r["file"] for h, r in records.items()},
         "n_train": n_all if records[heads[0]]["refit"] else len(split[0]),
         "n_speakers": int(manifest["speaker"].astype(str).nunique()),

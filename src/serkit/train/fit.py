@@ -1,4 +1,5 @@
-"""Fit one fold: data loaders, Lightning Trainer with checkpointing / early stopping on validation, resume, test.
+"""The fold runner: feature stage, the recipe's stages (Lightning Trainer with checkpointing / early stopping on
+validation, resume), scoring of the test part, the fold result.
 
 Model selection and early stopping look at the validation part only; the test part is scored once, with the
 checkpoint that validation chose.
@@ -28,7 +29,20 @@ from serkit.precision import lightning_precision, run_precision
 from serkit.protocols import Fold, check_leakage
 from serkit.recipes.base import get_recipe
 from serkit.train import select as choose
+from serkit.train.logs import _best_epoch, _best_val, _keep_old_metrics, read_fold_metrics  # noqa: F401
 from serkit.train.module import SERModule
+from serkit.train.stages import (
+    StageContext,
+    StageResult,
+    Step,
+    TrainStage,
+    load_outputs,
+    read_marker,
+    save_outputs,
+    schedule,
+    stable_hash,
+    trained_state,
+)
 
 log = logging.getLogger("serkit")
 
@@ -158,40 +172,44 @@ def read_resumes(run_dir: Path) -> list[dict]:
 
 
 def build_datasets(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: LabelMap, source):
-    """``source`` is a feature store (cache) or None (waveforms)."""
-    from serkit.data.features import FeatureDataset, WaveformDataset
+    """The fold's ``(train, val, test)`` datasets with the feature stage applied.
+
+    ``source``: a :class:`~serkit.train.feature_stage.FeatureStage` (what the runner passes), a feature store, or
+    None (waveforms, no cache)."""
+    from serkit.data.features import WaveformDataset
 
     f = cfg["features"]
-    if source is None:
+    features = as_feature_stage(cfg, manifest, fold, source)
+    if f["source"] == "waveform" or features.store is None:
         from serkit.audio import CropPad
 
         crop = CropPad(**f["crop"]) if isinstance(f["crop"], dict) else None
-        mk = lambda ids, train: WaveformDataset(manifest, ids, labels, crop=crop, train=train)
-    else:
-        normalizer = speaker_normalizer(cfg, manifest, fold, source)
-        mk = lambda ids, train: FeatureDataset(
-            source, manifest, ids, labels, level=f["level"], preload=f["preload"],
-            max_frames=cfg["train"].get("max_frames"), train=train, normalizer=normalizer)
-    return mk(fold.train, True), mk(fold.val, False), mk(fold.test, False)
+        mk = lambda ids, train: features.with_speaker_stats(WaveformDataset(manifest, ids, labels, crop=crop,
+                                                                            train=train))
+        return mk(fold.train, True), mk(fold.val, False), mk(fold.test, False)
+    return features.datasets(fold, labels)
+
+
+def as_feature_stage(cfg: dict, manifest: pd.DataFrame, fold: Fold, source):
+    """``source`` as a :class:`~serkit.train.feature_stage.FeatureStage` (built over the fold when it is a store)."""
+    from serkit.train.feature_stage import FeatureStage
+
+    f = cfg["features"]
+    if isinstance(source, FeatureStage):
+        if source.mode == f.get("normalize", "none") and source.layer_spec == f.get("layers"):
+            return source
+        source = source.store  # a selection candidate with another normalisation: its own stage
+    return FeatureStage(f, source, manifest, fold.train + fold.val + fold.test, reference_ids=fold.train)
 
 
 def speaker_normalizer(cfg: dict, manifest: pd.DataFrame, fold: Fold, source):
-    """A :class:`~serkit.data.normalize.SpeakerNormalizer` over the fold's speakers when the config asks for one
-    (``features.normalize: speaker``), else None. Features only: each speaker's statistics use that speaker's own
-    utterances (a test speaker's come from its test utterances, never from a label); a speaker with less than
-    ``features.speaker_min_seconds`` / ``speaker_min_utterances`` gets the training fold's global statistics."""
-    mode = cfg["features"].get("normalize", "none")
-    if mode == "none":
+    """The fold's :class:`~serkit.data.normalize.SpeakerNormalizer` when the config asks for one
+    (``features.normalize: speaker``), else None: the feature stage's (``source`` a FeatureStage) or a new one over
+    the fold's speakers. Features only: each speaker's statistics use that speaker's own utterances (a test
+    speaker's come from its test utterances, never from a label)."""
+    if cfg["features"].get("normalize", "none") == "none":
         return None
-    if mode != "speaker":
-        raise ConfigError(f"features.normalize={mode!r} must be resolved to 'speaker' or 'none' per fold before the "
-                          "datasets are built (serkit.train.select)")
-    from serkit.data.normalize import SpeakerNormalizer
-
-    f = cfg["features"]
-    return SpeakerNormalizer.from_store(
-        source, manifest, fold.train + fold.val + fold.test, min_seconds=float(f["speaker_min_seconds"]),
-        min_utterances=int(f["speaker_min_utterances"]), reference_ids=fold.train)
+    return as_feature_stage(cfg, manifest, fold, source).normalizer
 
 
 def load_loop_encoder(cfg: dict):
@@ -199,16 +217,29 @@ def load_loop_encoder(cfg: dict):
     from serkit.encoders import load_encoder, parse_layers
 
     enc = cfg["encoder"]
-    encoder = load_encoder(enc["id"], mode=enc.get("mode", "native"), eval_mode=True)
+    encoder = load_encoder(enc["id"], mode=enc.get("mode", "native"), eval_mode=True, revision=enc.get("revision"))
     layers, _ = parse_layers(enc.get("layers", "all"), encoder.num_layers)
+    chosen = cfg["features"].get("layers")
+    if chosen is not None:
+        idx, _ = parse_layers(chosen, len(layers))
+        layers = [layers[i] for i in idx]
     return encoder, layers
 
 
-def model_spec(cfg: dict, labels: LabelMap, source, encoder=None, layers=None) -> ModelSpec:
-    num_layers = len(source.layers) if source is not None else len(layers or [])
-    hidden = int(source.hidden_size) if source is not None else int(getattr(encoder, "hidden_size", 0))
-    return ModelSpec(task=cfg["task"], num_outputs=labels.num_outputs, num_layers=num_layers, hidden_size=hidden, num_speakers=len(labels.speakers),
-                     class_names=list(labels.classes), extra={"encoder": cfg["encoder"]})
+def model_spec(cfg: dict, labels: LabelMap, source, encoder=None, layers=None, extra: dict | None = None) -> ModelSpec:
+    """What the model is told: task, outputs, the layers / width the feature stage hands it, speakers, classes."""
+    from serkit.train.feature_stage import FeatureStage
+
+    if isinstance(source, FeatureStage) and source.store is not None and encoder is None:
+        num_layers, hidden, mix = source.num_layers, source.hidden_size, source.model_layers
+    elif source is not None and not isinstance(source, FeatureStage):
+        num_layers, hidden, mix = len(source.layers), int(source.hidden_size), None
+    else:
+        num_layers, hidden = len(layers or []), int(getattr(encoder, "hidden_size", 0))
+        mix = source.model_layers if isinstance(source, FeatureStage) else None
+    return ModelSpec(task=cfg["task"], num_outputs=labels.num_outputs, num_layers=num_layers, hidden_size=hidden,
+                     num_speakers=len(labels.speakers), class_names=list(labels.classes),
+                     extra={"encoder": cfg["encoder"], **(extra or {})}, layers=mix)
 
 
 def inference_device(train_cfg: dict | None = None) -> torch.device:
@@ -246,33 +277,42 @@ def predict_outputs(module: SERModule, loader: DataLoader, device: torch.device 
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path, select: bool = True):
-    """Train on ``fold.train`` with selection on ``fold.val``; resumes from ``fold_dir/checkpoints/last.ckpt``.
+def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path, select: bool = True,
+                 stage: TrainStage | None = None, ctx: StageContext | None = None):
+    """Train ``stage`` (default: the recipe's model and the config's objective) on ``fold.train`` with selection on
+    ``fold.val``; resumes from ``fold_dir/checkpoints/last.ckpt``. ``source``: the feature stage (or a store / None).
 
-    Returns ``(module with the best validation weights, labels, recipe, (train, val, test) datasets, eval kwargs)``.
+    Returns ``(module with the selected weights, labels, recipe, (train, val, test) datasets, eval kwargs)``.
     """
     _quiet_lightning()
+    stage = stage or TrainStage()
+    if stage.train:
+        cfg = {**cfg, "train": {**cfg["train"], **stage.train}}
+    if stage.objective is not None:
+        cfg = {**cfg, "objective": list(stage.objective)}
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed = int(cfg["train"]["seed"])
     L.seed_everything(seed + fold.index, workers=True, verbose=False)
     recipe = get_recipe(cfg["recipe"])
     labels = LabelMap.fit(manifest, cfg["task"], cfg["targets"], fold.train)
-    make_sets = getattr(recipe, "build_datasets", None) or build_datasets  # a recipe may add items (MLL variants)
-    own_sets = make_sets is not build_datasets and not getattr(recipe, "supports_feature_normalisation", False)
-    if cfg["features"].get("normalize", "none") != "none" and (own_sets or source is None):
-        raise ConfigError(
-            f"features.normalize: {cfg['features']['normalize']!r} works on cached features with the default "
-            f"datasets; recipe {cfg['recipe']!r} / features.source {cfg['features']['source']!r} does not support it")
-    train_ds, val_ds, test_ds = make_sets(cfg, manifest, fold, labels, source)
+    features = as_feature_stage(cfg, manifest, fold, source) if source is not None or ctx is None else \
+        ctx.feature()
+    if stage.datasets is not None:
+        train_ds, val_ds, test_ds = stage.datasets(ctx, labels)
+    else:
+        train_ds, val_ds, test_ds = recipe.build_datasets(cfg, manifest, fold, labels, features)
     encoder = layers = None
-    if source is None:
+    if cfg["features"]["source"] == "waveform" and stage.model is None:
         encoder, layers = load_loop_encoder(cfg)
-    spec = model_spec(cfg, labels, source, encoder, layers)
-    model = recipe.build_model(cfg, spec)
+    spec = model_spec(cfg, labels, features, encoder, layers)
+    L.seed_everything(seed + fold.index, workers=True, verbose=False)  # the model's initial weights: from the seed
+    model = stage.model(ctx, spec) if stage.model is not None else recipe.build_model(cfg, spec)
     if encoder is not None:
         from serkit.models.encoder_model import EncoderDownstream
 
         model = EncoderDownstream(encoder, model, layers, cfg["encoder"].get("finetune", False))
+    if stage.init is not None:
+        stage.init(ctx, model)
     objective = recipe.build_objective(cfg, labels, train_ds.enc, spec)
     module = SERModule(model, objective, labels, {**cfg["train"], "seed": seed + fold.index},
                        batch_hook=recipe.batch_hook(cfg, labels))
@@ -287,18 +327,21 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
     val_dl = DataLoader(val_ds, **eval_kw)
     trainer = make_trainer(cfg, fold_dir)
     fit_resumable(trainer, module, train_dl, val_dl, fold_dir)
-    best = fold_dir / "checkpoints" / "best.ckpt"
-    if select and best.exists():
-        module.load_state_dict(load_tensors(best)["state_dict"])
+    pick = fold_dir / "checkpoints" / ("last.ckpt" if stage.select == "last" else "best.ckpt")
+    if select and pick.exists():
+        module.load_state_dict(load_tensors(pick)["state_dict"])
     module.spec = spec
     return module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw
 
 
 def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: str | Path) -> dict:
-    """Train on ``fold.train``, select on ``fold.val``, score ``fold.test``; resumable; returns the fold result.
+    """Run the recipe's stages on ``fold`` (train on ``fold.train``, select on ``fold.val``), score ``fold.test``;
+    resumable; returns the fold result.
 
-    The result carries ``seconds``: the wall time of the call that produced it (a finished fold is read back as it
-    was, so a resumed run still reports what each fold cost)."""
+    ``source``: the fold's feature store(s): one store, ``{view: store}`` for multi-view recipes, or None
+    (waveforms). The result carries ``seconds``: the wall time of the call that produced it (a finished fold is
+    read back as it was, so a resumed run still reports what each fold cost) and ``features``: what the feature
+    stage applied."""
     fold_dir = Path(fold_dir)
     result_path = fold_dir / "result.json"
     if result_path.exists():
@@ -310,47 +353,255 @@ def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: st
     return res
 
 
+def fold_context(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path) -> StageContext:
+    """The fold's labels, feature stage per view and stage folder root."""
+    from serkit.train.feature_stage import FeatureStage
+
+    recipe = get_recipe(cfg["recipe"])
+    stores = source if isinstance(source, dict) else {"main": source}
+    views = {v["name"]: v for v in recipe.feature_views(cfg)}
+    ids = fold.train + fold.val + fold.test
+    features = {}
+    for name, store in stores.items():
+        opts = {**cfg["features"], **(views.get(name, {}).get("features") or {})}
+        if store is None and opts.get("normalize", "none") != "none" and cfg["features"]["source"] == "waveform":
+            raise ConfigError("features.normalize with features.source: waveform needs the speakers' statistics "
+                              "from the feature cache; the runner fills it (internal error: no store given)")
+        features[name] = FeatureStage(opts, store, manifest, ids, name=name, reference_ids=fold.train)
+    root = recipe.stage_root(cfg)
+    root = Path(root) / f"fold{fold.index}" if root else fold_dir
+    labels = LabelMap.fit(manifest, cfg["task"], cfg["targets"], fold.train)
+    return StageContext(cfg, manifest, fold, labels, recipe, features, fold_dir, root,
+                        int(cfg["train"]["seed"]) + fold.index)
+
+
 def _fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path) -> dict:
     check_leakage(fold, manifest)
-    own = getattr(get_recipe(cfg["recipe"]), "fit_fold", None)
-    if own is not None:  # a multi-stage recipe (GMP-ATL) runs its own stages and writes result.json
+    ctx, stages, records = fit_stages(cfg, manifest, fold, source, fold_dir)
+    return _fold_result(ctx, stages, records)
+
+
+def fit_stages(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path):
+    """Run the recipe's stage list on ``fold``; ``(context with every stage's result, stages, feature records)``."""
+    ctx = fold_context(cfg, manifest, fold, source, fold_dir)
+    stages = ctx.recipe.stages(cfg)
+    if not stages:
+        raise ConfigError(f"recipe {cfg['recipe']!r} declares no stages")
+    single = len(stages) == 1 and isinstance(stages[0], TrainStage)
+    records: dict[str, dict] = {}
+    before = [ctx.cfg["train"]]
+    for stage in stages:
+        ctx.stage = stage
+        if isinstance(stage, TrainStage):
+            result = _run_train_stage(ctx, stage, in_fold_dir=single, upstream=before)
+        else:
+            result = _run_step(ctx, stage, upstream=before)
+        records[stage.name] = result.marker["features"]
+        ctx.results[stage.name] = result
+        before.append(result.key)
+    _check_features(cfg, stages, records)
+    return ctx, stages, records
+
+
+def final_module(ctx: StageContext, stages: list):
+    """The trained module of the last training stage (rebuilt from its saved state when it was reused)."""
+    last = [s for s in stages if isinstance(s, TrainStage)][-1]
+    r = ctx.results[last.name]
+    if r.module is not None:
+        return r.module, last
+    spec = model_spec(ctx.cfg, ctx.labels, next(iter(ctx.features.values())))
+    model = last.model(ctx, spec) if last.model is not None else ctx.recipe.build_model(ctx.cfg, spec)
+    model.load_state_dict(r.state(), strict=False)
+    module = SERModule(model, None, ctx.labels, ctx.cfg["train"])
+    module.spec = spec
+    return module, last
+
+
+def select_on_validation(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path,
+                         stage: TrainStage | None = None, ctx: StageContext | None = None):
+    """Train every candidate of :func:`serkit.train.select.candidates` on ``fold.train``, keep the best on
+    ``fold.val`` (never the test part). Returns ``(chosen config, its folder, selection record or None, what
+    train_module returned for it)``; with nothing to choose, one training in ``fold_dir`` as before."""
+    cands = choose.candidates(cfg)
+    if len(cands) == 1:
+        return cands[0][1], fold_dir, None, train_module(cands[0][1], manifest, fold, source, fold_dir, stage=stage,
+                                                         ctx=ctx)
+    monitor = cfg["train"]["monitor"]
+    scores, kept, kept_i = [], None, None
+    for i, (choice, c) in enumerate(cands):
+        d = fold_dir / "select" / choose.slug(choice)
+        trained = train_module(c, manifest, fold, source, d, stage=stage, ctx=ctx)
+        scores.append(_best_val(d, monitor))
+        if choose.best(scores) == i:
+            kept, kept_i = trained, i
+        log.info("fold %d: candidate %s: best %s %s", fold.index, choose.slug(choice), monitor, scores[-1])
+    choice, chosen = cands[kept_i]
+    record = {"grid": choose.grid(cfg), "monitor": monitor, "chosen": choice,
+              "candidates": [{"choice": ch, "val": v} for (ch, _), v in zip(cands, scores, strict=True)]}
+    return chosen, fold_dir / "select" / choose.slug(choice), record, kept
+
+
+def _stage_base(ctx: StageContext) -> dict:
+    cfg, fold = ctx.cfg, ctx.fold
+    return {"fold": stable_hash([sorted(map(str, fold.train)), sorted(map(str, fold.val)), sorted(map(str, fold.test))]),
+            "seed": ctx.seed, "encoder": cfg["encoder"], "source": cfg["features"]["source"],
+            "features": {k: v for k, v in cfg["features"].items() if k not in ("cache_dir", "preload")},
+            "classes": list(ctx.labels.classes), "targets": list(ctx.labels.targets), "task": cfg["task"]}
+
+
+def _run_train_stage(ctx: StageContext, stage: TrainStage, in_fold_dir: bool, upstream: list) -> StageResult:
+    cfg = ctx.cfg
+    t_cfg = {**cfg["train"], **stage.train}
+    key = stable_hash([_stage_base(ctx), stage.name, stage.key if stage.key is not None else
+                       [cfg["model"], cfg["recipe_options"], cfg.get("augment")],
+                       stage.objective if stage.objective is not None else cfg["objective"], schedule(t_cfg),
+                       stage.select, stage.refit, upstream[1:]])
+    stage_dir = ctx.fold_dir if in_fold_dir else ctx.root / f"{stage.name}-{key}"
+    if not in_fold_dir:
+        marker = read_marker(stage_dir, key)
+        if marker is not None:
+            outputs = load_outputs(stage_dir / "outputs.npz") if (stage_dir / "outputs.npz").exists() else None
+            return StageResult(stage.name, stage_dir, key, marker, outputs)
+    t0, n0 = time.time(), _normalised(ctx)
+    features = next(iter(ctx.features.values()))
+    selection = None
+    if in_fold_dir:  # the one training of a single-stage recipe: candidates chosen on validation (train.select)
+        cfg, work_dir, selection, trained = select_on_validation(cfg, ctx.manifest, ctx.fold, features, stage_dir,
+                                                                 stage, ctx)
+    else:
         if choose.grid(cfg):
-            raise ConfigError(f"recipe {cfg['recipe']!r} runs its own stages; features.normalize: auto and "
+            raise ConfigError(f"recipe {cfg['recipe']!r} has several stages; features.normalize: auto and "
                               "train.select are not supported there")
-        return own(cfg, manifest, fold, source, fold_dir)
-    cfg, work_dir, selection, trained = select_on_validation(cfg, manifest, fold, source, fold_dir)
-    module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw = trained
-    normaliser = {"mode": cfg["features"].get("normalize", "none")}
+        work_dir = stage_dir
+        trained = train_module(cfg, ctx.manifest, ctx.fold, features, stage_dir, stage=stage, ctx=ctx)
+    module, _, _, (train_ds, val_ds, test_ds), eval_kw = trained
+    monitor = t_cfg["monitor"]
+    marker = {"stage": stage.name, "key": key, "best_epoch": _best_epoch(work_dir, monitor),
+              "best_val": _best_val(work_dir, monitor), "work_dir": str(work_dir),
+              "normalisation": {"mode": cfg["features"].get("normalize", "none")}}
     if getattr(train_ds, "normalizer", None) is not None:
-        normaliser["fallback_speakers"] = list(train_ds.normalizer.fallback_speakers)
-    refit_epochs = None
-    if cfg["train"].get("refit"):
+        marker["normalisation"]["fallback_speakers"] = list(train_ds.normalizer.fallback_speakers)
+    if selection is not None:
+        marker["selection"] = selection
+    if stage.refit:
         # Refit on train + validation for the epoch count that validation chose (as GridSearchCV's refit);
         # the test part is still never looked at before scoring.
         import copy
 
-        refit_epochs = (_best_epoch(work_dir, cfg["train"]["monitor"]) or 0) + 1
-        rcfg = copy.deepcopy(cfg)
-        rcfg["train"].update(epochs=refit_epochs, min_epochs=refit_epochs, patience=refit_epochs + 1)
+        refit_epochs = (marker["best_epoch"] or 0) + 1
+        rstage = copy.copy(stage)
+        rstage.train = {**stage.train, "epochs": refit_epochs, "min_epochs": refit_epochs,
+                        "patience": refit_epochs + 1}
+        fold = ctx.fold
         whole = Fold(fold.index, fold.protocol, fold.speaker_independent, fold.train + fold.val, fold.val, fold.test,
                      fold.test_speakers, fold.val_speakers)
-        module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw = train_module(
-            rcfg, manifest, whole, source, work_dir / "refit", select=False)
-    test_dl = DataLoader(test_ds, **eval_kw)
-    outputs = predict_outputs(module, test_dl, inference_device(cfg["train"]))
-    rows = test_ds.rows
+        module, _, _, (_, _, test_ds), eval_kw = train_module(
+            cfg, ctx.manifest, whole, as_feature_stage(cfg, ctx.manifest, whole, features), work_dir / "refit",
+            select=False, stage=rstage, ctx=ctx)
+        marker["refit_epochs"] = refit_epochs
+    outputs = None
+    if stage.score:
+        device = inference_device(cfg["train"])
+        outputs = {part: predict_outputs(module, DataLoader(ds, **eval_kw), device)
+                   for part, ds in (("val", val_ds), ("test", test_ds)) if len(ds)}
+    marker["seconds"] = round(time.time() - t0, 1)
+    marker["features"] = _feature_record(ctx, n0)
+    if selection is not None and ctx.cfg["features"].get("normalize") == "auto":
+        for v in marker["features"].values():  # the chosen candidate's own feature stage applied it
+            v["normalize"] = cfg["features"].get("normalize", "none")
+    result = StageResult(stage.name, stage_dir, key, marker, outputs, module=module)
+    if not in_fold_dir:
+        from safetensors.torch import save_file
+
+        files = ["state.safetensors"]
+        save_file(trained_state(module.model), str(stage_dir / "state.safetensors"))
+        if outputs is not None:
+            save_outputs(stage_dir / "outputs.npz", outputs)
+            files.append("outputs.npz")
+        marker["files"] = files
+        atomic_write_json(stage_dir / "stage.json", marker)
+        import shutil
+
+        shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the saved state replaces them
+    return result
+
+
+def _run_step(ctx: StageContext, step: Step, upstream: list) -> StageResult:
+    key = stable_hash([_stage_base(ctx), step.name, step.key, upstream[1:]])
+    stage_dir = ctx.root / f"{step.name}-{key}"
+    marker = read_marker(stage_dir, key)
+    if marker is not None:
+        arrays = dict(np.load(stage_dir / "arrays.npz")) if (stage_dir / "arrays.npz").exists() else None
+        outputs = load_outputs(stage_dir / "outputs.npz") if (stage_dir / "outputs.npz").exists() else None
+        return StageResult(step.name, stage_dir, key, marker, outputs, arrays)
+    t0, n0 = time.time(), _normalised(ctx)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    ctx.stage_dir = stage_dir
+    out = dict(step.run(ctx) or {})
+    arrays, outputs = out.pop("arrays", None), out.pop("outputs", None)
+    files = []
+    if arrays is not None:
+        np.savez(stage_dir / "arrays.npz", **arrays)
+        files.append("arrays.npz")
+    if outputs is not None:
+        save_outputs(stage_dir / "outputs.npz", outputs)
+        files.append("outputs.npz")
+    marker = {"stage": step.name, "key": key, **out, "seconds": round(time.time() - t0, 1), "files": files,
+              "features": _feature_record(ctx, n0)}
+    atomic_write_json(stage_dir / "stage.json", marker)
+    return StageResult(step.name, stage_dir, key, marker, outputs, arrays)
+
+
+def _normalised(ctx: StageContext) -> dict:
+    return {v: f.normalised for v, f in ctx.features.items()}
+
+
+def _feature_record(ctx: StageContext, before: dict) -> dict:
+    """Per view, what the feature stage applied since ``before`` (normalised-item counts)."""
+    out = {}
+    for v, f in ctx.features.items():
+        n = f.normalised - before[v]
+        out[v] = {**f.record(), "normalised_items": n, "normalize": f.mode if n > 0 else "none"}
+    return out
+
+
+def task_metrics(task: str, labels: LabelMap, outputs: dict, enc: dict) -> dict:
+    """Metrics of ``outputs`` (``probs`` or ``logits``; ``prediction``) against encoded labels ``enc``."""
+    if task == "classification":
+        return classification_metrics(enc["emotion"], class_probabilities(outputs).argmax(-1), labels.classes)
+    return regression_metrics(outputs["prediction"], enc["targets"], labels.targets)
+
+
+def class_probabilities(outputs: dict) -> np.ndarray:
+    """``outputs["probs"]``, or the softmax of ``outputs["logits"]``."""
+    if "probs" in outputs:
+        return np.asarray(outputs["probs"])
+    return torch.softmax(torch.from_numpy(np.asarray(outputs["logits"], dtype=np.float32)), -1).numpy()
+
+
+def _fold_result(ctx: StageContext, stages: list, records: dict) -> dict:
+    cfg, fold, labels, manifest = ctx.cfg, ctx.fold, ctx.labels, ctx.manifest
+    scored = [s.name for s in stages if ctx.results[s.name].outputs is not None
+              and "test" in ctx.results[s.name].outputs]
+    if not scored:
+        raise ConfigError(f"recipe {cfg['recipe']!r}: no stage produced test outputs to score")
+    final = ctx.results[scored[-1]]
+    rows = manifest.set_index("id").loc[[str(i) for i in fold.test]].reset_index()
+    enc = {"test": labels.encode(rows),
+           "val": labels.encode(manifest.set_index("id").loc[[str(i) for i in fold.val]].reset_index())}
+    test = final.outputs["test"]
     res = {"fold": fold.index, "test_speakers": fold.test_speakers, "val_speakers": fold.val_speakers,
            "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-           "best_epoch": _best_epoch(work_dir, cfg["train"]["monitor"]),
-           "best_val": _best_val(work_dir, cfg["train"]["monitor"])}
+           "best_epoch": final.marker.get("best_epoch"), "best_val": final.marker.get("best_val")}
     pred_table = pd.DataFrame({"id": rows["id"], "speaker": rows["speaker"]})
     if cfg["task"] == "classification":
-        y_true = test_ds.enc["emotion"]
-        probs = torch.softmax(torch.from_numpy(outputs["logits"]), -1).numpy()
+        y_true = enc["test"]["emotion"]
+        probs = class_probabilities(test)
         y_pred = probs.argmax(-1)
         res["metrics"] = classification_metrics(y_true, y_pred, labels.classes)
         # UA and macro-F1 average over the classes the test part holds; say which, and which it lacks
-        seen = set(train_ds.enc["emotion"].tolist())
+        train_rows = manifest.set_index("id").loc[[str(i) for i in fold.train]].reset_index()
+        seen = set(labels.encode(train_rows)["emotion"].tolist())
         res["ua_classes"] = [c for i, c in enumerate(labels.classes) if i in set(y_true.tolist())]
         res["absent_from_test"] = [c for i, c in enumerate(labels.classes) if i in seen and c not in res["ua_classes"]]
         res["unseen_in_training"] = [c for i, c in enumerate(labels.classes) if c in res["ua_classes"] and i not in seen]
@@ -360,84 +611,61 @@ def _fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: P
         for i, c in enumerate(labels.classes):
             pred_table[f"p_{c}"] = probs[:, i]
     else:
-        y_true = test_ds.enc["targets"]
-        res["metrics"] = regression_metrics(outputs["prediction"], y_true, labels.targets)
+        y_true = enc["test"]["targets"]
+        res["metrics"] = regression_metrics(test["prediction"], y_true, labels.targets)
         for i, a in enumerate(labels.targets):
             pred_table[f"true_{a}"] = y_true[:, i]
-            pred_table[f"pred_{a}"] = outputs["prediction"][:, i]
-    res["metrics"].update(recipe.extra_test_metrics(outputs, rows, labels, fold))
+            pred_table[f"pred_{a}"] = test["prediction"][:, i]
+    res["metrics"].update(ctx.recipe.extra_test_metrics(test, rows, labels, fold))
     res["classes"] = labels.classes
-    res["normalisation"] = normaliser
-    if selection is not None:
-        res["selection"] = selection
-    if refit_epochs is not None:
-        res["refit_epochs"] = refit_epochs
-    res["resumed"] = [{"phase": "search", **r} for r in read_resumes(fold_dir)] + \
-        [{"phase": "refit", **r} for r in read_resumes(fold_dir / "refit")]
-    atomic_write_text(fold_dir / "predictions.csv", pred_table.to_csv(index=False))
-    if "embedding" in outputs:
-        np.save(fold_dir / "test_embeddings.npy", outputs["embedding"].astype(np.float32))
+    res["normalisation"] = final.marker.get("normalisation", {"mode": cfg["features"].get("normalize", "none")})
+    if final.marker.get("selection") is not None:
+        res["selection"] = final.marker["selection"]
+    if "refit_epochs" in final.marker:
+        res["refit_epochs"] = final.marker["refit_epochs"]
+    if len(stages) > 1:
+        res["stages"] = [s.name for s in stages]
+        res["stage_dirs"] = str(ctx.root)
+        res["final_stage"] = final.name
+        res["stage_metrics"] = {
+            n: {"test": task_metrics(cfg["task"], labels, ctx.results[n].outputs["test"], enc["test"]),
+                "val": task_metrics(cfg["task"], labels, ctx.results[n].outputs["val"], enc["val"])
+                if "val" in ctx.results[n].outputs else None}
+            for n in scored}
+        res["stage_seconds"] = {s.name: ctx.results[s.name].marker.get("seconds") for s in stages}
+    res["resumed"] = []
+    for s in stages:
+        if isinstance(s, TrainStage):
+            d = Path(ctx.results[s.name].marker.get("work_dir") or ctx.results[s.name].dir)
+            phase = "search" if ctx.results[s.name].dir == ctx.fold_dir else s.name
+            res["resumed"] += [{"phase": phase, **r} for r in read_resumes(d)] + \
+                [{"phase": f"{phase}-refit" if phase != "search" else "refit", **r} for r in read_resumes(d / "refit")]
+    res.update(ctx.recipe.fold_extras(ctx))
+    res["features"] = _check_features(cfg, stages, records)
+    atomic_write_text(ctx.fold_dir / "predictions.csv", pred_table.to_csv(index=False))
+    if "embedding" in test:
+        np.save(ctx.fold_dir / "test_embeddings.npy", np.asarray(test["embedding"], dtype=np.float32))
     return res  # fit_fold writes result.json (the fold's resume marker) with its time
 
 
-def select_on_validation(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path):
-    """Train every candidate of :func:`serkit.train.select.candidates` on ``fold.train``, keep the best on
-    ``fold.val`` (never the test part). Returns ``(chosen config, its folder, selection record or None, what
-    train_module returned for it)``; with nothing to choose, one training in ``fold_dir`` as before."""
-    cands = choose.candidates(cfg)
-    if len(cands) == 1:
-        return cands[0][1], fold_dir, None, train_module(cands[0][1], manifest, fold, source, fold_dir)
-    monitor = cfg["train"]["monitor"]
-    scores, kept, kept_i = [], None, None
-    for i, (choice, c) in enumerate(cands):
-        d = fold_dir / "select" / choose.slug(choice)
-        trained = train_module(c, manifest, fold, source, d)
-        scores.append(_best_val(d, monitor))
-        if choose.best(scores) == i:
-            kept, kept_i = trained, i
-        log.info("fold %d: candidate %s: best %s %s", fold.index, choose.slug(choice), monitor, scores[-1])
-    choice, chosen = cands[kept_i]
-    record = {"grid": choose.grid(cfg), "monitor": monitor, "chosen": choice,
-              "candidates": [{"choice": ch, "val": v} for (ch, _), v in zip(cands, scores)]}
-    return chosen, fold_dir / "select" / choose.slug(choice), record, kept
-
-
-def _keep_old_metrics(fold_dir: Path) -> None:
-    p = fold_dir / "logs" / "metrics.csv"
-    if p.exists():
-        n = len(list((fold_dir / "logs").glob("metrics-part*.csv")))
-        p.rename(fold_dir / "logs" / f"metrics-part{n:02d}.csv")
-
-
-def read_fold_metrics(fold_dir: Path) -> pd.DataFrame | None:
-    """The fold's per-epoch log, stitched across resumes (a later part wins for epochs it re-ran)."""
-    logs = Path(fold_dir) / "logs"
-    parts = sorted(logs.glob("metrics-part*.csv")) + ([logs / "metrics.csv"] if (logs / "metrics.csv").exists() else [])
-    if not parts:
-        return None
-    out = None
-    for p in parts:
-        df = pd.read_csv(p)
-        if out is not None and "epoch" in df and len(df):
-            out = out[out["epoch"] < df["epoch"].min()]
-            out = pd.concat([out, df], ignore_index=True)
-        else:
-            out = df
-    return out
-
-
-
-def _best_epoch(fold_dir: Path, monitor: str):
-    df = read_fold_metrics(fold_dir)
-    if df is None or monitor not in df:
-        return None
-    v = df.dropna(subset=[monitor])
-    return int(v.loc[v[monitor].idxmax(), "epoch"]) if len(v) else None
-
-
-def _best_val(fold_dir: Path, monitor: str):
-    df = read_fold_metrics(fold_dir)
-    if df is None or monitor not in df:
-        return None
-    v = df[monitor].dropna()
-    return float(v.max()) if len(v) else None
+def _check_features(cfg: dict, stages: list, records: dict) -> dict:
+    """The fold's feature-stage record: per view, what every training stage received. A config that asks for speaker
+    normalisation whose models did not all receive normalised features is an error (never reported as applied)."""
+    trained = [s.name for s in stages if isinstance(s, TrainStage)]
+    views: dict[str, dict] = {}
+    for name in trained:
+        for view, r in records[name].items():
+            v = views.setdefault(view, {**r, "normalize": r["normalize"], "stages": {}})
+            v["stages"][name] = r["normalize"]
+    for view, v in views.items():
+        modes = set(v["stages"].values())
+        v["normalize"] = modes.pop() if len(modes) == 1 else "partial"
+        v.pop("normalised_items", None)
+        asked = cfg["features"].get("normalize", "none")
+        if asked not in ("none", "auto") and v["normalize"] != asked:  # auto: the chosen candidate's (selection)
+            raise ConfigError(
+                f"recipe {cfg['recipe']!r}: features.normalize: {asked!r} was asked for, but the feature stage of view "
+                f"{view!r} served normalised features to these stages only: "
+                f"{[n for n, m in v['stages'].items() if m == asked]} (of {list(v['stages'])}); the recipe builds "
+                f"datasets or models past the feature stage")
+    return views

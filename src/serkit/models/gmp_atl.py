@@ -1,0 +1,109 @@
+"""The GMP-ATL stage model (Pan et al., Interspeech 2024): an encoder in the loop, a layer featurizer, a stage head.
+
+``GMPStageModel(encoder, stage, num_classes, num_layers, layers=...)`` where ``encoder`` is a
+:class:`~serkit.models.staged_encoder.StagedEncoder` (waveforms, or the cached hidden state at the input of the
+trainable top blocks):
+
+* every hidden state the head may use is assembled: from the cache, stored layers below the encoder's first
+  trainable block come from ``batch["features"]`` ``(B, layers, T, D)`` (all stored layers) and the rest from the
+  blocks run here; from waveforms, all of them from the encoder;
+* each is speaker-normalised with ``batch["speaker_mean"]`` / ``["speaker_std"]`` when the feature stage attaches
+  them (:func:`serkit.data.normalize.normalize_hidden`; the statistics are those of the pretrained encoder's
+  layers, exact for frozen layers, an approximation for fine-tuned ones);
+* a :class:`~serkit.encoders.featurizer.Featurizer` combines them (``layers``: ``weighted`` = learned weighted sum,
+  an index, a list) into frames ``(B, T, D)``.
+
+Heads per stage: 1 = BiLSTM -> mean pooling -> projection -> emotion + gender logits; 2 = one pseudo-label head per
+k-means scale on the (normalised) top layer plus a linear probe on the detached mean-pooled featurizer output
+(``logits``, for validation only); 3 = the stage-1 head structure with an AM-softmax classifier (or plain CE).
+
+Out keys: stage 1 ``logits, gender_logits, embedding``; stage 2 ``pseudo_logits {k: (B, T, k)}, span_mask (B, T),
+pseudo_labels {k: (B, T)}, logits``; stage 3 ``logits, embedding`` (+ ``cosine`` with AM-softmax).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from serkit.augment.masking import compute_span_mask
+from serkit.data.normalize import normalize_hidden
+from serkit.encoders.featurizer import Featurizer
+from serkit.models.bilstm_head import BiLSTMHead
+from serkit.models.heads_am import AMSoftmaxHead
+from serkit.models.pseudo_label_head import PseudoLabelHead
+from serkit.models.staged_encoder import StagedEncoder
+
+
+class GMPStageModel(nn.Module):
+    """One GMP-ATL stage; see the module docstring. ``batch["pseudo"]`` (B, scales, T_max) long (-1 = none) feeds
+    stage 2."""
+
+    #: the model normalises encoder outputs itself: it takes raw features plus the speaker statistics
+    takes_speaker_stats = True
+
+    def __init__(self, encoder: StagedEncoder, stage: int, num_classes: int, *, layers="weighted",
+                 hidden: int = 256, proj_dim: int = 256, ks=(64, 512, 4096), mask_prob: float = 0.08,
+                 span: int = 10, min_masks: int = 2, loss: str = "am_softmax", s: float = 30.0, m: float = 0.2):
+        super().__init__()
+        self.encoder, self.stage = encoder, int(stage)
+        self.num_layers = int(encoder.encoder.num_layers)
+        dim = encoder.encoder.hidden_size
+        self.featurizer = Featurizer(self.num_layers, dim, layers)
+        feat_dim = self.featurizer.output_size
+        if self.stage == 2:
+            self.ks = [int(k) for k in ks]
+            self.pseudo_head = PseudoLabelHead(dim, self.ks, hidden=hidden)
+            self.probe = nn.Linear(feat_dim, num_classes)
+            self.mask_prob, self.span, self.min_masks = float(mask_prob), int(span), int(min_masks)
+        else:
+            self.head = BiLSTMHead(feat_dim, hidden=hidden, num_classes=num_classes,
+                                   num_genders=2 if self.stage == 1 else 0, proj_dim=proj_dim)
+            self.am = AMSoftmaxHead(proj_dim, num_classes, s=s, m=m) if (stage == 3 and loss == "am_softmax") \
+                else None
+
+    def hidden_states(self, batch: dict, mask_time_indices: torch.Tensor | None = None):
+        """Every hidden state ``0..num_layers-1`` ``(B, T, D)`` float32, speaker-normalised when the batch carries
+        statistics, and the frame mask ``(B, T)``."""
+        enc = self.encoder
+        if enc.source == "cache":
+            feats = batch["features"]
+            first = enc.first_layer
+            if feats.shape[1] != self.num_layers:
+                raise ValueError(f"GMPStageModel (cache): expected every stored hidden state "
+                                 f"({self.num_layers}) in batch['features'], got {tuple(feats.shape)}")
+            out = enc({"features": feats[:, first:first + 1], "frame_mask": batch["frame_mask"]}, mask_time_indices)
+            hidden = [feats[:, i].float() for i in range(first)] + [h.float() for h in out.hidden_states]
+        else:
+            out = enc(batch, mask_time_indices)
+            hidden = [h.float() for h in out.hidden_states]
+        return [normalize_hidden(h, batch, i) for i, h in enumerate(hidden)], out.frame_mask
+
+    def forward(self, batch: dict) -> dict:
+        mask = None
+        if self.stage == 2 and self.training:
+            fm = self.encoder.frame_mask(batch)
+            mask = compute_span_mask(tuple(fm.shape), self.mask_prob, self.span, self.min_masks, fm, device=fm.device)
+        hidden, fm = self.hidden_states(batch, mask)
+        x = self.featurizer(hidden)
+        if self.stage != 2:
+            out = self.head(x, fm)
+            if self.am is not None:
+                out.update(self.am(out["embedding"]))
+            out["frame_mask"] = fm
+            return out
+        top = hidden[-1]
+        b, t = fm.shape
+        out = {"pseudo_logits": self.pseudo_head(top),
+               "span_mask": mask if mask is not None else torch.zeros(b, t, dtype=torch.bool, device=top.device)}
+        w = fm[..., None].to(x.dtype)
+        out["logits"] = self.probe(((x * w).sum(1) / w.sum(1).clamp(min=1)).detach())
+        lab = batch.get("pseudo")
+        if lab is None:
+            lab = torch.full((b, len(self.ks), t), -1, dtype=torch.long, device=top.device)
+        else:
+            lab = lab.to(top.device).long()[:, :, :t]
+            if lab.shape[-1] < t:
+                lab = nn.functional.pad(lab, (0, t - lab.shape[-1]), value=-1)
+        out["pseudo_labels"] = {k: lab[:, i] for i, k in enumerate(self.ks)}
+        return out
