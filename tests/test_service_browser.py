@@ -62,7 +62,7 @@ def _browser():
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1000,860", "--hide-scrollbars", "--force-device-scale-factor=1"):
+                "--window-size=1000,1040", "--hide-scrollbars", "--force-device-scale-factor=1"):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
 
@@ -86,7 +86,7 @@ def test_upload_a_clip_and_read_the_result_off_the_page(tiny_corpus, tmp_path): 
             WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "model").text.startswith("model "))
             driver.find_element(By.ID, "file").send_keys(str(clip))
             driver.find_element(By.ID, "analyse").click()
-            WebDriverWait(driver, 60).until(
+            WebDriverWait(driver, 180).until(
                 lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
             status = driver.find_element(By.ID, "status").text
             assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", status
