@@ -94,3 +94,18 @@ def test_serve_cli_errors(tmp_path, capsys):
     assert "not a serkit model folder" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--backend", "onnx"]) == 2
     assert "not a serkit model folder" in capsys.readouterr().err
+
+
+def test_predict_segments_on_request(client, recognizer):
+    from tests.conftest import CORPORA
+
+    clip = CORPORA / "emodb" / "wav" / "03a01Wa.flac"
+    if not clip.exists():
+        pytest.skip(f"{clip} not present")
+    assert client.get("/health").json()["segments"] is True
+    r = client.post("/predict?segments=true", files={"file": ("03a01Wa.flac", clip.read_bytes(), "audio/flac")})
+    assert r.status_code == 200, r.text
+    got, want = r.json(), recognizer.predict_segments(clip)
+    assert got["file"] == "03a01Wa.flac" and got["label"] == want["label"]
+    assert [(s["start"], s["end"], s["label"]) for s in got["segments"]] == \
+        [(s["start"], s["end"], s["label"]) for s in want["segments"]] and got["segments"]
