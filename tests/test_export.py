@@ -148,6 +148,11 @@ def test_export_whisper_model_and_onnxruntime_matches_torch(tiny_corpus, tmp_pat
         diff = max(abs(ra["probabilities"][c] - rb["probabilities"][c])
                    for ra, rb in zip(a, b, strict=True) for c in ra["probabilities"])
         assert diff <= TOLERANCE and [r["label"] for r in a] == [r["label"] for r in b], (kwargs, diff)
+    capsys.readouterr()
+    assert main(["predict", str(model_dir), str(long), "--backend", "onnx", "--enroll", *map(str, enroll),
+                 "--no-progress"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["head"] == "speaker" and row["label"] == rec.predict(long, enroll=enroll)["label"]
     sig = [sf.read(str(f), dtype="float32")[0] for f in enroll]
     for s_torch, s_onnx in zip(rec.speaker_statistics(sig), onnx_rec.speaker_statistics(sig), strict=True):
         np.testing.assert_allclose(s_onnx, s_torch, rtol=1e-4, atol=1e-5)

@@ -72,7 +72,7 @@ def _predict(args) -> int:
     from serkit.inputs import expand_inputs
 
     rec = Recognizer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size,
-                                     revision=args.revision, precision=args.precision)
+                                     revision=args.revision, precision=args.precision, backend=args.backend)
     inputs = expand_inputs(args.inputs)
     progress = False if args.no_progress else None
     results: list[dict] = [{"file": arg, "error": msg} for arg, msg in inputs.problems]
@@ -236,6 +236,8 @@ def add_parsers(sub) -> None:
                    help="with --segments: merge neighbouring segments of one label at most this many s apart")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N, mps")
     p.add_argument("--batch-size", type=int, default=16, help="windows per encoder and head batch")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="onnx: the graph of `serkit export MODEL --format onnx`, run by onnxruntime (float32)")
     p.add_argument("--revision", help="hub revision (branch, tag or commit) of a hub model")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: on a terminal)")
     _add_precision(p, "encoder precision (default: the one the model's features were extracted in)")
