@@ -53,7 +53,7 @@ from serkit.errors import ConfigError
 from serkit.models.registry import ModelSpec
 from serkit.recipes.base import Recipe, register_recipe
 
-VIEW_DEFAULTS = {"mode": "native", "layers": "all", "device": "auto", "batch_seconds": 120.0, "precision": "auto"}
+VIEW_DEFAULTS = {"mode": "native", "layers": "all", "device": "auto", "batch_seconds": 120.0, "precision": "fp32"}
 VIEW_KEYS = {"name", "pooling", "features"}  # view settings beside the encoder's own keys
 MODEL_KEYS = {"hidden", "dropout", "input_proj", "num_paths", "fuse_dim", "gate_dim", "bias", "project_all"}
 
