@@ -319,3 +319,19 @@ def test_store_lock_is_exclusive_between_processes(tmp_path):
     r = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "s" / ".lock")], capture_output=True, text=True,
                        check=True)
     assert r.stdout.strip() == "free" and time.time() - t < 30
+
+
+def test_store_of_an_older_feature_version_is_refilled_not_mixed(tmp_path, monkeypatch):
+    """A store written by an older feature version (other numbers for the same audio) is emptied and refilled."""
+    from serkit import cache
+
+    spec = {"encoder": "e", "mode": "native", "layers": [0], "sample_rate": 16000, "dtype": "float16"}
+    monkeypatch.setattr(cache, "STORE_VERSION", 1)
+    old = cache.FeatureStore.create(tmp_path / "s", spec)
+    old.write("a", "h" * 40, np.ones((1, 3, 2), np.float32), 0.06)
+    assert old.ids() == ["a"]
+    monkeypatch.setattr(cache, "STORE_VERSION", 2)
+    new = cache.FeatureStore.create(tmp_path / "s", spec)
+    assert new.spec["version"] == 2 and new.ids() == []
+    with pytest.raises(cache.StaleStoreError):  # another encoder is still refused, not silently dropped
+        cache.FeatureStore.create(tmp_path / "s", {**spec, "encoder": "other"})

@@ -72,8 +72,8 @@ def test_store_identity_keeps_fp32_keys_and_separates_bf16(tmp_path):
 def test_store_dir_suffix(monkeypatch, tmp_path):
     from serkit.train.features import store_dir
 
-    manifest = pd.DataFrame({"id": ["a"], "corpus": ["c"]})
-    cfg = load_config({"corpus": "c", "features": {"cache_dir": str(tmp_path)}})
+    manifest = pd.DataFrame({"id": ["a"], "corpus": ["emodb"]})
+    cfg = load_config({"corpus": "emodb", "features": {"cache_dir": str(tmp_path)}})
     fp32 = store_dir(cfg, manifest, {**cfg["encoder"], "precision": "fp32", "device": "cpu"})
     bf16 = store_dir(cfg, manifest, {**cfg["encoder"], "precision": "bf16", "device": "cpu"})
     assert fp32.name == "openai_whisper-base-native-all" and bf16.name == fp32.name + "-bf16"

@@ -52,7 +52,10 @@ from serkit.constants import SAMPLE_RATE
 from serkit.errors import AudioError, SerkitError
 from serkit.io import atomic_write, remove_stale_temporaries
 
-STORE_VERSION = 1
+#: Version of the features a store holds. 2: Whisper features no longer depend on batch neighbours (the front end
+#: and attention run per item at its own length), so stores filled by version 1 hold slightly other numbers than
+#: a fresh extraction; a store of an older version is refilled (see :meth:`FeatureStore.create`), never mixed.
+STORE_VERSION = 2
 STORE_FILE = "store.json"
 INDEX_FILE = "index.jsonl"
 #: Index shard of one rank of a multi-process extraction (merged into INDEX_FILE at its end).
@@ -216,6 +219,12 @@ class FeatureStore:
         spec_path = root / STORE_FILE
         if spec_path.exists():
             old = json.loads(spec_path.read_text())
+            outdated = old.get("version", 1) != spec["version"] and all(
+                old.get(k) == spec.get(k) for k in IDENTITY_FIELDS if k not in ("version", "precision"))
+            if outdated and not overwrite:
+                print(f"{root}: store filled by feature version {old.get('version', 1)}, this serkit writes version "
+                      f"{spec['version']}; re-extracting", file=sys.stderr)
+                overwrite = True
             if old.get("key") != spec["key"] and not overwrite:
                 diff = {k: (old.get(k), spec.get(k)) for k in IDENTITY_FIELDS if old.get(k) != spec.get(k)}
                 raise StaleStoreError(
