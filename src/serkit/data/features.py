@@ -106,6 +106,33 @@ class FeatureDataset(_LabelledUtterances):
         return item
 
 
+class ItemsWithExtras(Dataset):
+    """A view of a labelled dataset whose items gain extra keys: subclasses override :meth:`extras`.
+
+    Keeps the base's ``enc`` / ``rows`` / ``ids`` and length, and passes ``set_epoch`` on (seeded crops).
+    """
+
+    def __init__(self, base):
+        self.base = base
+        self.enc, self.rows, self.ids = base.enc, base.rows, base.ids
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def extras(self, i: int, item: dict) -> dict:
+        """Keys to add to item ``i`` (the base's item, already read)."""
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.base[i])
+        item.update(self.extras(i, item))
+        return item
+
+
 def pool_frames(x: np.ndarray, k: int) -> np.ndarray:
     """Average non-overlapping windows of ``k`` frames: ``(layers, T, dim)`` -> ``(layers, ceil(T/k), dim)`` (the
     last window averages the frames it has)."""

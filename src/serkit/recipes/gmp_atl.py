@@ -58,8 +58,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
+from serkit.data.features import ItemsWithExtras
 from serkit.errors import ConfigError
 from serkit.models.registry import ModelSpec
 from serkit.recipes.base import Recipe, register_recipe
@@ -143,32 +143,23 @@ def _without_train(o) -> dict:
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
-class PseudoLabelItems(Dataset):
+class PseudoLabelItems(ItemsWithExtras):
     """A stage dataset whose items also carry their frames' pseudo-labels ``pseudo`` (scales, T_max), -1 padded,
     cropped with the same window as the features (the feature stage's ``frame_offset``)."""
 
     def __init__(self, base, pseudo: list[np.ndarray]):
-        self.base, self.pseudo = base, pseudo
-        self.enc, self.rows, self.ids = base.enc, base.rows, base.ids
+        super().__init__(base)
+        self.pseudo = pseudo
         self.t_max = max((p.shape[1] for p in pseudo), default=1)
 
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
-
-    def __getitem__(self, i: int) -> dict:
-        item = dict(self.base[i])
+    def extras(self, i: int, item: dict) -> dict:
         lab = self.pseudo[i]
         if "features" in item:
             s = int(item.get("frame_offset", 0))
             lab = lab[:, s:s + item["features"].shape[1]]
         buf = np.full((lab.shape[0], self.t_max), -1, dtype=np.int64)
         buf[:, :lab.shape[1]] = lab
-        item["pseudo"] = buf
-        return item
+        return {"pseudo": buf}
 
 
 # -- recipe --------------------------------------------------------------------------------------------------------

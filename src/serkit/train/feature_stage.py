@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from serkit.data.features import ItemsWithExtras
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
 
@@ -157,25 +158,17 @@ class FeatureStage:
                 "max_frames": self.max_frames, "level": self.level}
 
 
-class SpeakerStatsItems:
+class SpeakerStatsItems(ItemsWithExtras):
     """A dataset whose items also carry their speaker's statistics ``speaker_mean`` / ``speaker_std``
     ``(layers, dim)`` (:func:`serkit.data.normalize.normalize_hidden` applies them to encoder outputs)."""
 
     def __init__(self, base, normalizer):
-        self.base, self.normalizer = base, normalizer
-        self.enc, self.rows, self.ids = base.enc, base.rows, base.ids
+        super().__init__(base)
+        self.normalizer = normalizer
 
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
-
-    def __getitem__(self, i: int) -> dict:
-        item = dict(self.base[i])
-        item["speaker_mean"], item["speaker_std"] = self.normalizer.stats_for(self.rows["speaker"].iloc[i])
-        return item
+    def extras(self, i: int, item: dict) -> dict:
+        mean, std = self.normalizer.stats_for(self.rows["speaker"].iloc[i])
+        return {"speaker_mean": mean, "speaker_std": std}
 
 
 def applied_normalisation(records: list[dict]) -> str:
