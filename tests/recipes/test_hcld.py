@@ -8,26 +8,14 @@ import torch
 from serkit.models.registry import ModelSpec
 from serkit.recipes.base import get_recipe
 from serkit.recipes.hcld_ablation import VARIANT_TERMS, variant_config
+from tests.models.test_hcld import SMALL, _batch
 from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
-
-SMALL = {"cnn": {"channels": [8]}, "lstm": {"hidden_size": 4, "num_layers": 1},
-         "transformer": {"d_model": 8, "num_heads": 2, "num_layers": 1, "ff_dim": 16}}
-SPEC = ModelSpec(task="classification", num_outputs=3, num_layers=2, hidden_size=6, num_speakers=4,
-                 class_names=["a", "b", "c"])
 
 
 def _tiny(root, **over):
     cfg = tiny_config(root, **over)
     cfg["model"] = {"name": "hcld", "dim": 8, "extractor_opts": SMALL, **over.get("model", {})}
     return cfg
-
-
-def _batch(b=5, t=11):
-    mask = torch.zeros(b, t, dtype=torch.bool)
-    for i in range(b):
-        mask[i, : t - i] = True
-    return {"features": torch.randn(b, 2, t, 6), "frame_mask": mask,
-            "emotion": torch.tensor([0, 1, 2, 0, 1][:b]), "speaker": torch.tensor([0, 0, 1, 1, -1][:b])}
 
 
 def test_sampler_batches_contain_pairs_and_objective_terms(tiny_corpus):  # noqa: F811
