@@ -23,7 +23,7 @@ def _batch(b=5, t=11):
                                      ("cnn", "lstm"), ("lstm", "lstm")])
 def test_model_keys_and_shapes(emo, spk):
     m = build_model(SPEC, "hcld", emotion_extractor=emo, speaker_extractor=spk, dim=7, extractor_opts=SMALL,
-                    max_frames=8)
+                    pad_frames=8)
     out = m(_batch())
     assert out["logits"].shape == (5, 3) and out["speaker_logits"].shape == (5, 4)
     assert out["emotion_features"].shape == (5, 7) and out["speaker_features"].shape == (5, 7)

@@ -57,7 +57,7 @@ def test_sampler_batches_contain_pairs_and_objective_terms(tiny_corpus):  # noqa
 def test_end_to_end_run_cv_reports_speaker_eer(tiny_corpus, tmp_path):  # noqa: F811
     from serkit.recipes.hcld_ablation import run_ablation
 
-    base = _tiny(tiny_corpus, model={"max_frames": 375}, train={"epochs": 2, "batch_size": 12})
+    base = _tiny(tiny_corpus, features={"max_frames": 375}, train={"epochs": 2, "batch_size": 12})
     md, df = run_ablation(base, tmp_path / "abl", extractors=["cnn"], variants=["emotion_only", "hcld"],
                           folds_only=[0], log=lambda *a: None)
     res = json.loads((tmp_path / "abl" / "cnn-hcld" / "results.json").read_text())

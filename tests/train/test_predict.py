@@ -199,3 +199,19 @@ def test_the_card_quotes_cross_validation_figures(spk_model, tmp_path, tiny_corp
     cfg.write_text(f"corpus: csv\nroot: {tiny_corpus / 'table.csv'}\nencoder: {{id: fbank-40}}\n")
     assert main(["train", str(cfg), "--out", str(tmp_path / "out"), "--cv-results", str(tmp_path / "no.json")]) == 2
     assert "--cv-results" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_train_chooses_the_select_grid_on_validation_speakers(tiny_corpus, tmp_path):
+    # serkit train runs the config's train.select grid on its validation speakers, as serkit cv does per fold,
+    # records every candidate and refits the chosen one
+    cfg = tiny_config(tiny_corpus, features={"level": "pooled", "normalize": "none"})
+    cfg["model"] = {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.0}
+    cfg["train"] = {**cfg["train"], "select": {"train.weight_decay": [0.0, 1000.0]}}
+    out = train_final(cfg, tmp_path / "m", log=lambda *a: None)
+    v = json.loads((out / "validation.json").read_text())["heads"]["global"]
+    sel = v["selection"]
+    assert sel["grid"] == {"train.weight_decay": [0.0, 1000.0]}
+    scores = [c["val"] for c in sel["candidates"]]
+    assert len(scores) == 2 and sel["chosen"] == sel["candidates"][int(np.argmax(scores))]["choice"]
+    assert v["best_val"] == pytest.approx(max(scores))
+    assert sel["chosen"] == {"train.weight_decay": 0.0}  # weight decay 1000 holds the linear head near zero

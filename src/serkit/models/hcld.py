@@ -2,10 +2,10 @@
 
 Model ``hcld`` (config ``model: {name: hcld, ...}``)::
 
-    cached encoder layers (batch, layers, T, D)
-      -> [frame_pool: masked average pooling over time, optional]
+    cached encoder layers (batch, layers, T, D), pooled and cropped by the runner's feature stage
+    (features.pool_frames, features.max_frames)
       -> Featurizer (layer pick / learned weighted sum, optional per-layer LayerNorm)
-      -> [crop/pad to max_frames (paper: 7.5 s = 374/375 frames at 50 Hz), optional]
+      -> [pad to pad_frames zero frames (the paper's fixed-length input), optional]
       -> emotion extractor  -> X_e (batch, dim) -> linear emotion classifier   -> "logits"
       -> speaker extractor  -> X_s (batch, dim) -> linear speaker classifier   -> "speaker_logits"
          (cnn | lstm | transformer each, see serkit.models.extractors; the two may differ)
@@ -15,12 +15,12 @@ Out keys: ``logits``, ``speaker_logits`` (training speakers, ``ModelSpec.num_spe
 ``speaker_extractor: none`` drops the speaker branch (the "emotion only" baseline of Table II).
 
 Fixed length. The paper crops/pads the *waveform* to 7.5 s before HuBERT. The feature cache holds frames of the
-whole utterance (50 Hz), so the crop happens on frames: ``max_frames: 375`` crops longer utterances (a random
-window in training, the centre window in evaluation) and ``pad: mask`` (default) leaves shorter ones short with
-their padding masked out of every extractor (the output does not depend on padding), while ``pad: zeros`` pads
-every utterance to exactly ``max_frames`` zero frames that count as real (the paper's fixed-length input; padded
-frames of a cached encoder are zeros, not the encoder's response to silence). ``frame_pool: k`` averages k frames
-(masked) before everything else (50 Hz -> 50/k Hz); ``max_frames`` counts frames after pooling.
+whole utterance (50 Hz), so the crop happens on frames, in the feature stage: ``features.max_frames: 375`` crops
+longer utterances (a random window in training, the centre window in evaluation) and ``features.pool_frames: k``
+averages k frames first (50 Hz -> 50/k Hz; ``max_frames`` counts pooled frames). Shorter utterances stay short
+with their padding masked out of every extractor (the output does not depend on padding), unless the model's
+``pad_frames: n`` pads every utterance to exactly n zero frames that count as real (the paper's fixed-length
+input; padded frames of a cached encoder are zeros, not the encoder's response to silence).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch import nn
 from serkit.encoders.featurizer import Featurizer
 from serkit.errors import ConfigError
 from serkit.models.extractors import build_extractor
-from serkit.models.frames import PAD_MODES, crop_pad_frames, pool_frames
+from serkit.models.frames import crop_pad_frames
 from serkit.models.registry import ModelSpec, register_model
 
 
@@ -44,25 +44,23 @@ class HCLDModel(nn.Module):
     (featurizer spec, default ``weighted``), ``normalize`` (LayerNorm each layer, default true), ``extractor_opts``
     (``{arch: {option: value}}`` applied to any branch of that architecture, e.g. ``{cnn: {channels: [128]}}``),
     ``emotion_opts`` / ``speaker_opts`` (per-branch options, applied last), ``dropout`` (before the classifiers),
-    ``max_frames`` (crop, e.g. 375 = 7.5 s at 50 Hz), ``pad`` (mask | zeros), ``frame_pool`` (time pooling
-    factor, default 1).
+    ``pad_frames`` (pad to this many zero frames marked real; default none: padding masked). Cropping and time
+    pooling are the feature stage's (``features.max_frames``, ``features.pool_frames``).
     """
 
     def __init__(self, spec: ModelSpec, emotion_extractor: str = "cnn", speaker_extractor: str | None = None,
                  dim: int = 256, layers="weighted", normalize: bool = True, extractor_opts: dict | None = None,
                  emotion_opts: dict | None = None, speaker_opts: dict | None = None, dropout: float = 0.1,
-                 max_frames: int | None = None, pad: str = "mask", frame_pool: int = 1):
+                 pad_frames: int | None = None):
         super().__init__()
         if spec.task != "classification":
             raise ConfigError("model hcld: classification only (emotion classes + speaker classes)")
-        if pad not in PAD_MODES:
-            raise ConfigError(f"model hcld: pad must be one of {PAD_MODES}, got {pad!r}")
-        if int(frame_pool) < 1:
-            raise ConfigError(f"model hcld: frame_pool must be >= 1, got {frame_pool}")
+        if pad_frames is not None and (not isinstance(pad_frames, int) or pad_frames < 1):
+            raise ConfigError(f"model hcld: pad_frames must be a positive integer or null, got {pad_frames!r}")
         speaker_extractor = emotion_extractor if speaker_extractor is None else speaker_extractor
         self.featurizer = Featurizer(spec.num_layers, spec.hidden_size, layers, normalize=normalize)
         d_in = self.featurizer.output_size
-        self.max_frames, self.pad, self.frame_pool = max_frames, pad, int(frame_pool)
+        self.pad_frames = pad_frames
         per_arch = dict(extractor_opts or {})
 
         def opts(arch: str, own: dict | None) -> dict:
@@ -80,12 +78,12 @@ class HCLDModel(nn.Module):
                 self.speaker_classifier = nn.Linear(dim, spec.num_speakers)
 
     def frames(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder layers -> (pooled) featurized, cropped/padded frames ``(B, T', d)`` and mask ``(B, T')``."""
-        feats, mask = batch["features"], batch.get("frame_mask")
-        if self.frame_pool > 1:
-            feats, mask = pool_frames(feats, mask, self.frame_pool)
-        x = self.featurizer(feats)
-        return crop_pad_frames(x, mask, self.max_frames, self.pad, train=self.training)
+        """Encoder layers -> featurized (padded) frames ``(B, T', d)`` and mask ``(B, T')``."""
+        x = self.featurizer(batch["features"])
+        if self.pad_frames is None:
+            mask = batch.get("frame_mask")
+            return x, (mask.bool() if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool))
+        return crop_pad_frames(x, batch.get("frame_mask"), self.pad_frames, "zeros", train=self.training)
 
     def forward(self, batch: dict) -> dict:
         x, mask = self.frames(batch)

@@ -77,7 +77,7 @@ def _train_head(cfg: dict, manifest: pd.DataFrame, split, source, work: Path, re
     A recipe with several stages (GMP-ATL) runs its stage list on the validation split through the fold runner and
     keeps the last training stage's selected model (no refit: each stage chose its own epochs)."""
     from serkit.recipes.base import get_recipe
-    from serkit.train.fit import final_module, fit_stages, train_module
+    from serkit.train.fit import final_module, fit_stages, select_on_validation, train_module
     from serkit.train.stages import Step
 
     train, val, val_spk = split
@@ -95,12 +95,17 @@ def _train_head(cfg: dict, manifest: pd.DataFrame, split, source, work: Path, re
                                     "n_val": len(val), "stages": [s.name for s in stages],
                                     "best_epoch": marker.get("best_epoch"), "best_val": marker.get("best_val"),
                                     "refit": False}
-    module, labels, *_ = train_module(cfg, manifest, fold, source, work / "validation")
-    curve = _metric_curve(work / "validation", monitor)
+    # the config's train.select grid is chosen on the validation speakers, as serkit cv does per fold
+    cfg, val_dir, selection, (module, labels, *_) = select_on_validation(cfg, manifest, fold, source,
+                                                                        work / "validation")
+    curve = _metric_curve(val_dir, monitor)
     best = max(curve, key=lambda r: r[monitor]) if curve else None
     record = {"monitor": monitor, "val_speakers": val_spk, "n_train": len(train), "n_val": len(val),
               "best_epoch": best["epoch"] if best else None, "best_val": best[monitor] if best else None,
               "epochs_run": len(curve), "curve": curve, "refit": bool(refit and best is not None)}
+    if selection is not None:
+        record["selection"] = selection
+        log(f"  chosen on validation: {', '.join(f'{k}={v}' for k, v in selection['chosen'].items())}")
     if record["refit"]:
         epochs = best["epoch"] + 1
         rcfg = copy.deepcopy(cfg)
