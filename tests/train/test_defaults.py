@@ -39,6 +39,12 @@ def test_table_config_defaults(tmp_path):
         table_config(tmp_path / "table.csv", recipe="no-such-recipe")
     mll = table_config(tmp_path / "table.csv", recipe="mll")
     assert mll["recipe"] == "mll" and mll["corpus"] == "csv" and "class_set" not in mll
+    # regression: the CCC objective and a weight-decay grid reaching further (ridge-like strength)
+    t = pd.read_csv(tmp_path / "table.csv").assign(arousal=0.1, valence=-0.2)
+    t.to_csv(tmp_path / "dims.csv", index=False)
+    reg = load_config(table_config(tmp_path / "dims.csv", task="regression"))
+    assert reg["targets"] == ["arousal", "valence"] and reg["objective"] == [{"name": "ccc"}]
+    assert reg["train"]["select"] == {"train.weight_decay": [0.1, 10.0, 100.0, 1000.0]}
 
 
 def test_protocol_is_checked_before_extraction(tmp_path, capsys):
