@@ -204,3 +204,41 @@ def test_serkit_ablate_runs_rows_from_a_rows_file(tiny_corpus, tmp_path):  # noq
     g = json.loads((tmp_path / "abl" / "global" / "results.json").read_text())
     assert g["feature_normalisation"] == "none"
     assert main(["ablate", str(path), "--out", str(tmp_path / "abl"), "--rows-file", str(rows), "--rows", "nope"]) == 2
+
+
+def test_ablation_rows_take_named_terms_from_the_config(tmp_path):
+    from serkit.errors import ConfigError
+    from serkit.recipes.ablation import load_rows
+
+    base = {"objective": [{"name": "cross_entropy", "label_smoothing": 0.1}, {"name": "supcon", "temperature": 0.2,
+                                                                             "key": "scl"}]}
+    rows = tmp_path / "rows.yaml"
+    good = {"off": {"set": ["model.dropout=0.0"], "terms": ["cross_entropy"]},
+            "add": {"terms": ["scl", {"name": "center", "dim": 4}]}}
+    rows.write_text(yaml.safe_dump({"rows": {**good, "bad": {"terms": ["focal"]}}}))
+    with pytest.raises(ConfigError, match="'focal'"):
+        load_rows(rows, "x", base)
+    rows.write_text(yaml.safe_dump({"rows": good}))
+    got = load_rows(rows, "x", base)
+    assert got["off"][0] == "model.dropout=0.0"
+    assert json.loads(got["off"][1].split("=", 1)[1]) == [{"name": "cross_entropy", "label_smoothing": 0.1}]
+    assert json.loads(got["add"][0].split("=", 1)[1]) == [{"name": "supcon", "temperature": 0.2, "key": "scl"},
+                                                          {"name": "center", "dim": 4}]
+
+
+@pytest.mark.parametrize("recipe_config_path", ["configs/emodb/hcld.yaml", "configs/emodb/mll.yaml",
+                                                "configs/emodb/gmp-atl.yaml", "configs/ravdess/if-mvse.yaml"])
+def test_every_recipe_has_ablation_rows_that_resolve(recipe_config_path):
+    from pathlib import Path
+
+    from serkit.config import load_config
+    from serkit.recipes.ablation import load_rows, rows_file
+
+    repo = Path(__file__).resolve().parents[2]
+    path = repo / recipe_config_path
+    base = load_config(path)
+    rows = load_rows(rows_file(path, base["recipe"]), base["recipe"], base)
+    assert rows
+    for name, sets in rows.items():  # every row is a valid config of that recipe
+        cfg = load_config(path, sets)
+        assert cfg["recipe"] == base["recipe"], name

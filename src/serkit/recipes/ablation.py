@@ -27,9 +27,14 @@ def rows_file(config_path, recipe: str):
     return Path(config_path).resolve().parent.parent / ROWS_DIR / f"{recipe}.yaml"
 
 
-def load_rows(path, recipe: str) -> dict[str, list[str]]:
-    """``{row name: [--set overrides]}`` from a rows file (``rows: {name: {set: [...], note: ...}}`` or
-    ``rows: {name: [...]}``)."""
+def load_rows(path, recipe: str, base: dict | None = None) -> dict[str, list[str]]:
+    """``{row name: [--set overrides]}`` from a rows file: ``rows: {name: {set: [...], terms: [...], note: ...}}``
+    or ``rows: {name: [...]}``.
+
+    ``terms`` (needs ``base``, the resolved config) is the row's objective: each entry names a term of the base
+    config's objective (by ``key`` or ``name``, with that term's options) or is a whole term (``{name: ...}``);
+    so a row that drops or adds a loss keeps every other term exactly as the config tunes it."""
+    import json
     from pathlib import Path
 
     import yaml
@@ -43,12 +48,29 @@ def load_rows(path, recipe: str) -> dict[str, list[str]]:
     rows = raw.get("rows")
     if not isinstance(rows, dict) or not rows:
         raise ConfigError(f"{p}: expected 'rows: {{name: [KEY=VALUE, ...]}}'")
+    own = {}
+    for t in (base or {}).get("objective") or []:
+        own.setdefault(t.get("key", t["name"]), t)
+        own.setdefault(t["name"], t)
     out = {}
     for name, spec in rows.items():
         sets = spec.get("set", []) if isinstance(spec, dict) else spec
         if not isinstance(sets, list) or not all(isinstance(s, str) and "=" in s for s in sets):
             raise ConfigError(f"{p}: row {name!r}: expected a list of KEY=VALUE overrides, got {spec!r}")
-        out[str(name)] = list(sets)
+        sets = list(sets)
+        terms = spec.get("terms") if isinstance(spec, dict) else None
+        if terms is not None:
+            objective = []
+            for t in terms:
+                if isinstance(t, dict) and "name" in t:
+                    objective.append(dict(t))
+                elif isinstance(t, str) and t in own:
+                    objective.append(dict(own[t]))
+                else:
+                    raise ConfigError(f"{p}: row {name!r}: term {t!r} is neither a term of the config's objective "
+                                      f"({sorted(own)}) nor a term {{name: ...}}")
+            sets.append("objective=" + json.dumps(objective))
+        out[str(name)] = sets
     return out
 
 
@@ -69,7 +91,7 @@ def run_rows(config, out_dir, rows: list[str] | None = None, overrides: list[str
 
     base = load_config(config, overrides)
     recipe = get_recipe(base["recipe"])
-    table = load_rows(rows_path or rows_file(config, base["recipe"]), base["recipe"])
+    table = load_rows(rows_path or rows_file(config, base["recipe"]), base["recipe"], base)
     names = rows or list(table)
     bad = [r for r in names if r not in table]
     if bad:
