@@ -50,28 +50,37 @@ def plot_folds(summary: dict, keys: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def fold_work_dirs(out_dir: Path, summary: dict | None = None) -> list[Path]:
-    """Each fold's training folder: ``foldK``, or the candidate validation chose (``foldK/select/<choice>``)."""
+def fold_work_dirs(out_dir: Path, summary: dict | None = None) -> list[tuple[str, Path]]:
+    """``(label, training folder)`` per fold: ``foldK``, or the candidate validation chose
+    (``foldK/select/<choice>``); for a multi-stage recipe one per training stage (``foldK/<stage>``)."""
     from serkit.train.select import slug
 
-    chosen = {f"fold{f['fold']}": f["selection"]["chosen"] for f in (summary or {}).get("folds", [])
-              if f.get("selection")}
-    return [d / "select" / slug(chosen[d.name]) if d.name in chosen else d for d in sorted(out_dir.glob("fold*"))]
+    folds = {f"fold{f['fold']}": f for f in (summary or {}).get("folds", [])}
+    out = []
+    for d in sorted(p for p in out_dir.glob("fold*") if p.is_dir()):
+        f = folds.get(d.name, {})
+        if f.get("stage_work_dirs"):
+            out += [(f"{d.name}/{name}", Path(w)) for name, w in f["stage_work_dirs"].items()]
+        elif f.get("selection"):
+            out.append((d.name, d / "select" / slug(f["selection"]["chosen"])))
+        else:
+            out.append((d.name, d))
+    return out
 
 
 def plot_learning_curves(out_dir: Path, monitor: str, path: Path, summary: dict | None = None) -> bool:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
     any_ = False
-    for fold_dir in fold_work_dirs(out_dir, summary):
+    for label, fold_dir in fold_work_dirs(out_dir, summary):
         df = read_fold_metrics(fold_dir)
         if df is None:
             continue
         if "train_loss" in df:
             t = df.dropna(subset=["train_loss"])
-            a1.plot(t["epoch"], t["train_loss"], label=fold_dir.relative_to(out_dir).parts[0])
+            a1.plot(t["epoch"], t["train_loss"], label=label)
         if monitor in df:
             v = df.dropna(subset=[monitor])
-            a2.plot(v["epoch"], v[monitor], label=fold_dir.relative_to(out_dir).parts[0])
+            a2.plot(v["epoch"], v[monitor], label=label)
         any_ = True
     a1.set_title("training loss")
     a2.set_title(f"validation {monitor.removeprefix('val_')}")

@@ -121,6 +121,12 @@ def test_three_stages_from_cache_and_resume(tiny_corpus, tmp_path):  # noqa: F81
     res = summary["folds"][0]
     assert 0.0 <= res["metrics"]["ua"] <= 1.0
     fold_root = tmp_path / "stages" / "fold0"
+    # the report's learning curves come from each training stage's own log
+    from serkit.report import fold_work_dirs
+
+    assert [label for label, _ in fold_work_dirs(tmp_path / "run", summary)] == \
+        ["fold0/stage1", "fold0/stage2", "fold0/stage3"]
+    assert "## Learning curves" in (tmp_path / "run" / "report.md").read_text()
     dirs = sorted(p.name.split("-")[0] for p in fold_root.iterdir())
     assert dirs == ["gmps", "stage1", "stage2", "stage3"]
     for d in fold_root.iterdir():

@@ -633,6 +633,8 @@ def _fold_result(ctx: StageContext, stages: list, records: dict) -> dict:
                 if "val" in ctx.results[n].outputs else None}
             for n in scored}
         res["stage_seconds"] = {s.name: ctx.results[s.name].marker.get("seconds") for s in stages}
+        res["stage_work_dirs"] = {s.name: str(ctx.results[s.name].marker.get("work_dir") or ctx.results[s.name].dir)
+                                  for s in stages if isinstance(s, TrainStage)}  # their logs (learning curves)
     res["resumed"] = []
     for s in stages:
         if isinstance(s, TrainStage):
