@@ -125,12 +125,13 @@ class RecognizerGraph(nn.Module):
 def graph_module(rec) -> RecognizerGraph:
     """The :class:`RecognizerGraph` of a torch :class:`serkit.Recognizer` (its encoder is loaded if needed)."""
     cfg = rec.cfg
+    if "views" in rec.encoder_info:
+        raise SerkitError("export: models with several encoders (IF-MVSE's views and score sets) are not exportable "
+                          "to ONNX; predict with the torch backend")
     heads = dict(getattr(rec, "heads", None) or {("speaker" if rec.normalize != "none" else "global"): rec.model})
     waveform_model = cfg["features"]["source"] == "waveform"
     if rec.layer_index is not None or int(cfg["features"].get("pool_frames", 1) or 1) > 1 or (
             rec.stats_in_batch and rec.normalize != "none"):
-        from serkit.errors import SerkitError
-
         raise SerkitError("export: models with a feature-stage layer choice, frame pooling, or speaker statistics "
                           "applied inside the model (encoder blocks in the loop) are not exportable yet")
     if waveform_model:  # encoder inside the model (fine-tuned): take it from there

@@ -204,16 +204,15 @@ class Recognizer:
             enc = json.loads((d / "encoder.json").read_text())
         with model_folder_part(d, "meta.json"):
             meta = json.loads((d / "meta.json").read_text())
-            spec = ModelSpec(**meta["spec"], extra={"encoder": encoder_cfg})
             files = dict(meta.get("heads") or {"speaker" if normalize == "speaker" else "global": "model.safetensors"})
+            # per head, what build_model needs beyond the config (e.g. IF-MVSE's views, score sets and weights)
+            specs = {h: ModelSpec(**meta["spec"], extra={**(meta.get("head_extra") or {}).get(h, {}),
+                                                         "encoder": encoder_cfg}) for h in files}
         heads = {}
         for head, file in files.items():
             if not (d / file).exists():
                 raise SerkitError(f"{d}: not a serkit model folder (missing {file}, the {head} head)")
-            if recipe == "if_mvse":
-                raise SerkitError(f"{d}: IF-MVSE models (several encoders and score sets) cannot be loaded for "
-                                  f"prediction yet")
-            module = get_recipe(recipe).build_model(cfg, spec)
+            module = get_recipe(recipe).build_model(cfg, specs[head])
             if source == "waveform":
                 from serkit.encoders import load_encoder, parse_layers
                 from serkit.models.encoder_model import EncoderDownstream
@@ -225,6 +224,10 @@ class Recognizer:
             with model_folder_part(d, file):
                 module.load_state_dict(load_file(str(d / file)))
             heads[head] = module
+        if "views" in enc:  # several encoders (IF-MVSE): each view encoded and normalised on its own
+            from serkit.inference_views import MultiViewRecognizer
+
+            return MultiViewRecognizer(heads, cfg, labels, enc, device, batch_size, model_dir=d, precision=precision)
         return cls(heads, cfg, labels, enc, device, batch_size, model_dir=d, precision=precision)
 
     # -- features -------------------------------------------------------------------------------------------
@@ -272,14 +275,10 @@ class Recognizer:
         pooled_level = self.cfg["features"].get("level") == "pooled"
         for key, feats in encode_signals(self.encoder, items(), self.encoder_info["layers"],
                                          max_batch_size=self.batch_size):
-            (a, b), n = owned.pop(key)
-            t = feats.shape[1]
-            fa = round(a / n * t)
-            fb = max(round(b / n * t), fa + 1)
-            own_feats = feats[:, fa:min(fb, t)]
-            own = (pooled_statistics(own_feats).numpy(), own_feats.shape[1]) if own_feats.shape[1] else None
+            own, n = owned.pop(key)
             # the cache pools before rounding frames to float16: match it exactly
-            yield key, (pooled_statistics(feats) if pooled_level else feats.to(torch.float16)), own
+            yield key, (pooled_statistics(feats) if pooled_level else feats.to(torch.float16)), \
+                owned_statistics(feats, own, n)
 
     def speaker_statistics(self, signals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Feature statistics ``(mean, std)`` ``(layers, dim)`` of one speaker over the frames of ``signals``
@@ -293,17 +292,26 @@ class Recognizer:
                 f"least {MIN_ENROLL_SECONDS:.0f} s (several files of the speaker)")
         pieces = [(i, x, (0, len(x))) for i, x in enumerate(signals)]
         own = [o for _, _, o in self._encode(pieces) if o is not None]
-        return _combine(own)
+        return self._combine(own)
 
     def _enrolment(self, enroll) -> tuple[np.ndarray, np.ndarray] | None:
         """Speaker statistics from ``enroll`` (paths / 16 kHz arrays, or ready ``(mean, std)``); None if unused."""
         if enroll is None or "speaker" not in self.heads:
             return None
-        if isinstance(enroll, tuple) and len(enroll) == 2 and all(isinstance(x, np.ndarray) for x in enroll):
+        if self._ready_statistics(enroll):
             return enroll
         if isinstance(enroll, (str, Path)):
             enroll = [enroll]
         return self.speaker_statistics([self._signal(x)[0] for x in enroll])
+
+    @staticmethod
+    def _ready_statistics(enroll) -> bool:
+        """``enroll`` is statistics from :meth:`speaker_statistics` (not audio)."""
+        return isinstance(enroll, tuple) and len(enroll) == 2 and all(isinstance(x, np.ndarray) for x in enroll)
+
+    def _combine(self, own: list):
+        """The speaker's statistics from the ``own`` parts :meth:`_encode` yielded for its pieces."""
+        return _combine(own)
 
     # -- scoring --------------------------------------------------------------------------------------------
 
@@ -480,7 +488,7 @@ class Recognizer:
         good = [x for x in inputs if x.error is None]
         seconds = sum(x.duration for x in good)
         if seconds >= MIN_ENROLL_SECONDS:
-            return self._results(inputs, _combine([o for x in good for o in x.own if o is not None]))
+            return self._results(inputs, self._combine([o for x in good for o in x.own if o is not None]))
         msg = (f"the {len(good)} readable file(s) of the speaker hold {seconds:.1f} s; estimating the speaker's "
                f"statistics needs at least {MIN_ENROLL_SECONDS:.0f} s")
         if "global" not in self.heads:
@@ -578,7 +586,7 @@ class Recognizer:
             self._encode_inputs(inputs, keep_own=True)
             speech = sum(x.duration for x in inputs if x.error is None)
             if speech >= MIN_ENROLL_SECONDS:
-                stats = _combine([o for x in inputs if x.error is None for o in x.own if o is not None])
+                stats = self._combine([o for x in inputs if x.error is None for o in x.own if o is not None])
             head = self._head_for(stats)
             per_piece = self._scores(inputs, stats, head)
         else:  # the head is known: pieces are encoded and scored a batch at a time (bounded memory)
@@ -628,6 +636,19 @@ def push_model(model_dir: str | Path, repo_id: str, private: bool = True, token:
     api.upload_folder(folder_path=str(d), repo_id=repo_id, commit_message="serkit model",
                       ignore_patterns=["work/*", ".*"])
     return str(url)
+
+
+def owned_statistics(feats: torch.Tensor, own: tuple[int, int], samples: int) -> tuple[np.ndarray, int] | None:
+    """Pooled statistics ``(layers, 2*dim)`` and frame count of the frames of ``feats`` ``(layers, frames, dim)``
+    (a piece of ``samples`` samples) that lie in its owned samples ``own = (start, end)``; None when none do."""
+    from serkit.cache import pooled_statistics
+
+    a, b = own
+    t = feats.shape[1]
+    fa = round(a / samples * t)
+    fb = max(round(b / samples * t), fa + 1)
+    own_feats = feats[:, fa:min(fb, t)]
+    return (pooled_statistics(own_feats).numpy(), own_feats.shape[1]) if own_feats.shape[1] else None
 
 
 def _combine(own: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:

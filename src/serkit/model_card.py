@@ -46,6 +46,8 @@ def describe_model(model_dir: str | Path) -> dict:
         "hop_seconds": (cfg.get("predict") or {}).get("hop_seconds"),
         "validation": val.get("heads") or {}, "validation_protocol": val.get("protocol"), "cv": val.get("cv"),
         "train_wall_seconds": meta.get("train_wall_seconds"),
+        "views": enc.get("views") or {}, "ensembles": {h: e["ensemble"] for h, e in (meta.get("head_extra") or {}).items()
+                                                       if "ensemble" in e},
     }
 
 
@@ -76,8 +78,10 @@ def _cv_lines(cv: dict | None, task: str | None) -> list[str]:
 
 def render_model_card(info: dict) -> str:
     """The card's Markdown (with hub metadata in a YAML header)."""
+    views = info.get("views") or {}
+    base = sorted({v["encoder"] for v in views.values()}) if views else info["encoder"]
     front = {"library_name": "serkit", "tags": ["speech-emotion-recognition", "audio-classification", "serkit"],
-             "pipeline_tag": "audio-classification", "base_model": info["encoder"]}
+             "pipeline_tag": "audio-classification", "base_model": base}
     task = info["task"]
     what = (f"{len(info['classes'])} classes: " + ", ".join(info["classes"])) if task == "classification" else \
         "attributes: " + ", ".join(info["targets"])
@@ -91,6 +95,9 @@ def render_model_card(info: dict) -> str:
              + (f"; per class: {counts}" if counts else ""),
              f"- protocol: {info['validation_protocol']}", "", "## Validation", ""]
     for head, v in info["validation"].items():
+        if v.get("steps"):
+            lines.append(_steps_line(head, v))
+            continue
         if v.get("best_val") is None:
             continue
         lines.append(f"- {head} head: best validation {v['monitor']} {_pct(v['best_val'])}% at epoch "
@@ -110,9 +117,17 @@ def render_model_card(info: dict) -> str:
                   "speaker normalisation; usually less accurate). Each result says which head answered (`head`).")]
     else:
         lines += ["- normalisation: none (global features); nothing about the speaker is needed"]
-    lines += ["", "## Model", "",
-              (f"- encoder: `{info['encoder']}` (revision `{info['encoder_revision']}`, mode `{info['encoder_mode']}`, "
-              f"hidden states {info['layers']}), frozen; feature level `{info['feature_level']}`"),
+    lines += ["", "## Model", ""]
+    if views:
+        lines += [f"- views (frozen encoders, {len(views)}): " + "; ".join(
+            f"`{n}` = `{v['encoder']}` (revision `{v.get('revision')}`, mode `{v.get('mode')}`, hidden states "
+            f"{v.get('layers')})" for n, v in views.items())]
+        lines += _ensemble_lines(info.get("ensembles") or {})
+    else:
+        lines += [(f"- encoder: `{info['encoder']}` (revision `{info['encoder_revision']}`, mode "
+                   f"`{info['encoder_mode']}`, hidden states {info['layers']}), frozen; feature level "
+                   f"`{info['feature_level']}`")]
+    lines += [
               f"- head: `{_head_text(info['model'])}`; heads in this folder: "
               + ", ".join(f"{h} (`{f}`)" for h, f in info["heads"].items()),
               (f"- precision: features extracted in `{info['precision']['features']}`, head trained in "
@@ -131,6 +146,35 @@ def render_model_card(info: dict) -> str:
     return "\n".join(lines)
 
 
+def _steps_line(head: str, v: dict) -> str:
+    """The validation line of a stage list ending in a step (IF-MVSE's combination)."""
+    epochs = ", ".join(f"{n} {e}" for n, e in (v.get("stage_epochs") or {}).items())
+    parts = [f"{name}: {k.replace('_', ' ')} {_pct(x) if isinstance(x, float) else x}"
+             for name, step in v["steps"].items() for k, x in step.items() if k == "search_val"]
+    return (f"- {head} head: {'; '.join(parts) or 'steps ' + ', '.join(v['steps'])} on {v['n_val']} utterances of "
+            f"held-out speakers {', '.join(v['val_speakers'])} (the same outputs chose the weights); best "
+            f"validation epoch per stage: {epochs}")
+
+
+def _ensemble_lines(ensembles: dict) -> list[str]:
+    """Card lines of IF-MVSE heads: each view's input, the score sets and the weights chosen on validation."""
+    lines = []
+    for head, e in ensembles.items():
+        sets = ", ".join(f"{s['name']} ({' + '.join(s['views'])}) x {w:g}"
+                         for s, w in zip(e["score_sets"], e["weights"], strict=True))
+        inputs = "; ".join(f"`{v['name']}`: layers {'all' if v.get('layers') is None else v['layers']}, "
+                           f"{v['pooling']} pooling, normalisation {v.get('normalize', 'none')}, width {v['width']}"
+                           for v in e["views"])
+        what = "class probabilities" if e.get("class_scores") == "probs" else "scores"
+        lines += [f"- {head} head: score sets combined as sum of weight x {what}: {sets}",
+                  f"  - view inputs (z-scored with the training speakers' statistics): {inputs}"]
+    if ensembles:
+        lines.append("- the score sets (each with its best validation epoch) and the weights (searched on the "
+                     "validation speakers' outputs) come from the validation-split run; nothing is refit on all "
+                     "speakers")
+    return lines
+
+
 def write_model_card(model_dir: str | Path) -> Path:
     """(Re)write ``MODEL/README.md`` from the folder's files."""
     info = describe_model(model_dir)
@@ -145,14 +189,21 @@ def format_info(info: dict) -> str:
              f"  corpus:    {info['corpus']}; {info['n_train']} utterances, {info['n_speakers']} speakers"
              + ("; refit on all speakers" if info["refit"] else ""),
              (f"  encoder:   {info['encoder']} ({info['encoder_mode']}, layers {info['layers']}), "
-             f"features {info['feature_level']}, normalisation {info['normalize']}"),
+             f"features {info['feature_level']}, normalisation {info['normalize']}") if not info.get("views") else
+             ("  views:     " + ", ".join(f"{n} = {v['encoder']}" for n, v in info["views"].items())
+              + f", normalisation {info['normalize']}"),
              f"  heads:     {', '.join(info['heads'])}",
              f"  windows:   {info['window_seconds']} s, hop {info['hop_seconds']} s",
              f"  precision: features {info['precision']['features']}, training {info['precision']['train']}"]
     for head, v in info["validation"].items():
-        if v.get("best_val") is not None:
+        if v.get("steps"):
+            lines.append("  " + _steps_line(head, v)[2:])
+        elif v.get("best_val") is not None:
             lines.append(f"  validation ({head} head): {v['monitor']} {_pct(v['best_val'])}% at epoch {v['best_epoch']}"
                          + (f", refit {v['refit_epochs']} epochs" if v.get("refit") else ""))
+    for head, e in (info.get("ensembles") or {}).items():
+        lines.append(f"  weights ({head} head): "
+                     + ", ".join(f"{s['name']} {w:g}" for s, w in zip(e["score_sets"], e["weights"], strict=True)))
     cv = info["cv"]
     if cv:
         key = "ua" if info["task"] == "classification" else "ccc_mean"

@@ -18,6 +18,8 @@ scoring, results.json, report and trained model. The hooks:
 ``extra_test_metrics``      metrics beyond the task's
 ``fold_extras(ctx)``        extra fields of a fold's result (e.g. fusion weights)
 ``stage_root(cfg)``         a folder shared by runs whose stages coincide (ablation rows), or None
+``saved_model(ctx, stages)`` what ``serkit train`` saves of a finished multi-stage list: ``(model, spec)``, rebuilt
+                            for prediction by ``build_model(cfg, spec)``
 ==========================  ==================================================================================
 """
 
@@ -96,6 +98,20 @@ class Recipe:
     def fold_extras(self, ctx) -> dict:
         """Extra fields for the fold's result (``ctx``: :class:`~serkit.train.stages.StageContext`)."""
         return {}
+
+    def saved_model(self, ctx, stages: list) -> tuple[torch.nn.Module, ModelSpec]:
+        """What ``serkit train`` saves of a finished stage list (``ctx``: its
+        :class:`~serkit.train.stages.StageContext`): ``(model, spec)``, where :meth:`build_model` ``(cfg, spec)``
+        rebuilds ``model`` for prediction (``spec.extra`` beside ``encoder`` is saved in ``meta.json``, so it must be
+        JSON). Default: the last training stage's model; a list that ends in a step must say how it is replayed."""
+        from serkit.train.fit import final_module
+        from serkit.train.stages import Step
+
+        if isinstance(stages[-1], Step):
+            raise ConfigError(f"recipe {self.name!r} ends in the step {stages[-1].name!r}, which a single saved model "
+                              f"cannot replay; use serkit cv")
+        module, _ = final_module(ctx, stages)
+        return module.model, module.spec
 
     def build_model(self, cfg: dict, spec: ModelSpec) -> torch.nn.Module:
         """The configured ``model:`` (by registered name) built from ``spec``."""

@@ -46,6 +46,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 from torch import nn
 
 from serkit.data.labels import LabelMap
@@ -162,14 +163,18 @@ def model_defaults(cfg: dict) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 # views through the feature stage
 # --------------------------------------------------------------------------------------------------------------
-def fold_views(ctx, labels: LabelMap) -> tuple:
-    """``(train, val, test)`` :class:`~serkit.data.views.ViewDataset` of the fold: every view's pooled statistics
-    from its feature stage (normalised, chosen layers), pooled to a vector, z-scored on the training rows."""
-    from serkit.data.views import Standardizer, ViewDataset
+def view_inputs(ctx) -> tuple[dict, dict]:
+    """Every view's input vectors per part and how they were made: ``({view: {"train" | "val" | "test": (n,
+    width)}}, {view: {"layers", "pooling", "normalize", "width", "mean", "std"}})``. The view's pooled statistics
+    come from its feature stage (normalised, chosen layers), are pooled to a vector and z-scored with the training
+    rows' statistics (``mean`` / ``std`` ``(width,)``; zeros / ones without ``standardize``): the recipe of
+    :class:`serkit.models.score_sets.ViewInput`."""
+    from serkit.data.views import Standardizer
 
     fold, opts = ctx.fold, options(ctx.cfg)
     parts = {"train": fold.train, "val": fold.val, "test": fold.test}
     mats: dict[str, dict[str, np.ndarray]] = {}
+    how: dict[str, dict] = {}
     for v in view_specs(ctx.cfg):
         stage = ctx.feature(v["name"])
         if stage.weighted:
@@ -177,15 +182,34 @@ def fold_views(ctx, labels: LabelMap) -> tuple:
                               f"vectors; choose an index or a list of layers (concatenated)")
         per = {}
         for p, ids in parts.items():
-            ds = stage.dataset(ids, labels, False, level="pooled")
+            ds = stage.dataset(ids, ctx.labels, False, level="pooled")
+            if not len(ds):  # serkit train's validation run has no test part
+                per[p] = None
+                continue
             x = np.stack([ds[i]["pooled"] for i in range(len(ds))]).astype(np.float32)  # (n, layers, 2*dim)
             if v["pooling"] == "mean":
                 x = x[..., : x.shape[-1] // 2]
             per[p] = x.reshape(len(x), -1)
+        width = per["train"].shape[1]
+        per = {p: np.zeros((0, width), np.float32) if x is None else x for p, x in per.items()}
+        mean, std = np.zeros(width, np.float32), np.ones(width, np.float32)
         if opts.standardize:
             z = Standardizer().fit(per["train"])  # training rows only
             per = {p: z.transform(x) for p, x in per.items()}
+            mean, std = z.mean.astype(np.float32), z.std.astype(np.float32)
         mats[v["name"]] = per
+        how[v["name"]] = {"layers": stage.indices, "pooling": v["pooling"], "normalize": stage.mode, "width": width,
+                          "mean": mean, "std": std}
+    return mats, how
+
+
+def fold_views(ctx, labels: LabelMap) -> tuple:
+    """``(train, val, test)`` :class:`~serkit.data.views.ViewDataset` of the fold from :func:`view_inputs`."""
+    from serkit.data.views import ViewDataset
+
+    fold = ctx.fold
+    mats, _ = view_inputs(ctx)
+    parts = {"train": fold.train, "val": fold.val, "test": fold.test}
     rows = {p: ctx.manifest.set_index("id").loc[[str(i) for i in ids]].reset_index() for p, ids in parts.items()}
     out = []
     for p in ("train", "val", "test"):
@@ -236,6 +260,43 @@ class IFMVSERecipe(Recipe):
                         key=asdict(options(cfg))))
         return out
 
+    def saved_model(self, ctx, stages: list) -> tuple[nn.Module, ModelSpec]:
+        """Every score set's selected model, each view's input transform (layer choice, pooling, the training
+        rows' z-scores) and the combination weights chosen on validation, as one
+        :class:`~serkit.models.score_sets.ScoreSetEnsemble`."""
+        from serkit.models.score_sets import ScoreSetEnsemble
+
+        cfg = ctx.cfg
+        _, how = view_inputs(ctx)
+        sets = score_sets(cfg, list(how))
+        names = [s.name for s in stages if s.name != "combine"]
+        weights = ctx.results["combine"].marker["weights"]
+        desc = {"views": [{"name": n, **{k: h[k] for k in ("layers", "pooling", "normalize", "width")}}
+                          for n, h in how.items()],
+                "score_sets": sets, "weights": [float(weights.get(n, 0.0)) for n in names],
+                "class_scores": options(cfg).class_scores, "model": model_defaults(cfg)}
+        spec = ModelSpec(task=cfg["task"], num_outputs=ctx.labels.num_outputs, num_layers=0, hidden_size=0,
+                         num_speakers=len(ctx.labels.speakers), class_names=list(ctx.labels.classes),
+                         extra={"encoder": cfg["encoder"], "ensemble": desc})
+        model = ScoreSetEnsemble(desc, spec.task, spec.num_outputs)
+        for view, h in zip(model.views, how.values(), strict=True):
+            view.mean.copy_(torch.from_numpy(h["mean"]))
+            view.std.copy_(torch.from_numpy(h["std"]))
+        for target, name in zip(model.sets, names, strict=True):
+            r = ctx.results[name]
+            target.load_state_dict(r.module.model.state_dict() if r.module is not None else r.state())
+        return model.eval(), spec
+
+    def build_model(self, cfg: dict, spec: ModelSpec) -> nn.Module:
+        """The saved predictor (:meth:`saved_model`) from ``spec.extra["ensemble"]``; training stages build their
+        score-set models themselves."""
+        from serkit.models.score_sets import ScoreSetEnsemble
+
+        if "ensemble" not in spec.extra:
+            raise ConfigError("if_mvse: its training stages build one model per score set; build_model rebuilds "
+                              "the saved ensemble of a model folder (meta.json spec.extra.ensemble)")
+        return ScoreSetEnsemble(spec.extra["ensemble"], spec.task, spec.num_outputs)
+
     def fold_extras(self, ctx) -> dict:
         comb = ctx.results["combine"].marker
         return {"extras": {k: comb[k] for k in ("weights", "search_val", "best_single_view", "best_score_set")
@@ -276,15 +337,18 @@ def combine_step(ctx, names: list[str]) -> dict:
     s = opts.search
     weights, best = search_weights(val, target, metric, coarse=float(s.coarse), fine=float(s.fine),
                                    sum_to_one=bool(s.sum_to_one), max_evals=int(s.max_evals))
-    test = {n: scores("test", n) for n in names}  # read only now, after the weights are fixed
     key = "probs" if cls and opts.class_scores == "probs" else ("logits" if cls else "prediction")
-    outputs = {"val": {key: combine(val, weights)}, "test": {key: combine(test, weights)}}
+    outputs = {"val": {key: combine(val, weights)}}
     primary = "ua" if cls else "ccc_mean"
     per_val = {n: task_metrics(cfg["task"], labels, ctx.results[n].outputs["val"], val_enc)[primary] for n in names}
-    test_rows = ctx.manifest.set_index("id").loc[[str(i) for i in fold.test]].reset_index()
-    test_enc = labels.encode(test_rows)
-    per_test = {n: task_metrics(cfg["task"], labels, ctx.results[n].outputs["test"], test_enc)[primary]
-                for n in names}
+    per_test = dict.fromkeys(names)
+    if fold.test:  # serkit train's validation run has no test part
+        test = {n: scores("test", n) for n in names}  # read only now, after the weights are fixed
+        outputs["test"] = {key: combine(test, weights)}
+        test_rows = ctx.manifest.set_index("id").loc[[str(i) for i in fold.test]].reset_index()
+        test_enc = labels.encode(test_rows)
+        per_test = {n: task_metrics(cfg["task"], labels, ctx.results[n].outputs["test"], test_enc)[primary]
+                    for n in names}
     views = {re.sub(r"[^A-Za-z0-9_.+-]+", "_", s["name"]): s["views"]
              for s in score_sets(cfg, [v["name"] for v in view_specs(cfg)])}
     singles = [n for n in names if len(views.get(n, [])) == 1]

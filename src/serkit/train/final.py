@@ -72,29 +72,38 @@ def _metric_curve(fold_dir: Path, monitor: str) -> list[dict]:
 
 
 def _train_head(cfg: dict, manifest: pd.DataFrame, split, source, work: Path, refit: bool, log):
-    """Validation run (epoch count), then the refit on every speaker; returns (module, labels, record).
+    """Validation run (epoch count), then the refit on every speaker; returns (model, spec, labels, record).
 
-    A recipe with several stages (GMP-ATL) runs its stage list on the validation split through the fold runner and
-    keeps the last training stage's selected model (no refit: each stage chose its own epochs)."""
-    from serkit.recipes.base import get_recipe
-    from serkit.train.fit import final_module, fit_stages, select_on_validation, train_module
-    from serkit.train.stages import Step
+    A recipe with several stages (GMP-ATL, IF-MVSE) runs its stage list on the validation split through the fold
+    runner and saves what the recipe's ``saved_model`` makes of it (default: the last training stage's selected
+    model; IF-MVSE: every score set and the combination weights searched on validation). No refit: each stage
+    chose its own epochs on the validation speakers, and a step (IF-MVSE's weights) was fitted on their outputs."""
+    from serkit.recipes.base import Recipe, get_recipe
+    from serkit.train.fit import fit_stages, select_on_validation, train_module
+    from serkit.train.stages import Step, TrainStage
 
     train, val, val_spk = split
     monitor = cfg["train"]["monitor"]
     fold = Fold(0, "serkit-train", True, train, val, [], [], val_spk)
-    stages = get_recipe(cfg["recipe"]).stages(cfg)
-    if isinstance(stages[-1], Step):
+    recipe = get_recipe(cfg["recipe"])
+    stages = recipe.stages(cfg)
+    if isinstance(stages[-1], Step) and type(recipe).saved_model is Recipe.saved_model:
         raise ConfigError(f"recipe {cfg['recipe']!r} ends in the step {stages[-1].name!r}, which a single saved "
-                          f"model cannot replay yet; use serkit cv")
+                          f"model cannot replay (the recipe declares no saved_model); use serkit cv")
     if len(stages) > 1:
         ctx, stages, _ = fit_stages(cfg, manifest, fold, source, work / "validation")
-        module, last = final_module(ctx, stages)
-        marker = ctx.results[last.name].marker
-        return module, ctx.labels, {"monitor": monitor, "val_speakers": val_spk, "n_train": len(train),
-                                    "n_val": len(val), "stages": [s.name for s in stages],
-                                    "best_epoch": marker.get("best_epoch"), "best_val": marker.get("best_val"),
-                                    "refit": False}
+        model, spec = ctx.recipe.saved_model(ctx, stages)
+        trained = [s.name for s in stages if isinstance(s, TrainStage)]
+        last = ctx.results[stages[-1].name].marker
+        record = {"monitor": monitor, "val_speakers": val_spk, "n_train": len(train), "n_val": len(val),
+                  "stages": [s.name for s in stages], "refit": False,
+                  "stage_epochs": {n: ctx.results[n].marker.get("best_epoch") for n in trained},
+                  "best_epoch": ctx.results[trained[-1]].marker.get("best_epoch"),
+                  "best_val": ctx.results[trained[-1]].marker.get("best_val")}
+        if isinstance(stages[-1], Step):  # its validation figure: what the step chose on the validation outputs
+            step = {k: v for k, v in last.items() if k not in ("key", "files", "features", "stage")}
+            record["steps"] = {stages[-1].name: step}
+        return model, spec, ctx.labels, record
     # the config's train.select grid is chosen on the validation speakers, as serkit cv does per fold
     cfg, val_dir, selection, (module, labels, *_) = select_on_validation(cfg, manifest, fold, source,
                                                                         work / "validation")
@@ -115,7 +124,7 @@ def _train_head(cfg: dict, manifest: pd.DataFrame, split, source, work: Path, re
             f"{monitor} {best[monitor]:.4f} at epoch {best['epoch']})")
         module, labels, *_ = train_module(rcfg, manifest, everyone, source, work / "refit", select=False)
         record.update(refit_epochs=epochs, n_refit=len(train) + len(val))
-    return module, labels, record
+    return module.model, module.spec, labels, record
 
 
 def train_final(config, out_dir, overrides: list[str] | None = None, log=print, refit: bool = True,
@@ -127,8 +136,12 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
     """
     from safetensors.torch import save_file
 
-    from serkit.train.cv import FEATURE_NORMALISATION, feature_source, load_experiment_manifest
-    from serkit.train.features import usable_ids
+    from serkit.train.cv import (
+        FEATURE_NORMALISATION,
+        feature_source,
+        load_experiment_manifest,
+        usable_manifest,
+    )
 
     cfg = load_config(config, overrides)
     if cfg["features"]["normalize"] == "auto":
@@ -156,8 +169,7 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
     work.mkdir(exist_ok=True)
     atomic_write_text(work / "config.yaml", dump(cfg))
     source = feature_source(cfg, manifest, out)
-    if source is not None:
-        manifest = usable_ids(source, manifest)
+    manifest = usable_manifest(source, manifest, log)
     split = validation_split(cfg, manifest)
     t0 = time.time()
     records, spec = {}, None
@@ -166,21 +178,20 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
         hcfg["features"]["normalize"] = "speaker" if head == "speaker" else "none"
         log(f"training the {head} head ({FEATURE_NORMALISATION[hcfg['features']['normalize']].split(':')[0]} "
             f"features)")
-        module, labels, record = _train_head(hcfg, manifest, split, source, work / head, refit, log)
-        state = {k: v.detach().contiguous().cpu() for k, v in module.model.state_dict().items()}
+        model, spec, labels, record = _train_head(hcfg, manifest, split, source, work / head, refit, log)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         name = head_file(head, heads)
         with atomic_path(out / name) as tmp:
             save_file(state, str(tmp))
         records[head] = {**record, "file": name}
-        spec = module.spec
+        if spec.extra.keys() - {"encoder"}:  # what build_model needs beyond the config (e.g. IF-MVSE's ensemble)
+            records[head]["extra"] = {k: v for k, v in spec.extra.items() if k != "encoder"}
     atomic_write_text(out / "config.yaml", dump(cfg))
     atomic_write_json(out / "labels.json", labels.to_dict())
-    enc = dict(source.spec) if source is not None else {"encoder": cfg["encoder"]["id"], "mode": cfg["encoder"]["mode"]}
-    enc["layers_spec"] = cfg["encoder"].get("layers", "all")
-    precision = run_precision(cfg, source)
-    enc["precision"] = precision["features"]
-    atomic_write_json(out / "encoder.json", enc)
+    precision = run_precision(cfg, next(iter(source.values())) if isinstance(source, dict) else source)
+    atomic_write_json(out / "encoder.json", encoder_record(cfg, source, precision["features"]))
     n_all = len(split[0]) + len(split[1])
+    extra = {h: r.pop("extra") for h, r in records.items() if "extra" in r}  # per head: build_model's spec.extra
     from serkit import __version__
 
     meta = {
@@ -189,6 +200,7 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
                  "hidden_size": spec.hidden_size, "num_speakers": spec.num_speakers, "class_names": spec.class_names,
                  "layers": spec.layers},
         "heads": {h: r["file"] for h, r in records.items()},
+        **({"head_extra": extra} if extra else {}),
         "n_train": n_all if records[heads[0]]["refit"] else len(split[0]),
         "n_speakers": int(manifest["speaker"].astype(str).nunique()),
         "refit": records[heads[0]]["refit"],
@@ -201,9 +213,13 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
         "train_wall_seconds": round(time.time() - t0, 1),
     }
     atomic_write_json(out / "meta.json", meta)
-    atomic_write_json(out / "validation.json", {"protocol": "validation speakers carved from all speakers, then "
-                                                "refit on all speakers for the chosen epoch count" if meta["refit"]
-                                                else "validation speakers held out; the best validation epoch kept",
+    protocol = ("validation speakers carved from all speakers, then refit on all speakers for the chosen epoch "
+                "count" if meta["refit"] else "validation speakers held out; the best validation epoch kept")
+    if "stages" in records[heads[0]]:
+        protocol = (f"validation speakers held out; the stages {', '.join(records[heads[0]]['stages'])} run on the "
+                    f"other speakers, each training stage keeping its best validation epoch (steps fitted on the "
+                    f"validation outputs); no refit on all speakers")
+    atomic_write_json(out / "validation.json", {"protocol": protocol,
                                                 "heads": records, **({"cv": _cv_summary(cv)} if cv else {})})
     from serkit.model_card import write_model_card
 
@@ -212,6 +228,22 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
     log(f"trained {', '.join(heads)} head(s) on {meta['n_train']} utterances of {meta['n_speakers']} speakers "
         f"(validation: {len(split[1])} utterances of {len(split[2])} speakers) in {meta['train_wall_seconds']:.0f} s")
     return out
+
+
+def encoder_record(cfg: dict, source, precision: str) -> dict:
+    """``encoder.json``: the store's encoder spec (id, revision, mode, stored layers, ...), the config's layer spec and
+    the features' precision; for a multi-view recipe (``source`` ``{view: store}``) one such record per view under
+    ``views`` (and the encoder ids joined as ``encoder``)."""
+    if isinstance(source, dict):
+        views = {}
+        for name, store in source.items():
+            views[name] = {**dict(store.spec), "precision": getattr(store, "precision", precision)}
+        return {"encoder": " + ".join(v["encoder"] for v in views.values()), "precision": precision,
+                "views": views}
+    enc = dict(source.spec) if source is not None else {"encoder": cfg["encoder"]["id"], "mode": cfg["encoder"]["mode"]}
+    enc["layers_spec"] = cfg["encoder"].get("layers", "all")
+    enc["precision"] = precision
+    return enc
 
 
 def _cv_summary(cv: dict) -> dict:
