@@ -39,7 +39,7 @@ DEFAULTS: dict = {
               "monitor": "auto", "precision": "fp32", "accelerator": "auto", "devices": 1, "strategy": "auto",
               "num_workers": 0, "grad_clip": 1.0, "deterministic": True,
               "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True, "refit": False,
-              "num_nodes": 1, "logger": "csv", "select": None},
+              "num_nodes": 1, "logger": "csv", "select": None, "solver": "gradient", "ridge_alpha": 100.0},
     "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
     "recipe_options": {},
 }
@@ -60,6 +60,7 @@ CHOICES = {
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.scheduler": ("none", "cosine", "exponential", "warmup_linear"),
     "train.logger": ("csv", "tensorboard", "mlflow"),
+    "train.solver": ("gradient", "ridge"),
 }
 
 
@@ -68,7 +69,7 @@ CHOICES = {
 NUMERIC = {
     "train.seed": (int, False), "train.min_epochs": (int, False), "train.eval_batch_size": (int, False),
     "train.num_workers": (int, True), "train.warmup_epochs": (int, False), "train.decay_epochs": (int, True),
-    "train.lr_decay": (float, False), "train.grad_clip": (float, True),
+    "train.lr_decay": (float, False), "train.grad_clip": (float, True), "train.ridge_alpha": (float, False),
     "predict.window_seconds": (float, False), "predict.hop_seconds": (float, False),
     "features.max_frames": (int, True), "features.pool_frames": (int, False), "encoder.batch_seconds": (float, False),
 }

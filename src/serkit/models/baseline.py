@@ -104,6 +104,42 @@ class PooledMLP(nn.Module):
         y = self.head(x)
         return {"embedding": x, "logits" if self.task == "classification" else "prediction": y}
 
+    @torch.no_grad()
+    def fit_ridge(self, pooled: torch.Tensor, targets: torch.Tensor, alpha: float) -> None:
+        """Fit the model in closed form (``train.solver: ridge``): the standardisation from ``pooled``
+        ``(n, layers, 2*dim)`` (population mean / variance, as a StandardScaler) and the linear head as ridge
+        regression of ``targets`` ``(n, outputs)`` on the standardised, concatenated layers,
+        ``min ||Z W + b - Y||^2 + alpha ||W||^2`` (intercept unpenalised), solved in float64 in the dual form
+        when there are fewer utterances than features. Needs ``combine: concat``, ``hidden: []``, regression."""
+        from serkit.errors import ConfigError
+
+        linear = self.head.net[0] if len(self.head.net) == 1 and isinstance(self.head.net[0], nn.Linear) else None
+        if self.task != "regression" or self.combine != "concat" or linear is None:
+            raise ConfigError("train.solver: ridge fits a linear regression head: model pooled_mlp with hidden: [], "
+                              "combine: concat and task: regression")
+        x = pooled[:, self.indices].double().flatten(1)  # (n, k * 2 * dim)
+        if isinstance(self.norm, _FeatureBatchNorm):
+            bn = self.norm.bn
+            mean, var = x.mean(0), x.var(0, unbiased=False)
+            bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+            bn.running_var.copy_(var.to(bn.running_var.dtype))
+            z = (x - mean) / torch.sqrt(var + bn.eps)
+        elif isinstance(self.norm, nn.Identity):
+            z = x
+        else:
+            raise ConfigError("train.solver: ridge needs model.input_norm batchnorm or none")
+        y = targets.double()
+        zm, ym = z.mean(0), y.mean(0)
+        zc, yc = z - zm, y - ym
+        n, d = zc.shape
+        eye = torch.eye(min(n, d), dtype=torch.float64)
+        if n < d:
+            w = zc.T @ torch.linalg.solve(zc @ zc.T + alpha * eye, yc)  # (d, outputs)
+        else:
+            w = torch.linalg.solve(zc.T @ zc + alpha * eye, zc.T @ yc)
+        linear.weight.copy_(w.T.to(linear.weight.dtype))
+        linear.bias.copy_((ym - zm @ w).to(linear.bias.dtype))
+
 
 class _FeatureBatchNorm(nn.Module):
     """Standardise every feature of ``(batch, layers, dim)`` with batch / running statistics (no affine)."""

@@ -122,7 +122,9 @@ def make_trainer(cfg: dict, fold_dir: Path, extra_callbacks=()) -> L.Trainer:
     precision = lightning_precision(t["precision"], t["accelerator"])
     logger = make_loggers(cfg, fold_dir)
     return L.Trainer(
-        max_epochs=int(t["epochs"]), min_epochs=int(t["min_epochs"]), accelerator=t["accelerator"],
+        # train.solver: ridge is fitted in closed form at the start: one epoch (its validation) is the whole run
+        max_epochs=1 if t.get("solver") == "ridge" else int(t["epochs"]),
+        min_epochs=1 if t.get("solver") == "ridge" else int(t["min_epochs"]), accelerator=t["accelerator"],
         devices=t["devices"], num_nodes=int(t.get("num_nodes", 1)), strategy=t["strategy"], precision=precision,
         callbacks=[best, last, early, *extra_callbacks],
         logger=logger, deterministic=bool(t["deterministic"]) and not torch.cuda.is_available(),

@@ -60,6 +60,14 @@ class SERModule(L.LightningModule):
             if hasattr(s, "set_epoch"):
                 s.set_epoch(self.current_epoch)
 
+    def on_train_start(self) -> None:
+        if self.cfg.get("solver", "gradient") == "ridge":  # closed form on the whole training set, then no steps
+            from serkit.data.features import collate
+
+            ds = self.trainer.train_dataloader.dataset
+            batch = collate([ds[i] for i in range(len(ds))])
+            self.model.fit_ridge(batch["pooled"], batch["targets"], float(self.cfg.get("ridge_alpha", 100.0)))
+
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         seed = step_seed(int(self.cfg.get("seed", 0)), self.current_epoch, batch_idx)
         torch.manual_seed(seed)  # also every CUDA device
@@ -67,6 +75,8 @@ class SERModule(L.LightningModule):
         random.seed(seed)
 
     def training_step(self, batch: dict, batch_idx: int):
+        if self.cfg.get("solver", "gradient") == "ridge":
+            return None  # the closed-form fit (on_train_start) is the whole training: no step
         if self.batch_hook is not None:
             batch = self.batch_hook(batch, self)
         out = self.model(batch)
