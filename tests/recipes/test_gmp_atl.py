@@ -234,3 +234,58 @@ def test_stage_keys_ignore_result_neutral_settings():
     t = {"epochs": 3, "lr": 1e-4, "num_workers": 8, "progress": False}
     assert _schedule(t) == _schedule({**t, "num_workers": 0, "progress": True}) == {"epochs": 3, "lr": 1e-4}
     assert _schedule(t) != _schedule({**t, "lr": 1e-3})
+
+
+def test_stats_head_stages_from_cache_init_head(tiny_corpus, tmp_path):  # noqa: F811
+    """``head: stats`` in stages 1 and 3 (the baseline's head family): stage 3 starts from stage 1's standardisation,
+    projection and class directions (AM-softmax), and its statistics include the fine-tuned top block's outputs."""
+    from safetensors.torch import load_file
+
+    from serkit.train.cv import run_cv
+
+    enc_dir = _save_tiny("whisper", tmp_path / "tiny-whisper")
+    cfg = _gmp_cfg(tiny_corpus, enc_dir, "cache", stage_root=str(tmp_path / "stages"), stages=[1, 3])
+    cfg["features"]["normalize"] = "speaker"
+    ro = cfg["recipe_options"]
+    ro["stage1"].update(head="stats", dropout=0.1, class_weights="balanced")
+    ro["stage3"].update(head="stats", dropout=0.1)
+    seen = {}
+    from serkit.recipes.gmp_atl import GMPATLRecipe
+
+    load = GMPATLRecipe._load
+
+    def spy(ctx, model, upstream, heads):
+        load(ctx, model, upstream, heads)
+        if heads:
+            seen["am"] = model.am.weight.detach().clone()
+            seen["mean"] = model.head.norm.bn.running_mean.detach().clone()
+
+    GMPATLRecipe._load = staticmethod(spy)
+    try:
+        run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
+    finally:
+        GMPATLRecipe._load = staticmethod(load)
+    res = json.loads((tmp_path / "run" / "fold0" / "result.json").read_text())
+    assert set(res["stage_metrics"]) == {"stage1", "stage3"}
+    s1 = load_file(str(next((tmp_path / "stages" / "fold0").glob("stage1-*")) / "state.safetensors"))
+    assert {"head.emotion.weight", "head.gender.weight", "head.projection.weight", "head.norm.bn.running_mean"} \
+        <= set(s1)
+    assert not any(k.startswith("head.lstm") for k in s1)
+    torch.testing.assert_close(seen["am"], s1["head.emotion.weight"])
+    torch.testing.assert_close(seen["mean"], s1["head.norm.bn.running_mean"])
+
+
+def test_head_options_checked_and_bilstm_keys_kept():
+    from serkit.recipes.gmp_atl import _without_train
+
+    with pytest.raises(ConfigError, match="head"):
+        gmp_options({"recipe_options": {"stage1": {"head": "mlp"}}})
+    with pytest.raises(ConfigError, match="same head"):
+        gmp_options({"recipe_options": {"stage1": {"head": "stats"}, "stage3": {"init_head": True}}})
+    gmp_options({"recipe_options": {"stages": [1], "stage1": {"head": "stats"}, "stage3": {"init_head": True}}})
+    with pytest.raises(ConfigError, match="class_weights"):
+        gmp_options({"recipe_options": {"stage1": {"class_weights": "inverse"}}})
+    o = gmp_options({})
+    # stages trained before the head option existed keep their keys (and are reused)
+    assert set(_without_train(o.stage1)) == {"finetune", "hidden", "proj_dim", "alpha"}
+    assert "dropout" in _without_train(gmp_options({"recipe_options": {"stage1": {"head": "stats"}}}).stage1)

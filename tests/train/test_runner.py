@@ -172,13 +172,17 @@ def test_every_config_loads_and_declares_valid_stages():
         assert recipe.stages(cfg), p
 
 
-def test_gmp_atl_trains_into_a_model_for_serkit_predict(tiny_corpus, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("head", ["bilstm", "stats"])
+def test_gmp_atl_trains_into_a_model_for_serkit_predict(tiny_corpus, tmp_path, head):  # noqa: F811
     """``serkit train`` runs the stage list on all speakers and saves the last stage's model; ``serkit predict``
     loads it (raw frames of every layer + the enrolled speaker's statistics, normalised inside the model)."""
     from serkit.inference import Recognizer
     from serkit.train.final import train_final
 
     cfg = recipe_config("gmp_atl", tiny_corpus, tmp_path)
+    if head == "stats":  # the baseline's head family; stage 3 starts from stage 1's statistics and class directions
+        cfg["recipe_options"]["stage1"].update(head="stats", proj_dim=0)
+        cfg["recipe_options"]["stage3"].update(head="stats", proj_dim=0, init_head=True)
     cfg["protocol"] = {"name": "speaker_kfold", "k": 3, "val_speakers": 1}
     model_dir = train_final(cfg, tmp_path / "model", **QUIET)
     rec = Recognizer.from_pretrained(model_dir)

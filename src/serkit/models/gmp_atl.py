@@ -17,6 +17,13 @@ Heads per stage: 1 = BiLSTM -> mean pooling -> projection -> emotion + gender lo
 k-means scale on the (normalised) top layer plus a linear probe on the detached mean-pooled featurizer output
 (``logits``, for validation only); 3 = the stage-1 head structure with an AM-softmax classifier (or plain CE).
 
+``head`` (stages 1 and 3): ``bilstm`` (the paper's, above) or ``stats`` (:class:`StatsHead`, the linear baseline's
+family, ``configs/<corpus>/baseline.yaml``): per hidden state the mean and std over the real frames, of the
+featurizer's layers, batch-norm standardised (no affine), concatenated (``layers: all`` or a list) or combined by the
+featurizer's softmax weights (``weighted``), dropout, an optional linear projection (``proj_dim``; 0 = none), then
+linear emotion (+ gender in stage 1) logits or the AM-softmax classifier. Stage 3's statistics include the
+fine-tuned top blocks' outputs.
+
 Out keys: stage 1 ``logits, gender_logits, embedding``; stage 2 ``pseudo_logits {k: (B, T, k)}, span_mask (B, T),
 pseudo_labels {k: (B, T)}, logits``; stage 3 ``logits, embedding`` (+ ``cosine`` with AM-softmax).
 """
@@ -29,10 +36,60 @@ from torch import nn
 from serkit.augment.masking import compute_span_mask
 from serkit.data.normalize import normalize_hidden
 from serkit.encoders.featurizer import Featurizer
+from serkit.models.baseline import _FeatureBatchNorm
 from serkit.models.bilstm_head import BiLSTMHead
 from serkit.models.heads_am import AMSoftmaxHead
+from serkit.models.pooling import StatsPooling
 from serkit.models.pseudo_label_head import PseudoLabelHead
 from serkit.models.staged_encoder import StagedEncoder
+
+HEADS = ("bilstm", "stats")
+
+
+class StatsHead(nn.Module):
+    """Utterance statistics of several hidden states -> standardise -> combine -> dropout -> [projection] -> heads.
+
+    ``forward(hidden [(batch, frames, dim)] * layers, frame_mask (batch, frames), weights (layers,) | None)``:
+    ``stats`` ``(batch, layers, 2*dim)`` (masked mean then std, :class:`~serkit.models.pooling.StatsPooling`) are
+    standardised per feature with batch / running statistics (the baseline's ``_FeatureBatchNorm``, what a
+    StandardScaler does for a linear model), then concatenated, or summed with ``weights`` (a learned softmax, as
+    ``pooled_mlp`` with ``combine: weighted``). Returns ``{"logits", "embedding" (batch, proj_dim or width)}`` and
+    ``gender_logits`` with ``num_genders``.
+
+    Args:
+        dim: hidden state width; layers: how many hidden states it reads; weighted: sum instead of concatenate.
+        num_classes, num_genders (0: no gender head), proj_dim (0: no projection; else ``Linear`` without
+        activation, so the model stays linear in the statistics), dropout (on the standardised statistics).
+    """
+
+    def __init__(self, dim: int, layers: int, num_classes: int, *, weighted: bool = False, num_genders: int = 0,
+                 proj_dim: int = 0, dropout: float = 0.3):
+        super().__init__()
+        self.pool = StatsPooling(dim)
+        self.norm = _FeatureBatchNorm(self.pool.output_size, layers)
+        self.weighted = bool(weighted)
+        width = self.pool.output_size * (1 if self.weighted else layers)
+        self.dropout = nn.Dropout(dropout)
+        self.projection = nn.Linear(width, proj_dim) if proj_dim else nn.Identity()
+        self.output_size = int(proj_dim) or width
+        self.emotion = nn.Linear(self.output_size, num_classes)
+        self.gender = nn.Linear(self.output_size, num_genders) if num_genders else None
+
+    def forward(self, hidden: list[torch.Tensor], frame_mask: torch.Tensor | None,
+                weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        x = self.norm(torch.stack([self.pool(h, frame_mask) for h in hidden], 1))  # (batch, layers, 2*dim)
+        if self.weighted:
+            if weights is None or weights.shape != (x.shape[1],):
+                raise ValueError(f"StatsHead (weighted): expected {x.shape[1]} layer weights, got "
+                                 f"{None if weights is None else tuple(weights.shape)}")
+            x = torch.einsum("k,bkd->bd", weights.to(x.dtype), x)
+        else:
+            x = x.flatten(1)
+        emb = self.projection(self.dropout(x))
+        out = {"logits": self.emotion(emb), "embedding": emb}
+        if self.gender is not None:
+            out["gender_logits"] = self.gender(emb)
+        return out
 
 
 class GMPStageModel(nn.Module):
@@ -44,7 +101,8 @@ class GMPStageModel(nn.Module):
 
     def __init__(self, encoder: StagedEncoder, stage: int, num_classes: int, *, layers="weighted",
                  hidden: int = 256, proj_dim: int = 256, ks=(64, 512, 4096), mask_prob: float = 0.08,
-                 span: int = 10, min_masks: int = 2, loss: str = "am_softmax", s: float = 30.0, m: float = 0.2):
+                 span: int = 10, min_masks: int = 2, loss: str = "am_softmax", s: float = 30.0, m: float = 0.2,
+                 head: str = "bilstm", dropout: float = 0.3):
         super().__init__()
         self.encoder, self.stage = encoder, int(stage)
         self.num_layers = int(encoder.encoder.num_layers)
@@ -57,10 +115,20 @@ class GMPStageModel(nn.Module):
             self.probe = nn.Linear(feat_dim, num_classes)
             self.mask_prob, self.span, self.min_masks = float(mask_prob), int(span), int(min_masks)
         else:
-            self.head = BiLSTMHead(feat_dim, hidden=hidden, num_classes=num_classes,
-                                   num_genders=2 if self.stage == 1 else 0, proj_dim=proj_dim)
-            self.am = AMSoftmaxHead(proj_dim, num_classes, s=s, m=m) if (stage == 3 and loss == "am_softmax") \
-                else None
+            if head not in HEADS:
+                raise ValueError(f"GMPStageModel head must be one of {HEADS}, got {head!r}")
+            genders = 2 if self.stage == 1 else 0
+            self.head_kind = head
+            if head == "stats":
+                self.head = StatsHead(dim, len(self.featurizer.indices), num_classes,
+                                      weighted=self.featurizer.reduce == "weighted", num_genders=genders,
+                                      proj_dim=proj_dim, dropout=dropout)
+                emb = self.head.output_size
+            else:
+                self.head = BiLSTMHead(feat_dim, hidden=hidden, num_classes=num_classes, num_genders=genders,
+                                       proj_dim=proj_dim)
+                emb = proj_dim
+            self.am = AMSoftmaxHead(emb, num_classes, s=s, m=m) if (stage == 3 and loss == "am_softmax") else None
 
     def hidden_states(self, batch: dict, mask_time_indices: torch.Tensor | None = None):
         """Every hidden state ``0..num_layers-1`` ``(B, T, D)`` float32, speaker-normalised when the batch carries
@@ -85,13 +153,16 @@ class GMPStageModel(nn.Module):
             fm = self.encoder.frame_mask(batch)
             mask = compute_span_mask(tuple(fm.shape), self.mask_prob, self.span, self.min_masks, fm, device=fm.device)
         hidden, fm = self.hidden_states(batch, mask)
-        x = self.featurizer(hidden)
         if self.stage != 2:
-            out = self.head(x, fm)
+            if self.head_kind == "stats":
+                out = self.head([hidden[i] for i in self.featurizer.indices], fm, self.featurizer.layer_weights())
+            else:
+                out = self.head(self.featurizer(hidden), fm)
             if self.am is not None:
                 out.update(self.am(out["embedding"]))
             out["frame_mask"] = fm
             return out
+        x = self.featurizer(hidden)
         top = hidden[-1]
         b, t = fm.shape
         out = {"pseudo_logits": self.pseudo_head(top),

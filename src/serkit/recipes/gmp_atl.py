@@ -11,6 +11,15 @@ layers and a ReLU) -> emotion and gender heads; ``L = alpha CE(emotion) + (1 - a
 (``batch["gender"]``: 0 female, 1 male, -1 unknown and ignored); ``alpha: 1.0`` is plain cross-entropy (the
 "method off" row). Its test scores are the "stage 1 only" row.
 
+Stage heads (``stage1.head`` / ``stage3.head``): ``bilstm`` (the paper's, above) or ``stats``, the linear baseline's
+family (``configs/<corpus>/baseline.yaml``, :class:`serkit.models.gmp_atl.StatsHead`): per hidden state the mean and
+std over the real frames of the speaker-normalised states the stage model assembles (in stage 3 including the
+fine-tuned top block's outputs), concatenated (``features.layers: all``) or combined by the learned layer weights
+(``weighted``), batch-norm standardised (no affine), ``dropout``, an optional linear projection (``proj_dim``; 0 =
+none, so emotion and gender logits are linear in the statistics), then the emotion and gender logits (stage 1) or the
+AM-softmax classifier / plain CE (stage 3). ``stage1.class_weights: balanced`` weights the emotion CE by inverse class
+frequency (as the baseline's objective). ``hidden`` is the BiLSTM's only.
+
 GMPs (Sec. 3.1, step ``gmps``): frame features of hidden state ``cluster.layer`` (paper: -3) of the stage-1
 encoder, of the TRAINING fold's utterances only (speaker-normalised like everything else), are clustered by k-means
 at every scale of ``cluster.ks`` (paper: 64, 512, 4096; :mod:`serkit.clustering`, subsampled to
@@ -25,7 +34,7 @@ selection rule for this stage.
 
 Stage 3 (fine-tuning, Sec. 3.3, Fig. 1c): the stage-2 encoder (stage-1 encoder without GMPs) with the stage-1
 head structure and an AM-softmax classifier (s = 30, m = 0.2; ``loss: cross_entropy`` for the CE ablation);
-``init_head: true`` starts the head (and layer weights) from stage 1's; the checkpoint with the best validation UA
+``init_head: true`` starts the head (and layer weights) from stage 1's (same ``head`` and sizes); the checkpoint with the best validation UA
 is scored on the test speakers.
 
 Encoder placement per stage (``recipe_options.stageN.finetune``):
@@ -41,11 +50,12 @@ Encoder placement per stage (``recipe_options.stageN.finetune``):
 
     stages: [1, 2, 3]            # [1]: stage 1 only; [1, 3]: without GMPs
     stage_root: null             # share stages between runs (ablation rows): <stage_root>/fold<k>/<stage>-<key>
-    stage1: {finetune: false, hidden: 256, proj_dim: 256, alpha: 0.9, train: {...overrides of train}}
+    stage1: {finetune: false, head: bilstm, hidden: 256, proj_dim: 256, dropout: 0.3, alpha: 0.9, class_weights: null,
+             train: {...overrides of train}}
     cluster: {layer: -3, ks: [64, 512, 4096], backend: auto, niter: 25, max_points_per_centroid: 256, seed: 0}
     stage2: {finetune: true, mask_prob: 0.08, span: 10, min_masks: 2, hidden: 256, masked_only: true, train: {}}
-    stage3: {finetune: true, loss: am_softmax, s: 30.0, m: 0.2, hidden: 256, proj_dim: 256, init_head: false,
-             train: {}}
+    stage3: {finetune: true, head: bilstm, loss: am_softmax, s: 30.0, m: 0.2, hidden: 256, proj_dim: 256, dropout: 0.3,
+             init_head: false, train: {}}
 """
 
 from __future__ import annotations
@@ -67,15 +77,32 @@ from serkit.recipes.base import Recipe, register_recipe
 log = logging.getLogger("serkit")
 
 STAGE3_LOSSES = ("am_softmax", "cross_entropy")
+HEADS = ("bilstm", "stats")
+CLASS_WEIGHTS = (None, "balanced")
+
+
+def _check_head(where: str, head: str, dropout: float) -> None:
+    if head not in HEADS:
+        raise ValueError(f"{where}.head must be one of {HEADS}, got {head!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"{where}.dropout must be in [0, 1), got {dropout!r}")
 
 
 @dataclass
 class Stage1Options:
     finetune: bool | str = False
+    head: str = "bilstm"
     hidden: int = 256
     proj_dim: int = 256
+    dropout: float = 0.3
     alpha: float = 0.9
+    class_weights: str | None = None
     train: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check_head("stage1", self.head, self.dropout)
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise ValueError(f"stage1.class_weights must be null or 'balanced', got {self.class_weights!r}")
 
 
 @dataclass
@@ -102,15 +129,18 @@ class Stage2Options:
 @dataclass
 class Stage3Options:
     finetune: bool | str = True
+    head: str = "bilstm"
     loss: str = "am_softmax"
     s: float = 30.0
     m: float = 0.2
     hidden: int = 256
     proj_dim: int = 256
+    dropout: float = 0.3
     init_head: bool = False
     train: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        _check_head("stage3", self.head, self.dropout)
         if self.loss not in STAGE3_LOSSES:
             raise ValueError(f"stage3.loss must be one of {STAGE3_LOSSES}, got {self.loss!r}")
 
@@ -131,6 +161,9 @@ class GMPOptions:
         if stages not in ([1], [1, 3], [1, 2, 3]):
             raise ValueError(f"stages must be [1], [1, 3] or [1, 2, 3], got {self.stages}")
         self.stages = stages
+        if 3 in stages and self.stage3.init_head and self.stage3.head != self.stage1.head:
+            raise ValueError(f"stage3.init_head starts the stage-3 head from stage 1's: both need the same head, got "
+                             f"stage1.head {self.stage1.head!r} and stage3.head {self.stage3.head!r}")
 
 
 def gmp_options(cfg: dict) -> GMPOptions:
@@ -139,7 +172,16 @@ def gmp_options(cfg: dict) -> GMPOptions:
 
 
 def _without_train(o) -> dict:
-    return {k: v for k, v in asdict(o).items() if k != "train"}
+    """A stage's key: its options less ``train`` (the runner keys the schedule); options added later are left out
+    at their old behaviour (``head: bilstm``, which ignores ``dropout``; no class weights), so that stages trained
+    before they existed are reused."""
+    d = {k: v for k, v in asdict(o).items() if k != "train"}
+    if d.get("head") == "bilstm":
+        d.pop("head")
+        d.pop("dropout")
+    if d.get("class_weights", "") is None:
+        d.pop("class_weights")
+    return d
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -190,6 +232,8 @@ class GMPATLRecipe(Recipe):
 
         runner = StagedEncoder(self._encoder(cfg), cfg["features"]["source"], finetune)
         kw = {"hidden": o.hidden}
+        if stage != 2:
+            kw.update(head=o.head, dropout=o.dropout)
         if stage == 2:
             kw.update(ks=ks, mask_prob=o.mask_prob, span=o.span, min_masks=o.min_masks)
         else:
@@ -230,7 +274,10 @@ class GMPATLRecipe(Recipe):
         o = self.options(cfg)
         self._check_order(cfg, o)
         a = float(o.stage1.alpha)
-        terms1 = [{"name": "cross_entropy", "weight": a}] + ([{"name": "gender_ce", "weight": 1.0 - a}] if a < 1 else [])
+        ce1 = {"name": "cross_entropy", "weight": a}
+        if o.stage1.class_weights:
+            ce1["class_weights"] = o.stage1.class_weights
+        terms1 = [ce1] + ([{"name": "gender_ce", "weight": 1.0 - a}] if a < 1 else [])
         out = [TrainStage("stage1", model=lambda ctx, spec: self._model(cfg, 1, spec.num_outputs, o.stage1.finetune,
                                                                          o.stage1),
                           objective=terms1, train=dict(o.stage1.train), key=_without_train(o.stage1))]
@@ -282,7 +329,8 @@ class GMPATLRecipe(Recipe):
     @staticmethod
     def _load(ctx, model: nn.Module, upstream: list[str], heads: bool) -> None:
         """Encoder parameters the latest trained upstream stage changed; with ``heads``, stage 1's head and layer
-        weights (BiLSTM, projection; AM-softmax class directions from its emotion layer)."""
+        weights (BiLSTM or standardisation statistics, projection; AM-softmax class directions from its emotion
+        layer)."""
         for name in upstream:
             r = ctx.results.get(name)
             if r is None:
