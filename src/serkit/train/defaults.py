@@ -31,7 +31,7 @@ BASELINE: dict = {
     "features": {"level": "pooled", "normalize": "auto"},
     "model": {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.3, "input_norm": "batchnorm"},
     "train": {"epochs": 80, "batch_size": 32, "lr": 0.0003, "weight_decay": 0.1, "patience": 20, "seed": 0,
-              "refit": True, "select": {"train.weight_decay": [0.1, 10.0, 100.0]}},
+              "refit": True},
 }
 #: How the default head is trained per task, with the regularisation it chooses on validation (``train.select``).
 #: Classification: AdamW with its weight decay from the grid. Regression: the same linear head fitted in closed
