@@ -289,3 +289,28 @@ def test_head_options_checked_and_bilstm_keys_kept():
     # stages trained before the head option existed keep their keys (and are reused)
     assert set(_without_train(o.stage1)) == {"finetune", "hidden", "proj_dim", "alpha"}
     assert "dropout" in _without_train(gmp_options({"recipe_options": {"stage1": {"head": "stats"}}}).stage1)
+
+
+def test_refit_retrains_only_the_last_stage(tiny_corpus, tmp_path):  # noqa: F811
+    """``train.refit: true``: stage 3 (the scored stage) is retrained on train + validation for the epoch count
+    validation chose; stage 1 keeps its validation-chosen checkpoint, so stage 3 is selected on unseen speakers."""
+    from serkit.train.cv import run_cv
+
+    enc_dir = _save_tiny("whisper", tmp_path / "tiny-whisper")
+    cfg = _gmp_cfg(tiny_corpus, enc_dir, "cache", stage_root=str(tmp_path / "stages"), stages=[1, 3])
+    cfg["train"]["refit"] = True
+    ro = cfg["recipe_options"]
+    ro["stage1"].update(head="stats", dropout=0.1)
+    ro["stage3"].update(head="stats", dropout=0.1)
+    run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
+    stages = tmp_path / "stages" / "fold0"
+    s1, s3 = next(stages.glob("stage1-*")), next(stages.glob("stage3-*"))
+    assert not (s1 / "refit").exists() and "refit_epochs" not in json.loads((s1 / "stage.json").read_text())
+    marker = json.loads((s3 / "stage.json").read_text())
+    assert (s3 / "refit").is_dir() and marker["refit_epochs"] == marker["best_epoch"] + 1
+    res = json.loads((tmp_path / "run" / "fold0" / "result.json").read_text())
+    assert res["refit_epochs"] == marker["refit_epochs"]
+    # stages: [1] refits stage 1, the last stage then
+    ro["stages"] = [1]
+    run_cv(cfg, tmp_path / "run1", folds_only=[0], log=lambda *a: None)
+    assert "refit_epochs" in json.loads((tmp_path / "run1" / "fold0" / "result.json").read_text())

@@ -280,7 +280,8 @@ class GMPATLRecipe(Recipe):
         terms1 = [ce1] + ([{"name": "gender_ce", "weight": 1.0 - a}] if a < 1 else [])
         out = [TrainStage("stage1", model=lambda ctx, spec: self._model(cfg, 1, spec.num_outputs, o.stage1.finetune,
                                                                          o.stage1),
-                          objective=terms1, train=dict(o.stage1.train), key=_without_train(o.stage1))]
+                          objective=terms1, train=dict(o.stage1.train), key=_without_train(o.stage1),
+                          refit=o.stages == [1] and self._refit(cfg, o.stage1))]
         if 2 in o.stages:
             out.append(Step("gmps", run=lambda ctx: self._cluster(ctx, o), key=asdict(o.cluster)))
             epochs = int(o.stage2.train.get("epochs", cfg["train"]["epochs"]))
@@ -299,8 +300,16 @@ class GMPATLRecipe(Recipe):
                 "stage3", model=lambda ctx, spec: self._model(cfg, 3, spec.num_outputs, o.stage3.finetune, o.stage3),
                 objective=[term], train=dict(o.stage3.train),
                 init=lambda ctx, model: self._load(ctx, model, ["stage2", "stage1"], heads=o.stage3.init_head),
-                key=_without_train(o.stage3)))
+                key=_without_train(o.stage3), refit=self._refit(cfg, o.stage3)))
         return out
+
+    @staticmethod
+    def _refit(cfg: dict, o) -> bool:
+        """``train.refit`` (or the stage's ``train.refit``): after validation chose the epoch count, the last stage
+        is retrained on train + validation for that many epochs (as the baseline). Earlier stages keep their
+        validation-selected checkpoint, so that a later stage's selection on validation is not made on speakers its
+        starting point was trained on."""
+        return bool({**cfg["train"], **o.train}.get("refit"))
 
     @staticmethod
     def _trained_top(cfg: dict, finetune) -> int:
