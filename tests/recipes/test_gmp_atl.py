@@ -304,6 +304,7 @@ def test_refit_retrains_only_the_last_stage(tiny_corpus, tmp_path):  # noqa: F81
     ro["stage3"].update(head="stats", dropout=0.1)
     run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
     stages = tmp_path / "stages" / "fold0"
+    assert (next(stages.glob("stage1-*")) / "stage.json").exists()
     s1, s3 = next(stages.glob("stage1-*")), next(stages.glob("stage3-*"))
     assert not (s1 / "refit").exists() and "refit_epochs" not in json.loads((s1 / "stage.json").read_text())
     marker = json.loads((s3 / "stage.json").read_text())
@@ -314,3 +315,42 @@ def test_refit_retrains_only_the_last_stage(tiny_corpus, tmp_path):  # noqa: F81
     ro["stages"] = [1]
     run_cv(cfg, tmp_path / "run1", folds_only=[0], log=lambda *a: None)
     assert "refit_epochs" in json.loads((tmp_path / "run1" / "fold0" / "result.json").read_text())
+    # stage 1 read pooled statistics (frozen encoder, stats head), also in the refit on train + validation
+    from serkit.recipes.gmp_atl import GMPATLRecipe
+
+    seen = []
+    hook = GMPATLRecipe._pooled_datasets
+
+    def spy(self, ctx, labels):
+        out = hook(self, ctx, labels)
+        seen.append((len(out[0]), out[0][0].keys()))
+        return out
+
+    GMPATLRecipe._pooled_datasets = spy
+    try:
+        run_cv(cfg, tmp_path / "run2", folds_only=[0], log=lambda *a: None)
+    finally:
+        GMPATLRecipe._pooled_datasets = hook
+    folds = json.loads((tmp_path / "run2" / "folds.json").read_text())
+    assert len(seen) == 2 and all("pooled" in keys for _, keys in seen)
+    assert seen[1][0] == seen[0][0] + len(folds[0]["val"])  # the refit trains on train + validation
+
+
+def test_stats_head_from_pooled_statistics_equals_from_frames():
+    """Stage 1 on a frozen encoder reads the cache's pooled statistics: the stats head gives the outputs it gives
+    on the frames those statistics came from."""
+    from serkit.cache import pooled_statistics
+
+    enc = tiny_encoder("whisper")
+    model = GMPStageModel(StagedEncoder(enc, "cache", False), 1, 3, layers="all", head="stats", proj_dim=4,
+                          dropout=0.1).eval()
+    frames = torch.randn(2, enc.num_layers, 7, enc.hidden_size)
+    with torch.no_grad():
+        from_frames = model({"features": frames, "frame_mask": torch.ones(2, 7, dtype=torch.bool)})
+        pooled = torch.stack([pooled_statistics(f) for f in frames])
+        from_pooled = model({"pooled": pooled})
+    for k in ("logits", "gender_logits", "embedding"):
+        torch.testing.assert_close(from_pooled[k], from_frames[k], atol=1e-3, rtol=1e-3)
+    trained = GMPStageModel(StagedEncoder(enc, "cache", "top:1"), 3, 3, layers="all", head="stats", proj_dim=4)
+    with pytest.raises(ValueError, match="frozen encoder"):
+        trained({"pooled": pooled})

@@ -77,7 +77,12 @@ class StatsHead(nn.Module):
 
     def forward(self, hidden: list[torch.Tensor], frame_mask: torch.Tensor | None,
                 weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        x = self.norm(torch.stack([self.pool(h, frame_mask) for h in hidden], 1))  # (batch, layers, 2*dim)
+        return self.from_stats(torch.stack([self.pool(h, frame_mask) for h in hidden], 1), weights)
+
+    def from_stats(self, stats: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The head on utterance statistics ``(batch, layers, 2*dim)`` (mean then std per hidden state), e.g. the
+        feature cache's pooled statistics of a frozen encoder (what :meth:`forward` computes from frames)."""
+        x = self.norm(stats.float())  # (batch, layers, 2*dim)
         if self.weighted:
             if weights is None or weights.shape != (x.shape[1],):
                 raise ValueError(f"StatsHead (weighted): expected {x.shape[1]} layer weights, got "
@@ -148,6 +153,13 @@ class GMPStageModel(nn.Module):
         return [normalize_hidden(h, batch, i) for i, h in enumerate(hidden)], out.frame_mask
 
     def forward(self, batch: dict) -> dict:
+        if "pooled" in batch:  # stage 1 or 3 on a frozen encoder: the cache's pooled statistics, stats head only
+            if self.head_kind != "stats" or self.stage == 2 or self.encoder.trains:
+                raise ValueError("GMPStageModel: pooled statistics feed only a stats head on a frozen encoder")
+            out = self.head.from_stats(batch["pooled"][:, self.featurizer.indices], self.featurizer.layer_weights())
+            if self.am is not None:
+                out.update(self.am(out["embedding"]))
+            return out
         mask = None
         if self.stage == 2 and self.training:
             fm = self.encoder.frame_mask(batch)

@@ -256,6 +256,11 @@ class GMPATLRecipe(Recipe):
         it assembles), or waveforms with the statistics."""
         if cfg["features"]["source"] == "waveform":
             return super().build_datasets(cfg, manifest, fold, labels, features)
+        self._check_store(features)
+        return features.datasets(fold, labels, layers=list(range(len(features.store.layers))), speaker_stats=True)
+
+    @staticmethod
+    def _check_store(features) -> None:
         store = features.store
         n = int(store.spec.get("num_layers") or len(store.layers))
         if store.layers != list(range(n)):
@@ -263,7 +268,6 @@ class GMPATLRecipe(Recipe):
                               f"read every hidden state: cache encoder.layers: all")
         if features.pool > 1:
             raise ConfigError("gmp_atl: features.pool_frames must be 1 (the encoder blocks run on the cached frames)")
-        return features.datasets(fold, labels, layers=list(range(n)), speaker_stats=True)
 
     # stages ----------------------------------------------------------------------------------------------------
     def stages(self, cfg: dict) -> list:
@@ -278,9 +282,12 @@ class GMPATLRecipe(Recipe):
         if o.stage1.class_weights:
             ce1["class_weights"] = o.stage1.class_weights
         terms1 = [ce1] + ([{"name": "gender_ce", "weight": 1.0 - a}] if a < 1 else [])
+        pooled = self._pooled_stage1(cfg, o)
         out = [TrainStage("stage1", model=lambda ctx, spec: self._model(cfg, 1, spec.num_outputs, o.stage1.finetune,
                                                                          o.stage1),
-                          objective=terms1, train=dict(o.stage1.train), key=_without_train(o.stage1),
+                          objective=terms1, train=dict(o.stage1.train),
+                          key={**_without_train(o.stage1), **({"input": "pooled"} if pooled else {})},
+                          datasets=self._pooled_datasets if pooled else None,
                           refit=o.stages == [1] and self._refit(cfg, o.stage1))]
         if 2 in o.stages:
             out.append(Step("gmps", run=lambda ctx: self._cluster(ctx, o), key=asdict(o.cluster)))
@@ -302,6 +309,17 @@ class GMPATLRecipe(Recipe):
                 init=lambda ctx, model: self._load(ctx, model, ["stage2", "stage1"], heads=o.stage3.init_head),
                 key=_without_train(o.stage3), refit=self._refit(cfg, o.stage3)))
         return out
+
+    def _pooled_stage1(self, cfg: dict, o: GMPOptions) -> bool:
+        """Stage 1 reads the cache's pooled statistics (mean + std per hidden state, speaker-normalised by the
+        feature stage) instead of frames: a stats head on the frozen encoder computes nothing else from them."""
+        return cfg["features"]["source"] == "cache" and o.stage1.head == "stats" and \
+            self._trained_top(cfg, o.stage1.finetune) == 0
+
+    def _pooled_datasets(self, ctx, labels) -> tuple:
+        stage = ctx.feature()
+        self._check_store(stage)
+        return stage.datasets(ctx.fold, labels, level="pooled", layers=list(range(len(stage.store.layers))))
 
     @staticmethod
     def _refit(cfg: dict, o) -> bool:

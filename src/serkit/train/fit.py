@@ -300,6 +300,10 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
     features = as_feature_stage(cfg, manifest, fold, source) if source is not None or ctx is None else \
         ctx.feature()
     if stage.datasets is not None:
+        if fold is not ctx.fold:  # a refit on train + validation: the hook sees that fold and its feature stage
+            import dataclasses
+
+            ctx = dataclasses.replace(ctx, fold=fold, features={**ctx.features, "main": features})
         train_ds, val_ds, test_ds = stage.datasets(ctx, labels)
     else:
         train_ds, val_ds, test_ds = recipe.build_datasets(cfg, manifest, fold, labels, features)
