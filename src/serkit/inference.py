@@ -86,6 +86,22 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def load_recorded_encoder(info: dict, device, dtype):
+    """The encoder a model folder records (``{encoder, mode, revision}``), loaded as found offline or on the hub,
+    with a warning when the loaded revision is not the one the model was trained on."""
+    from serkit.encoders import load_encoder
+
+    encoder = load_encoder(info["encoder"], mode=info.get("mode", "native"), device=device, revision=None,
+                           dtype=dtype)
+    rev = info.get("revision")
+    if rev and getattr(encoder, "revision", rev) not in (rev, "local"):
+        import warnings
+
+        warnings.warn(f"model was trained on {info['encoder']} revision {rev}, loaded revision "
+                      f"{encoder.revision}", stacklevel=3)
+    return encoder
+
+
 def resolve_model_dir(model: str | Path, revision: str | None = None) -> Path:
     """A local model folder, or the local snapshot of hub model ``owner/name`` (downloaded unless offline)."""
     d = Path(model)
@@ -235,17 +251,9 @@ class Recognizer:
     @property
     def encoder(self):
         if self._encoder is None:
-            from serkit.encoders import load_encoder
             from serkit.precision import torch_dtype
 
-            self._encoder = load_encoder(self.encoder_info["encoder"], mode=self.encoder_info.get("mode", "native"),
-                                         device=self.device, revision=None, dtype=torch_dtype(self.precision))
-            rev = self.encoder_info.get("revision")
-            if rev and getattr(self._encoder, "revision", rev) not in (rev, "local"):
-                import warnings
-
-                warnings.warn(f"model was trained on {self.encoder_info['encoder']} revision {rev}, "
-                              f"loaded revision {self._encoder.revision}", stacklevel=2)
+            self._encoder = load_recorded_encoder(self.encoder_info, self.device, torch_dtype(self.precision))
         return self._encoder
 
     @property

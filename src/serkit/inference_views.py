@@ -34,14 +34,12 @@ class MultiViewRecognizer(Recognizer):
     @property
     def encoders(self) -> dict:
         """``{view: Encoder}``, loaded on first use in the features' precision."""
-        from serkit.encoders import load_encoder
+        from serkit.inference import load_recorded_encoder
         from serkit.precision import torch_dtype
 
         for view, info in self.views.items():
-            if view not in self._encoders:
-                self._encoders[view] = load_encoder(info["encoder"], mode=info.get("mode", "native"),
-                                                    device=self.device, revision=None,
-                                                    dtype=torch_dtype(self.precision))
+            if view not in self._encoders:  # each view warns when its encoder's revision is not the trained one
+                self._encoders[view] = load_recorded_encoder(info, self.device, torch_dtype(self.precision))
         return self._encoders
 
     @property
