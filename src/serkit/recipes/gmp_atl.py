@@ -43,8 +43,13 @@ Encoder placement per stage (``recipe_options.stageN.finetune``):
   ``true`` (the paper's full fine-tuning) or ``"top:K"``. Masking is the encoder's own (front-end output).
 * ``features.source: cache`` (CPU mode): ``finetune: "top:K"`` runs only the top K blocks from the cached hidden
   state at their input (``Encoder.forward_from``), which equals ``top:K`` fine-tuning because the frozen lower
-  blocks are deterministic in eval mode; ``false`` uses the cached layers (frozen encoder). The cache must hold
-  every hidden state (``encoder.layers: all``). Later stages may not train fewer top blocks than earlier ones.
+  blocks are deterministic in eval mode; ``false`` uses the cached layers (frozen encoder): with ``head: stats`` the
+  cache's pooled statistics (mean + std per hidden state, speaker-normalised by the feature stage), which are what
+  the head would compute from the frames. The cache must hold every hidden state (``encoder.layers: all``). Later
+  stages may not train fewer top blocks than earlier ones.
+
+``train.refit: true`` refits the last stage on train + validation for the epoch count validation chose; earlier
+stages keep their validation-chosen checkpoints.
 
 ``recipe_options`` (:class:`GMPOptions`)::
 
