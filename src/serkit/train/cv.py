@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -139,6 +140,7 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
             continue
         t = time.time()
         res = fit_fold(cfg, manifest, fold, source, out / f"fold{fold.index}")
+        gc.collect()  # a fold's models, trainers and preloaded datasets hold each other in cycles: free them now
         key = "ua" if cfg["task"] == "classification" else "ccc_mean"
         log(f"fold {fold.index}: test {key} {res['metrics'][key]:.4f} (best epoch {res.get('best_epoch')}, "
             f"val {res.get('best_val')}) [{time.time() - t:.0f} s]")
