@@ -153,27 +153,32 @@ class GMPStageModel(nn.Module):
         return [normalize_hidden(h, batch, i) for i, h in enumerate(hidden)], out.frame_mask
 
     def forward(self, batch: dict) -> dict:
-        if "pooled" in batch:  # stage 1 or 3 on a frozen encoder: the cache's pooled statistics, stats head only
-            if self.head_kind != "stats" or self.stage == 2 or self.encoder.trains:
+        if self.stage == 2:
+            return self._pseudo_label_outputs(batch)
+        if "pooled" in batch:  # a frozen encoder: the cache's pooled statistics, stats head only
+            if self.head_kind != "stats" or self.encoder.trains:
                 raise ValueError("GMPStageModel: pooled statistics feed only a stats head on a frozen encoder")
             out = self.head.from_stats(batch["pooled"][:, self.featurizer.indices], self.featurizer.layer_weights())
-            if self.am is not None:
-                out.update(self.am(out["embedding"]))
-            return out
-        mask = None
-        if self.stage == 2 and self.training:
-            fm = self.encoder.frame_mask(batch)
-            mask = compute_span_mask(tuple(fm.shape), self.mask_prob, self.span, self.min_masks, fm, device=fm.device)
-        hidden, fm = self.hidden_states(batch, mask)
-        if self.stage != 2:
+        else:
+            hidden, fm = self.hidden_states(batch)
             if self.head_kind == "stats":
                 out = self.head([hidden[i] for i in self.featurizer.indices], fm, self.featurizer.layer_weights())
             else:
                 out = self.head(self.featurizer(hidden), fm)
-            if self.am is not None:
-                out.update(self.am(out["embedding"]))
             out["frame_mask"] = fm
-            return out
+        if self.am is not None:
+            out.update(self.am(out["embedding"]))
+        return out
+
+    def _pseudo_label_outputs(self, batch: dict) -> dict:
+        """Stage 2: span-masked frames (in training) -> per-scale pseudo-label logits on the top layer + the probe."""
+        if "pooled" in batch:
+            raise ValueError("GMPStageModel: pooled statistics feed only a stats head on a frozen encoder")
+        mask = None
+        if self.training:
+            fm = self.encoder.frame_mask(batch)
+            mask = compute_span_mask(tuple(fm.shape), self.mask_prob, self.span, self.min_masks, fm, device=fm.device)
+        hidden, fm = self.hidden_states(batch, mask)
         x = self.featurizer(hidden)
         top = hidden[-1]
         b, t = fm.shape

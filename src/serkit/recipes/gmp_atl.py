@@ -76,13 +76,13 @@ from torch import nn
 
 from serkit.data.features import ItemsWithExtras
 from serkit.errors import ConfigError
+from serkit.models.gmp_atl import HEADS
 from serkit.models.registry import ModelSpec
 from serkit.recipes.base import Recipe, register_recipe
 
 log = logging.getLogger("serkit")
 
 STAGE3_LOSSES = ("am_softmax", "cross_entropy")
-HEADS = ("bilstm", "stats")
 CLASS_WEIGHTS = (None, "balanced")
 
 
