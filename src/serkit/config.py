@@ -30,7 +30,7 @@ DEFAULTS: dict = {
     # the feature stage (serkit.train.feature_stage): what every model sees of the encoder's hidden states
     "features": {"source": "cache", "cache_dir": None, "crop": "none", "level": "frames", "preload": True,
                  "normalize": None, "speaker_min_seconds": 10.0, "speaker_min_utterances": 5, "layers": None,
-                 "pool_frames": 1, "max_frames": None},
+                 "pool_frames": 1, "max_frames": None, "frame_norm": "none"},
     "model": {"name": "baseline"},
     "objective": None,
     "augment": None,
@@ -57,6 +57,7 @@ CHOICES = {
     "features.source": ("cache", "waveform"),
     "features.level": ("frames", "pooled"),
     "features.normalize": ("none", "speaker", "auto"),
+    "features.frame_norm": ("none", "layer"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.scheduler": ("none", "cosine", "exponential", "warmup_linear"),
     "train.logger": ("csv", "tensorboard", "mlflow"),

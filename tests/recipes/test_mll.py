@@ -83,7 +83,7 @@ def test_tiny_end_to_end_variants(tiny_corpus, tmp_path):  # noqa: F811
     from serkit.train.cv import run_cv
 
     cfg = tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants", "k": 1, "per_epoch": 1},
-                      recipe_options={"frame_stride": 2, "prenormalize": True},
+                      features={"pool_frames": 2, "frame_norm": "layer"},
                       model={"name": "mll", "proj_dim": 16, "pooling": "flam", "num_heads": 4, "embed_dim": 8,
                              "frame_embed_dim": 8, "dropout": 0.0},
                       objective=MLL_OBJECTIVE,
@@ -107,8 +107,7 @@ def test_tiny_variants_with_speaker_normalisation_and_refit(tiny_corpus, tmp_pat
     from serkit.train.cv import run_cv
 
     cfg = tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants", "k": 1, "per_epoch": 1},
-                      features={"normalize": "speaker"},
-                      recipe_options={"frame_stride": 2, "prenormalize": True},
+                      features={"normalize": "speaker", "pool_frames": 2, "frame_norm": "layer"},
                       model={"name": "mll", "proj_dim": 16, "pooling": "flam", "num_heads": 4, "embed_dim": 8,
                              "frame_embed_dim": 8, "dropout": 0.0},
                       objective=MLL_OBJECTIVE,
@@ -171,7 +170,7 @@ def test_tiny_bf16_training_records_its_precision(tiny_corpus, tmp_path):  # noq
     from serkit.train.cv import run_cv
 
     cfg = tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants", "k": 1, "per_epoch": 1},
-                      recipe_options={"frame_stride": 2, "prenormalize": True},
+                      features={"pool_frames": 2, "frame_norm": "layer"},
                       model={"name": "mll", "proj_dim": 16, "pooling": "flam", "num_heads": 4, "embed_dim": 8,
                              "frame_embed_dim": 8, "dropout": 0.0},
                       objective=MLL_OBJECTIVE,

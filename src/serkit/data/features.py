@@ -6,6 +6,7 @@ Items are dicts of numpy arrays; :func:`collate` pads frames to the batch's long
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,13 +58,22 @@ class FeatureDataset(_LabelledUtterances):
     ``store`` has ``load(id) -> (layers, frames, dim)`` and ``pooled(id) -> (layers, 2*dim)``. ``level``
     ``"frames"`` serves ``features``; ``"pooled"`` serves ``pooled``. ``preload`` reads everything into memory once
     (float16), which is what makes CPU training fast; ``max_frames`` crops long items (random crop when
-    ``train``, centre otherwise). ``normalizer`` (speaker normalisation) is applied before ``layers`` selects.
+    ``train``, centre otherwise). On reading, in this order: ``normalizer`` (speaker normalisation) on the stored
+    layers, ``layers`` selects, ``frame_norm="layer"`` layer-normalises every frame of every layer (no
+    parameters, over ``dim``), ``pool_frames`` averages windows of frames.
+
+    Frames that ``frame_norm`` or ``pool_frames`` processed are kept for the process (:data:`PROCESSED_FRAMES`)
+    under everything that determines them (store, id, layers, the speaker's statistics, the two options), so the
+    folds and ablation rows of one process share them instead of recomputing them.
     """
 
     def __init__(self, store, manifest: pd.DataFrame, ids: Sequence[str], labels: LabelMap, level: str = "frames",
                  preload: bool = True, max_frames: int | None = None, train: bool = False, layers: list[int] | None = None,
-                 normalizer=None, pool_frames: int = 1, speaker_stats: bool = False):
+                 normalizer=None, pool_frames: int = 1, speaker_stats: bool = False, frame_norm: str = "none"):
         self.store, self.level, self.max_frames, self.layers = store, level, max_frames, layers
+        if frame_norm not in ("none", "layer"):
+            raise ValueError(f"FeatureDataset: frame_norm={frame_norm!r} is not 'none' or 'layer'")
+        self.frame_norm = frame_norm
         #: optional :class:`serkit.data.normalize.SpeakerNormalizer`, applied to the stored layers on reading, or
         #: (``speaker_stats``) served with each item as ``speaker_mean`` / ``speaker_std`` ``(layers, dim)`` for a
         #: model that runs encoder blocks on the raw features and normalises their outputs
@@ -75,14 +85,38 @@ class FeatureDataset(_LabelledUtterances):
 
     def _read(self, i: int) -> np.ndarray:
         uid = self.ids[i]
+        processed = self.level == "frames" and (self.pool_frames > 1 or self.frame_norm != "none")
+        key = self._processed_key(i) if processed else None
+        if key in PROCESSED_FRAMES:
+            return PROCESSED_FRAMES[key]
         x = self.store.pooled(uid) if self.level == "pooled" else self.store.load(uid)
         if self.normalizer is not None and not self.speaker_stats:
             x = self.normalizer.apply(self.rows["speaker"].iloc[i], x, self.level)
         if self.layers is not None:
             x = x[self.layers]
+        if self.level == "frames" and self.frame_norm == "layer":
+            t = torch.from_numpy(np.asarray(x, dtype=np.float32))
+            x = torch.nn.functional.layer_norm(t, t.shape[-1:]).numpy()
         if self.level == "frames" and self.pool_frames > 1:
             x = pool_frames(np.asarray(x, dtype=np.float32), self.pool_frames)
-        return np.asarray(x, dtype=np.float16 if self.level == "frames" else np.float32)
+        x = np.asarray(x, dtype=np.float16 if self.level == "frames" else np.float32)
+        if key is not None:
+            PROCESSED_FRAMES[key] = x
+        return x
+
+    def _processed_key(self, i: int) -> tuple | None:
+        """What determines item ``i``'s processed frames, with its speaker's statistics by content (every fold's
+        normaliser gives a speaker the same statistics unless it falls back to that fold's global ones); None: not
+        shared."""
+        stats = None
+        if self.normalizer is not None and not self.speaker_stats:
+            ms = getattr(self.normalizer, "stats", {}).get(str(self.rows["speaker"].iloc[i]))
+            if ms is None:
+                return None
+            stats = hashlib.sha1(b"".join(np.ascontiguousarray(a, dtype=np.float32).tobytes() for a in ms)).hexdigest()
+        return (str(getattr(self.store, "root", id(self.store))), self.ids[i],
+                None if self.layers is None else tuple(int(j) for j in self.layers), stats, self.frame_norm,
+                self.pool_frames)
 
     def crop_start(self, i: int, frames: int) -> int | None:
         """Where item ``i``'s ``max_frames`` window starts (random from ``(epoch, i)`` in training, else the centre),
@@ -104,6 +138,10 @@ class FeatureDataset(_LabelledUtterances):
             mean, std = self.normalizer.stats_for(self.rows["speaker"].iloc[i])
             item["speaker_mean"], item["speaker_std"] = mean, std
         return item
+
+
+#: processed frames (``frame_norm`` / ``pool_frames``) shared by every fold and ablation row of a process
+PROCESSED_FRAMES: dict = {}
 
 
 class ItemsWithExtras(Dataset):

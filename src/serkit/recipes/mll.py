@@ -26,53 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from serkit.data.features import FeatureDataset
 from serkit.data.soft_labels import SoftLabelTrainSet
 from serkit.errors import ConfigError
 from serkit.models.registry import ModelSpec
 from serkit.recipes.base import Recipe, register_recipe
 
 log = logging.getLogger("serkit")
-
-
-# ------------------------------------------------------------------------------------------------------ data
-class StridedFeatureDataset(FeatureDataset):
-    """:class:`~serkit.data.features.FeatureDataset` whose frames are (optionally) layer-normalised per frame and
-    averaged over non-overlapping windows of ``stride`` frames when read (a CPU concession: Whisper's 50 Hz frames
-    at ``stride: 4`` become 12.5 Hz). Layer normalisation has no parameters, so doing it here (per original frame,
-    before the averaging) instead of in the model's featurizer (``normalize: true``) costs nothing per step; with
-    ``stride: 1`` the model sees the same input as with the featurizer's normalisation. Processed arrays are
-    kept per process, so every fold and ablation row reuses them. Only for cached features
-    (``features.source: cache``); the encoder-in-the-loop path ignores these options."""
-
-    def __init__(self, *args, stride: int = 1, prenormalize: bool = False, **kw):
-        self.stride, self.prenormalize = max(1, int(stride)), bool(prenormalize)
-        super().__init__(*args, **kw)
-
-    def _read(self, i: int) -> np.ndarray:
-        if self.level != "frames" or (self.stride == 1 and not self.prenormalize):
-            return super()._read(i)
-        # speaker statistics use every utterance of the speaker, whatever the fold, so a flag identifies them
-        key = (str(getattr(self.store, "root", id(self.store))), self.ids[i], self.stride, self.prenormalize,
-               None if self.layers is None else tuple(self.layers), self.normalizer is not None)
-        x = _PROCESSED.get(key)
-        if x is None:
-            x = torch.from_numpy(np.asarray(super()._read(i), dtype=np.float32))
-            if self.prenormalize:
-                x = nn.functional.layer_norm(x, x.shape[-1:])
-            if self.stride > 1:
-                t = x.shape[1]
-                n = -(-t // self.stride)
-                if n * self.stride > t:  # repeat the last frame to fill the last window
-                    x = torch.cat([x, x[:, -1:].expand(-1, n * self.stride - t, -1)], dim=1)
-                x = x.reshape(x.shape[0], n, self.stride, x.shape[2]).mean(2)
-            x = x.to(torch.float16).numpy()
-            _PROCESSED[key] = x
-        return x
-
-
-#: processed (strided / normalised) frames shared by every fold and ablation row of a process
-_PROCESSED: dict = {}
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -96,15 +55,18 @@ def augment_options(cfg: dict) -> dict:
     return aug
 
 
-def recipe_options(cfg: dict) -> dict:
-    """``recipe_options:`` of the mll recipe: ``frame_stride`` (1: average non-overlapping windows of this many
-    cached frames, a CPU concession), ``prenormalize`` (False: layer-normalise frames once in the dataset instead of
-    in the model's featurizer, same result, less work per step)."""
+#: the keys recipe_options once had, and where they went (the feature stage applies both)
+MOVED_OPTIONS = {"frame_stride": "features.pool_frames", "prenormalize": "features.frame_norm: layer"}
+
+
+def check_recipe_options(cfg: dict) -> None:
+    """The mll recipe has no ``recipe_options``; its old keys are refused with their new place named."""
     ro = dict(cfg.get("recipe_options") or {})
-    unknown = set(ro) - {"frame_stride", "prenormalize"}
-    if unknown:
-        raise ConfigError(f"recipe_options: unknown key(s) {sorted(unknown)} for recipe mll")
-    return {"frame_stride": int(ro.get("frame_stride", 1)), "prenormalize": bool(ro.get("prenormalize", False))}
+    for key in ro:
+        if key in MOVED_OPTIONS:
+            raise ConfigError(f"recipe_options.{key} moved to the feature stage: use {MOVED_OPTIONS[key]}")
+    if ro:
+        raise ConfigError(f"recipe_options: unknown key(s) {sorted(ro)} for recipe mll")
 
 
 _VARIANT_STORES: dict = {}
@@ -144,9 +106,11 @@ class MLLRecipe(Recipe):
     """MLL: waveform mixup (EAM/LAM) + the ``mll`` model + KL/focal/center/frame-SupCon on soft labels."""
 
     def build_model(self, cfg: dict, spec: ModelSpec) -> nn.Module:
+        check_recipe_options(cfg)
         opts = dict(cfg["model"])
-        if recipe_options(cfg)["prenormalize"] and opts.get("name") == "mll" and cfg["features"]["source"] == "cache":
-            opts["normalize"] = False  # the cached-feature datasets already layer-normalised every frame
+        f = cfg["features"]
+        if f.get("frame_norm") == "layer" and opts.get("name") == "mll" and f["source"] == "cache":
+            opts["normalize"] = False  # the feature stage already layer-normalised every frame
         from serkit.models.registry import build_model
 
         return build_model(spec, opts.pop("name"), **opts)
@@ -155,30 +119,20 @@ class MLLRecipe(Recipe):
     supports_feature_normalisation = True
 
     def build_datasets(self, cfg: dict, manifest, fold, labels, source):
-        from serkit.train.fit import build_datasets, speaker_normalizer
+        from serkit.train.fit import as_feature_stage, build_datasets
 
-        ro = recipe_options(cfg)
-        f = cfg["features"]
-        normalizer = None if source is None else speaker_normalizer(cfg, manifest, fold, source)
-        if source is None or (ro["frame_stride"] == 1 and not ro["prenormalize"]):
-            train, val, test = build_datasets(cfg, manifest, fold, labels, source)
-        else:
-            mk = lambda ids, train: StridedFeatureDataset(
-                source, manifest, ids, labels, level=f["level"], preload=f["preload"],
-                max_frames=cfg["features"].get("max_frames"), train=train, stride=ro["frame_stride"],
-                prenormalize=ro["prenormalize"], normalizer=normalizer)
-            train, val, test = mk(fold.train, True), mk(fold.val, False), mk(fold.test, False)
+        check_recipe_options(cfg)
+        train, val, test = build_datasets(cfg, manifest, fold, labels, source)
         aug = augment_options(cfg)
         if source is None or aug["mode"] != "variants" or aug["name"] == "none":
             return train, val, test
         from serkit.augment.variants import soft_labels, valid_variants
 
+        stage = as_feature_stage(cfg, manifest, fold, source)
         store, table = variant_store(cfg, manifest)
         ok = valid_variants(table, fold)
-        vds = StridedFeatureDataset(store, ok, ok["id"].tolist(), labels, level=f["level"],
-                                    preload=bool(aug.get("preload", f["preload"])),
-                                    max_frames=cfg["features"].get("max_frames"), train=True,
-                                    stride=ro["frame_stride"], prenormalize=ro["prenormalize"], normalizer=normalizer)
+        vds = stage.dataset(ok["id"].tolist(), labels, True, store=store, manifest=ok,
+                            preload=bool(aug.get("preload", cfg["features"]["preload"])))
         soft = soft_labels(ok, labels.classes)
         per_epoch = aug.get("per_epoch")
         log.info("fold %d: %d training utterances + %d %s variants (of %d planned for them)%s", fold.index,

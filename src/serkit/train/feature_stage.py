@@ -1,6 +1,6 @@
 """The feature stage: what every model sees of an encoder's hidden states, owned by the runner.
 
-``features: {layers, normalize, pool_frames, max_frames, level}`` is applied here, before any model sees a feature
+``features: {layers, normalize, frame_norm, pool_frames, max_frames, level}`` is applied here, before any model sees a feature
 (as s3prl's runner owns its featurizer), for pooled statistics, for frames, and for models that run encoder blocks
 in the loop (they get the speaker statistics with each batch and normalise the encoder's outputs,
 :func:`serkit.data.normalize.normalize_hidden`):
@@ -10,6 +10,9 @@ in the loop (they get the speaker statistics with each batch and normalise the e
   ``null`` (default): every stored layer, the model's own default decides how to combine them.
 * ``normalize: speaker``: each speaker's features z-scored with that speaker's own statistics
   (:class:`~serkit.data.normalize.SpeakerNormalizer`; features only, no labels).
+* ``frame_norm: layer``: every frame of every chosen layer layer-normalised (zero mean, unit variance over the
+  feature dimension, no parameters), after the speaker normalisation and before the pooling (MLL's featurizer,
+  done once on reading instead of at every step).
 * ``pool_frames: k``: frames averaged over non-overlapping windows of k (50 Hz -> 50/k Hz).
 * ``max_frames: n``: training items cropped to a random window of n frames (evaluation: the centre window).
 
@@ -55,6 +58,7 @@ class FeatureStage:
         self.options, self.store, self.manifest, self.name = dict(options), store, manifest, name
         self.level = self.options.get("level", "frames")
         self.pool = int(self.options.get("pool_frames", 1) or 1)
+        self.frame_norm = self.options.get("frame_norm") or "none"
         self.max_frames = self.options.get("max_frames")
         self.mode = self.options.get("normalize") or "none"
         self.normalizer = None
@@ -119,16 +123,19 @@ class FeatureStage:
     # -- datasets -------------------------------------------------------------------------------------------------
     def dataset(self, ids: Sequence[str], labels: LabelMap, train: bool, *, level: str | None = None,
                 layers: list[int] | None = None, speaker_stats: bool = False, preload: bool | None = None,
-                max_frames: int | None | str = "stage"):
+                max_frames: int | None | str = "stage", store=None, manifest: pd.DataFrame | None = None):
         """A :class:`~serkit.data.features.FeatureDataset` of ``ids`` with this stage applied.
 
         ``layers`` (store positions) replaces the configured choice (e.g. every layer for a model that runs encoder
         blocks); ``speaker_stats`` serves the statistics with each item instead of normalising on reading (for
-        such models: they normalise the encoder's outputs)."""
+        such models: they normalise the encoder's outputs). ``store`` / ``manifest``: another store of the same
+        encoder and its rows (e.g. MLL's pre-mixed variants, each under its parent's speaker), read through this
+        stage: the same layers, speaker statistics, frame normalisation and pooling."""
         from serkit.data.features import FeatureDataset
 
         return FeatureDataset(
-            self.store, self.manifest, ids, labels, level=level or self.level,
+            self.store if store is None else store, self.manifest if manifest is None else manifest, ids, labels,
+            level=level or self.level, frame_norm=self.frame_norm,
             preload=self.options.get("preload", True) if preload is None else preload,
             max_frames=self.max_frames if max_frames == "stage" else max_frames, train=train,
             layers=self.indices if layers is None else layers, normalizer=self.normalizer, pool_frames=self.pool,
@@ -154,7 +161,8 @@ class FeatureStage:
     def record(self) -> dict:
         """What this stage applied: ``normalize`` is ``speaker`` only when the normaliser really served items."""
         return {"view": self.name, "normalize": self.mode if self.normalised else "none",
-                "normalised_items": self.normalised, "layers": self.layer_spec, "pool_frames": self.pool,
+                "normalised_items": self.normalised, "layers": self.layer_spec, "frame_norm": self.frame_norm,
+                "pool_frames": self.pool,
                 "max_frames": self.max_frames, "level": self.level}
 
 
