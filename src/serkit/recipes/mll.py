@@ -115,10 +115,9 @@ class MLLRecipe(Recipe):
 
         return build_model(spec, opts.pop("name"), **opts)
 
-    #: cached-feature datasets honour ``features.normalize`` (variants use their parent speaker's statistics)
-    supports_feature_normalisation = True
-
     def build_datasets(self, cfg: dict, manifest, fold, labels, source):
+        """The stage's datasets; in ``variants`` mode the training set gains the fold's valid pre-mixed variants,
+        read through the same feature stage (each variant normalised with its parent speaker's statistics)."""
         from serkit.train.fit import as_feature_stage, build_datasets
 
         check_recipe_options(cfg)
