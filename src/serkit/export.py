@@ -130,10 +130,12 @@ def graph_module(rec) -> RecognizerGraph:
                           "to ONNX; predict with the torch backend")
     heads = dict(getattr(rec, "heads", None) or {("speaker" if rec.normalize != "none" else "global"): rec.model})
     waveform_model = cfg["features"]["source"] == "waveform"
-    if rec.layer_index is not None or int(cfg["features"].get("pool_frames", 1) or 1) > 1 or (
-            rec.stats_in_batch and rec.normalize != "none"):
-        raise SerkitError("export: models with a feature-stage layer choice, frame pooling, or speaker statistics "
-                          "applied inside the model (encoder blocks in the loop) are not exportable yet")
+    per_frame = int(cfg["features"].get("pool_frames", 1) or 1) > 1 or (cfg["features"].get("frame_norm")
+                                                                         or "none") != "none"
+    if rec.layer_index is not None or per_frame or (rec.stats_in_batch and rec.normalize != "none"):
+        raise SerkitError("export: models with a feature-stage layer choice, frame pooling or frame normalisation, "
+                          "or speaker statistics applied inside the model (encoder blocks in the loop) are not "
+                          "exportable yet")
     if waveform_model:  # encoder inside the model (fine-tuned): take it from there
         first = next(iter(heads.values()))
         encoder, layers = first.encoder, first.layers

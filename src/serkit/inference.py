@@ -180,6 +180,7 @@ class Recognizer:
             idx, _ = parse_layers(chosen, len(encoder_info["layers"]))
             self.layer_index = None if idx == list(range(len(encoder_info["layers"]))) else idx
         self.pool_frames = int(cfg.get("features", {}).get("pool_frames", 1) or 1)
+        self.frame_norm = cfg.get("features", {}).get("frame_norm") or "none"
 
     @property
     def model(self) -> torch.nn.Module:
@@ -358,10 +359,10 @@ class Recognizer:
                 inner = self.stats_in_batch  # raw frames; the model normalises what its encoder blocks compute
                 frames = [x.numpy() if use is None or inner else normalize_frames(x.numpy(), *use) for x in chunk]
                 frames = [f if self.layer_index is None else f[self.layer_index] for f in frames]
-                if self.pool_frames > 1:
-                    from serkit.data.features import pool_frames
+                if self.pool_frames > 1 or self.frame_norm != "none":
+                    from serkit.data.features import process_frames
 
-                    frames = [pool_frames(np.asarray(f, dtype=np.float32), self.pool_frames) for f in frames]
+                    frames = [process_frames(f, self.frame_norm, self.pool_frames) for f in frames]
                 t = max(f.shape[1] for f in frames)
                 feats = torch.zeros(len(frames), frames[0].shape[0], t, frames[0].shape[2])
                 mask = torch.zeros(len(frames), t, dtype=torch.bool)

@@ -215,3 +215,20 @@ def test_train_chooses_the_select_grid_on_validation_speakers(tiny_corpus, tmp_p
     assert len(scores) == 2 and sel["chosen"] == sel["candidates"][int(np.argmax(scores))]["choice"]
     assert v["best_val"] == pytest.approx(max(scores))
     assert sel["chosen"] == {"train.weight_decay": 0.0}  # weight decay 1000 holds the linear head near zero
+
+
+def test_predict_applies_the_feature_stages_frame_steps(tiny_corpus, tmp_path):
+    """A model trained on layer-normalised, pooled frames (features.frame_norm / pool_frames) is fed the same at
+    prediction: every frame zero-mean over the feature dimension, half as many frames."""
+    cfg = tiny_config(tiny_corpus, features={"frame_norm": "layer", "pool_frames": 2}, train={"epochs": 1})
+    rec = Recognizer.from_pretrained(train_final(cfg, tmp_path / "model", refit=False, log=lambda *a: None))
+    seen = []
+    forward = rec.model.forward
+    rec.model.forward = lambda batch: (seen.append(batch["features"].clone()), forward(batch))[1]
+    clip = tiny_corpus / "spk0" / "high_0.wav"
+    rec.predict(clip)
+    rec.pool_frames, rec.frame_norm = 1, "none"  # what prediction fed the model before the stage's steps
+    rec.predict(clip)
+    staged, raw = seen
+    assert staged.shape[2] == -(-raw.shape[2] // 2)
+    assert staged.mean(-1).abs().max() < 1e-3 < raw.mean(-1).abs().max()

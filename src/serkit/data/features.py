@@ -94,11 +94,8 @@ class FeatureDataset(_LabelledUtterances):
             x = self.normalizer.apply(self.rows["speaker"].iloc[i], x, self.level)
         if self.layers is not None:
             x = x[self.layers]
-        if self.level == "frames" and self.frame_norm == "layer":
-            t = torch.from_numpy(np.asarray(x, dtype=np.float32))
-            x = torch.nn.functional.layer_norm(t, t.shape[-1:]).numpy()
-        if self.level == "frames" and self.pool_frames > 1:
-            x = pool_frames(np.asarray(x, dtype=np.float32), self.pool_frames)
+        if self.level == "frames":
+            x = process_frames(x, self.frame_norm, self.pool_frames)
         x = np.asarray(x, dtype=np.float16 if self.level == "frames" else np.float32)
         if key is not None:
             PROCESSED_FRAMES[key] = x
@@ -169,6 +166,18 @@ class ItemsWithExtras(Dataset):
         item = dict(self.base[i])
         item.update(self.extras(i, item))
         return item
+
+
+def process_frames(x: np.ndarray, frame_norm: str = "none", pool: int = 1) -> np.ndarray:
+    """The feature stage's per-frame steps on ``(layers, T, dim)`` frames (after speaker normalisation and layer
+    choice), in training and in prediction alike: ``frame_norm="layer"`` layer-normalises every frame (no
+    parameters, over ``dim``), then ``pool`` > 1 averages windows of frames (:func:`pool_frames`)."""
+    if frame_norm == "layer":
+        t = torch.from_numpy(np.asarray(x, dtype=np.float32))
+        x = torch.nn.functional.layer_norm(t, t.shape[-1:]).numpy()
+    if pool > 1:
+        x = pool_frames(np.asarray(x, dtype=np.float32), pool)
+    return x
 
 
 def pool_frames(x: np.ndarray, k: int) -> np.ndarray:
