@@ -194,6 +194,29 @@ def test_gmp_atl_trains_into_a_model_for_serkit_predict(tiny_corpus, tmp_path, h
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-3 for r in results)
 
 
+@pytest.mark.parametrize("name", ["baseline", "hcld", "mll"])
+def test_single_view_recipes_train_into_a_model_for_serkit_predict(name, tiny_corpus, tmp_path):  # noqa: F811
+    """``serkit train CONFIG --out DIR`` then ``serkit predict DIR FILES`` (GMP-ATL and IF-MVSE have their own
+    tests); MLL with the feature stage's frame normalisation and pooling, which prediction applies too."""
+    import pandas as pd
+
+    from serkit.cli import main
+
+    cfg = recipe_config(name, tiny_corpus, tmp_path)
+    if name == "mll":
+        cfg["features"].update(frame_norm="layer", pool_frames=2)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--out", str(tmp_path / "model")]) == 0
+    out = tmp_path / "p.csv"
+    folder = tiny_corpus / "spk2"
+    assert main(["predict", str(tmp_path / "model"), str(folder), "--same-speaker", "--out", str(out),
+                 "--no-progress"]) == 0
+    table = pd.read_csv(out)
+    assert len(table) == len(list(folder.glob("*.wav"))) and table["error"].isna().all()
+    assert set(table["label"]) <= {"low", "mid", "high"}
+
+
 def test_serkit_ablate_runs_rows_from_a_rows_file(tiny_corpus, tmp_path):  # noqa: F811
     from serkit.cli import main
 
