@@ -130,8 +130,7 @@ def graph_module(rec) -> RecognizerGraph:
                           "to ONNX; predict with the torch backend")
     heads = dict(getattr(rec, "heads", None) or {("speaker" if rec.normalize != "none" else "global"): rec.model})
     waveform_model = cfg["features"]["source"] == "waveform"
-    per_frame = int(cfg["features"].get("pool_frames", 1) or 1) > 1 or (cfg["features"].get("frame_norm")
-                                                                         or "none") != "none"
+    per_frame = rec.pool_frames > 1 or rec.frame_norm != "none"  # the feature stage's steps, as predict applies them
     if rec.layer_index is not None or per_frame or (rec.stats_in_batch and rec.normalize != "none"):
         raise SerkitError("export: models with a feature-stage layer choice, frame pooling or frame normalisation, "
                           "or speaker statistics applied inside the model (encoder blocks in the loop) are not "

@@ -338,6 +338,7 @@ class Recognizer:
     @torch.no_grad()
     def _score(self, head: str, inputs: Sequence, stats) -> np.ndarray:
         """Scores ``(len(inputs), outputs)``: probabilities (classification) or attribute values."""
+        from serkit.data.features import process_frames
         from serkit.data.normalize import normalize_frames, normalize_pooled
 
         model = self.heads[head]
@@ -359,10 +360,7 @@ class Recognizer:
                 inner = self.stats_in_batch  # raw frames; the model normalises what its encoder blocks compute
                 frames = [x.numpy() if use is None or inner else normalize_frames(x.numpy(), *use) for x in chunk]
                 frames = [f if self.layer_index is None else f[self.layer_index] for f in frames]
-                if self.pool_frames > 1 or self.frame_norm != "none":
-                    from serkit.data.features import process_frames
-
-                    frames = [process_frames(f, self.frame_norm, self.pool_frames) for f in frames]
+                frames = [process_frames(f, self.frame_norm, self.pool_frames) for f in frames]
                 t = max(f.shape[1] for f in frames)
                 feats = torch.zeros(len(frames), frames[0].shape[0], t, frames[0].shape[2])
                 mask = torch.zeros(len(frames), t, dtype=torch.bool)

@@ -1,7 +1,7 @@
 """The feature stage: what every model sees of an encoder's hidden states, owned by the runner.
 
-``features: {layers, normalize, frame_norm, pool_frames, max_frames, level}`` is applied here, before any model sees a feature
-(as s3prl's runner owns its featurizer), for pooled statistics, for frames, and for models that run encoder blocks
+``features: {layers, normalize, frame_norm, pool_frames, max_frames, level}`` is applied here, before any model
+sees a feature (as s3prl's runner owns its featurizer), for pooled statistics, for frames, and for models that run encoder blocks
 in the loop (they get the speaker statistics with each batch and normalise the encoder's outputs,
 :func:`serkit.data.normalize.normalize_hidden`):
 
@@ -162,8 +162,7 @@ class FeatureStage:
         """What this stage applied: ``normalize`` is ``speaker`` only when the normaliser really served items."""
         return {"view": self.name, "normalize": self.mode if self.normalised else "none",
                 "normalised_items": self.normalised, "layers": self.layer_spec, "frame_norm": self.frame_norm,
-                "pool_frames": self.pool,
-                "max_frames": self.max_frames, "level": self.level}
+                "pool_frames": self.pool, "max_frames": self.max_frames, "level": self.level}
 
 
 class SpeakerStatsItems(ItemsWithExtras):
