@@ -39,7 +39,8 @@ DEFAULTS: dict = {
               "monitor": "auto", "precision": "fp32", "accelerator": "auto", "devices": 1, "strategy": "auto",
               "num_workers": 0, "grad_clip": 1.0, "deterministic": True,
               "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True, "refit": False,
-              "num_nodes": 1, "logger": "csv", "select": None, "solver": "gradient", "ridge_alpha": 100.0},
+              "num_nodes": 1, "logger": "csv", "select": None, "solver": "gradient", "ridge_alpha": 100.0,
+              "group_by_length": 0},
     "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
     "recipe_options": {},
 }
@@ -70,7 +71,8 @@ CHOICES = {
 NUMERIC = {
     "train.seed": (int, False), "train.min_epochs": (int, False), "train.eval_batch_size": (int, False),
     "train.num_workers": (int, True), "train.warmup_epochs": (int, False), "train.decay_epochs": (int, True),
-    "train.lr_decay": (float, False), "train.grad_clip": (float, True), "train.ridge_alpha": (float, False),
+    "train.lr_decay": (float, False), "train.group_by_length": (int, False), "train.grad_clip": (float, True),
+    "train.ridge_alpha": (float, False),
     "predict.window_seconds": (float, False), "predict.hop_seconds": (float, False),
     "features.max_frames": (int, True), "features.pool_frames": (int, False), "encoder.batch_seconds": (float, False),
 }
@@ -213,6 +215,9 @@ def validate(cfg: dict) -> dict:
             ok = False
         if not ok:
             raise ConfigError(f"config: {dotted} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+    if int(cfg["train"]["group_by_length"] or 0) < 0:
+        raise ConfigError(f"config: train.group_by_length must be 0 (off) or a number of batches per sorted group, "
+                          f"got {cfg['train']['group_by_length']!r}")
     if "name" not in cfg["model"]:
         raise ConfigError("config: model.name is required")
     if cfg["objective"] is None:

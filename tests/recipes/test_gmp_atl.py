@@ -65,28 +65,72 @@ def test_staged_encoder_top_k_from_cache(family):
     assert frozen.first_layer == enc.num_layers - 1 and not frozen.trains
 
 
-def test_stage2_pseudo_label_shapes_and_loss():
-    enc = tiny_encoder("whisper")
-    runner = StagedEncoder(enc, "cache", "top:1")
-    model = GMPStageModel(runner, 2, 3, hidden=8, ks=(4, 16), min_masks=2, span=3)
-    model.train()
-    b, t = 3, 20
+def _stage2_batch(enc, b=3, t=20):
     fm = torch.ones(b, t, dtype=torch.bool)
     fm[2, 15:] = False
     pseudo = torch.full((b, 2, 25), -1, dtype=torch.long)
     pseudo[:, 0, :t] = torch.randint(0, 4, (b, t))
     pseudo[:, 1, :t] = torch.randint(0, 16, (b, t))
-    batch = {"features": torch.randn(b, enc.num_layers, t, 32), "frame_mask": fm, "pseudo": pseudo,
-             "emotion": torch.tensor([0, 1, 2])}
-    out = model(batch)
-    assert {k: tuple(v.shape) for k, v in out["pseudo_logits"].items()} == {4: (b, t, 4), 16: (b, t, 16)}
-    assert {k: tuple(v.shape) for k, v in out["pseudo_labels"].items()} == {4: (b, t), 16: (b, t)}
-    assert out["span_mask"].any() and not (out["span_mask"] & ~fm).any()
+    return {"features": torch.randn(b, enc.num_layers, t, 32), "frame_mask": fm, "pseudo": pseudo,
+            "emotion": torch.tensor([0, 1, 2])}
+
+
+def test_stage2_pseudo_label_shapes_and_loss():
     from serkit.losses.pseudo_label import PseudoLabelCE
 
-    loss = PseudoLabelCE()(out, {**batch, "pseudo_labels": out["pseudo_labels"]})
+    enc = tiny_encoder("whisper")
+    b, t = 3, 20
+    full = GMPStageModel(StagedEncoder(enc, "cache", "top:1"), 2, 3, hidden=8, ks=(4, 16), min_masks=2, span=3,
+                         masked_only=False).train()
+    batch = _stage2_batch(enc, b, t)
+    torch.manual_seed(1)
+    out = full(batch)
+    assert {k: tuple(v.shape) for k, v in out["pseudo_logits"].items()} == {4: (b, t, 4), 16: (b, t, 16)}
+    assert {k: tuple(v.shape) for k, v in out["pseudo_labels"].items()} == {4: (b, t), 16: (b, t)}
+    span = out["span_mask"]
+    assert span.any() and not (span & ~batch["frame_mask"]).any()
+    loss_full = PseudoLabelCE()(out, {**batch, "pseudo_labels": out["pseudo_labels"]})
+
+    # masked_only: the heads run on the masked real frames alone, and the masked-prediction loss is the same
+    masked = GMPStageModel(StagedEncoder(enc, "cache", "top:1"), 2, 3, hidden=8, ks=(4, 16), min_masks=2, span=3)
+    masked.load_state_dict(full.state_dict())
+    masked.train()
+    torch.manual_seed(1)
+    out = masked(batch)
+    n = int(span.sum())
+    assert {k: tuple(v.shape) for k, v in out["pseudo_logits"].items()} == {4: (n, 4), 16: (n, 16)}
+    assert {k: tuple(v.shape) for k, v in out["pseudo_labels"].items()} == {4: (n,), 16: (n,)}
+    loss = PseudoLabelCE()(out, batch)
+    torch.testing.assert_close(loss, loss_full)
     loss.backward()
-    assert torch.isfinite(loss) and runner.encoder.mask_embedding.grad is not None
+    assert torch.isfinite(loss) and masked.encoder.encoder.mask_embedding.grad is not None
+    masked.eval()
+    with torch.no_grad():
+        assert all(v.shape[0] == 0 for v in masked(batch)["pseudo_logits"].values())
+
+
+def test_frozen_layers_from_pooled_statistics_equal_their_frames():
+    """Stages 2 and 3 from the cache read the frozen layers' statistics from ``pooled`` and only the blocks' input
+    as frames: the stats head's outputs and stage 2's probe are those computed from every layer's frames."""
+    from serkit.cache import pooled_statistics
+
+    enc = tiny_encoder("whisper")
+    torch.manual_seed(0)
+    b, t = 3, 9
+    frames = torch.randn(b, enc.num_layers, t, enc.hidden_size)
+    fm = torch.ones(b, t, dtype=torch.bool)
+    pooled = torch.stack([pooled_statistics(f) for f in frames])
+    for stage, kw in ((3, {"head": "stats", "proj_dim": 4}), (2, {"ks": (4,), "hidden": 8})):
+        model = GMPStageModel(StagedEncoder(enc, "cache", "top:1"), stage, 3, layers="all", **kw).eval()
+        first = model.encoder.first_layer
+        with torch.no_grad():
+            want = model({"features": frames, "frame_mask": fm})
+            got = model({"features": frames[:, first:first + 1], "pooled": pooled, "frame_mask": fm})
+        torch.testing.assert_close(got["logits"], want["logits"], atol=1e-3, rtol=1e-3)
+    bilstm = GMPStageModel(StagedEncoder(enc, "cache", "top:1"), 3, 3, layers="all", head="bilstm", hidden=4,
+                           proj_dim=4)
+    with pytest.raises(ValueError, match="BiLSTM head reads the frames"):
+        bilstm({"features": frames[:, first:first + 1], "pooled": pooled, "frame_mask": fm})
 
 
 def _save_tiny(family, path):
@@ -249,6 +293,7 @@ def test_stats_head_stages_from_cache_init_head(tiny_corpus, tmp_path):  # noqa:
     ro = cfg["recipe_options"]
     ro["stage1"].update(head="stats", dropout=0.1, class_weights="balanced")
     ro["stage3"].update(head="stats", dropout=0.1)
+    cfg["train"]["group_by_length"] = 2
     seen = {}
     from serkit.recipes.gmp_atl import GMPATLRecipe
 
@@ -267,6 +312,8 @@ def test_stats_head_stages_from_cache_init_head(tiny_corpus, tmp_path):  # noqa:
         GMPATLRecipe._load = staticmethod(load)
     res = json.loads((tmp_path / "run" / "fold0" / "result.json").read_text())
     assert set(res["stage_metrics"]) == {"stage1", "stage3"}
+    # stage 1 reads pooled statistics (nothing to group); stage 3 the blocks' input frames, in length groups
+    assert res["batching"] == {"stage1": "shuffled", "stage3": "length-grouped (groups of 2 batches)"}
     s1 = load_file(str(next((tmp_path / "stages" / "fold0").glob("stage1-*")) / "state.safetensors"))
     assert {"head.emotion.weight", "head.gender.weight", "head.projection.weight", "head.norm.bn.running_mean"} \
         <= set(s1)

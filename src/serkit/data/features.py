@@ -51,6 +51,11 @@ class _LabelledUtterances(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def lengths(self) -> np.ndarray | None:
+        """``(items,)`` frames (or samples) each item has once served, or None when items have no length (pooled
+        statistics) or it is not known without reading them; what length-grouped batches sort by."""
+        return None
+
 
 class FeatureDataset(_LabelledUtterances):
     """Utterances of ``ids`` with their cached features and encoded labels.
@@ -115,6 +120,19 @@ class FeatureDataset(_LabelledUtterances):
                 None if self.layers is None else tuple(int(j) for j in self.layers), stats, self.frame_norm,
                 self.pool_frames)
 
+    def lengths(self) -> np.ndarray | None:
+        """Frames per item as served (after ``pool_frames`` and the ``max_frames`` crop); None for pooled items."""
+        if self.level != "frames":
+            return None
+        if len(self._cache) == len(self.ids):  # preloaded: the processed frames themselves
+            n = np.array([self._cache[i].shape[1] for i in range(len(self.ids))], dtype=np.int64)
+        elif hasattr(self.store, "entry"):
+            n = np.array([int(self.store.entry(u)["frames"]) for u in self.ids], dtype=np.int64)
+            n = -(-n // self.pool_frames)
+        else:
+            return None
+        return np.minimum(n, int(self.max_frames)) if self.max_frames else n
+
     def crop_start(self, i: int, frames: int) -> int | None:
         """Where item ``i``'s ``max_frames`` window starts (random from ``(epoch, i)`` in training, else the centre),
         or None when it is not cropped; wrappers crop frame-aligned arrays (e.g. pseudo-labels) the same way."""
@@ -158,6 +176,9 @@ class ItemsWithExtras(Dataset):
         if hasattr(self.base, "set_epoch"):
             self.base.set_epoch(epoch)
 
+    def lengths(self) -> np.ndarray | None:
+        return item_lengths(self.base)
+
     def extras(self, i: int, item: dict) -> dict:
         """Keys to add to item ``i`` (the base's item, already read)."""
         raise NotImplementedError
@@ -166,6 +187,12 @@ class ItemsWithExtras(Dataset):
         item = dict(self.base[i])
         item.update(self.extras(i, item))
         return item
+
+
+def item_lengths(dataset) -> np.ndarray | None:
+    """``dataset.lengths()`` (frames or samples per item) when the dataset says, else None."""
+    fn = getattr(dataset, "lengths", None)
+    return fn() if callable(fn) else None
 
 
 def process_frames(x: np.ndarray, frame_norm: str = "none", pool: int = 1) -> np.ndarray:
@@ -257,6 +284,12 @@ class WaveformDataset(_LabelledUtterances):
                  preload: bool = True):
         self.crop = crop
         super().__init__(manifest, ids, labels, train, preload)
+
+    def lengths(self) -> np.ndarray | None:
+        """Samples per item when preloaded and not cropped (else None: not known without reading every file)."""
+        if self.crop is not None or len(self._cache) != len(self.ids):
+            return None
+        return np.array([len(self._cache[i]) for i in range(len(self.ids))], dtype=np.int64)
 
     def _read(self, i: int) -> np.ndarray:
         from serkit.audio import read_audio

@@ -1,7 +1,9 @@
 """Multi-scale frame-level pseudo-label cross-entropy ("pseudo_label_ce"), GMP-ATL Sec. 3.2 (HuBERT-style).
 
 Keys read:
-    ``out["pseudo_logits"]``   dict ``k -> (batch, frames, k)``  from :class:`serkit.models.pseudo_label_head.PseudoLabelHead`
+    ``out["pseudo_logits"]``   dict ``k -> (batch, frames, k)``  from :class:`serkit.models.pseudo_label_head.PseudoLabelHead`,
+                               or ``k -> (frames, k)`` of frames the model already selected (e.g. the masked ones;
+                               labels and ``span_mask`` then ``(frames,)``)
     ``out["span_mask"]``       (batch, frames) bool            True on masked frames (see :mod:`serkit.augment.masking`);
                                                                needed only when ``masked_only``
     ``batch["pseudo_labels"]`` dict ``k -> (batch, frames)`` long, cluster index, -1 on padding / unlabelled frames
@@ -61,9 +63,9 @@ class PseudoLabelCE(nn.Module):
         for k, lg in logits.items():
             w = weights.get(k, 0.0) / total_w if total_w else 0.0
             lab = labels[k].to(lg.device).long()
-            if lab.shape != lg.shape[:2]:
+            if lab.shape != lg.shape[:-1]:
                 raise ValueError(f"pseudo_label_ce: k={k} labels {tuple(lab.shape)} vs logits frames "
-                                 f"{tuple(lg.shape[:2])}")
+                                 f"{tuple(lg.shape[:-1])}")
             sel = lab >= 0
             if span is not None:
                 if span.shape != sel.shape:

@@ -141,9 +141,17 @@ class Recipe:
         return Objective(terms)
 
     def train_sampler(self, cfg: dict, dataset, seed: int):
-        """A sampler (or ``("batch_sampler", obj)``) for training; default: a (seed, epoch) shuffle."""
-        from serkit.data.samplers import SeededShuffleSampler
+        """A sampler (or ``("batch_sampler", obj)``) for training; default: a (seed, epoch) shuffle, or with
+        ``train.group_by_length: K`` batches of similar length from sorted groups of K batches
+        (:class:`~serkit.data.samplers.LengthGroupedBatchSampler`) when the items have lengths (frames,
+        waveforms; pooled statistics have none and are shuffled)."""
+        from serkit.data.features import item_lengths
+        from serkit.data.samplers import LengthGroupedBatchSampler, SeededShuffleSampler
 
+        group = int(cfg["train"].get("group_by_length") or 0)
+        lengths = item_lengths(dataset) if group else None
+        if lengths is not None:
+            return "batch_sampler", LengthGroupedBatchSampler(lengths, cfg["train"]["batch_size"], group, seed)
         return SeededShuffleSampler(len(dataset), seed)
 
     def batch_hook(self, cfg: dict, labels: LabelMap):

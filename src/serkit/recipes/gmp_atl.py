@@ -209,6 +209,20 @@ class PseudoLabelItems(ItemsWithExtras):
         return {"pseudo": buf}
 
 
+class WithPooledStats(ItemsWithExtras):
+    """A frames dataset whose items also carry ``pooled`` ``(layers, 2*dim)`` from a pooled-level dataset of the same
+    utterances (the frozen layers' statistics, :meth:`GMPStageModel.layer_statistics`)."""
+
+    def __init__(self, base, pooled):
+        super().__init__(base)
+        if list(pooled.ids) != list(base.ids):
+            raise ValueError("WithPooledStats: the pooled dataset must hold the same utterances in the same order")
+        self.pooled = pooled
+
+    def extras(self, i: int, item: dict) -> dict:
+        return {"pooled": self.pooled[i]["pooled"]}
+
+
 # -- recipe --------------------------------------------------------------------------------------------------------
 @register_recipe("gmp_atl")
 class GMPATLRecipe(Recipe):
@@ -240,7 +254,7 @@ class GMPATLRecipe(Recipe):
         if stage != 2:
             kw.update(head=o.head, dropout=o.dropout)
         if stage == 2:
-            kw.update(ks=ks, mask_prob=o.mask_prob, span=o.span, min_masks=o.min_masks)
+            kw.update(ks=ks, mask_prob=o.mask_prob, span=o.span, min_masks=o.min_masks, masked_only=o.masked_only)
         else:
             kw["proj_dim"] = o.proj_dim
         if stage == 3:
@@ -311,6 +325,8 @@ class GMPATLRecipe(Recipe):
             out.append(TrainStage(
                 "stage3", model=lambda ctx, spec: self._model(cfg, 3, spec.num_outputs, o.stage3.finetune, o.stage3),
                 objective=[term], train=dict(o.stage3.train),
+                datasets=(lambda ctx, labels: self._block_datasets(ctx, labels, o.stage3.finetune))
+                if o.stage3.head == "stats" else None,
                 init=lambda ctx, model: self._load(ctx, model, ["stage2", "stage1"], heads=o.stage3.init_head),
                 key=_without_train(o.stage3), refit=self._refit(cfg, o.stage3)))
         return out
@@ -388,8 +404,23 @@ class GMPATLRecipe(Recipe):
                 with torch.no_grad():
                     model.am.weight.copy_(state["head.emotion.weight"])
 
+    def _block_datasets(self, ctx, labels, finetune) -> tuple:
+        """From the cache: each utterance's raw hidden state at the input of the trainable top blocks (with its
+        speaker's statistics, for the blocks' outputs) and every hidden state's pooled statistics,
+        speaker-normalised by the feature stage (the frozen layers' statistics: the model does not read and
+        normalise their frames at every step); from waveforms: :meth:`build_datasets`."""
+        stage = ctx.feature()
+        if ctx.cfg["features"]["source"] == "waveform":
+            return self.build_datasets(ctx.cfg, ctx.manifest, ctx.fold, labels, stage)
+        self._check_store(stage)
+        n = len(stage.store.layers)
+        first = n - 1 - self._trained_top(ctx.cfg, finetune)
+        frames = stage.datasets(ctx.fold, labels, layers=[first], speaker_stats=True)
+        pooled = stage.datasets(ctx.fold, labels, level="pooled", layers=list(range(n)))
+        return tuple(WithPooledStats(f, p) for f, p in zip(frames, pooled, strict=True))
+
     def _pseudo_datasets(self, ctx, labels) -> tuple:
-        train, val, test = self.build_datasets(ctx.cfg, ctx.manifest, ctx.fold, labels, ctx.feature())
+        train, val, test = self._block_datasets(ctx, labels, self.options(ctx.cfg).stage2.finetune)
         arrays = ctx.results["gmps"].arrays
         return PseudoLabelItems(train, [arrays[str(i)] for i in train.ids]), val, test
 

@@ -324,6 +324,7 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
                        batch_hook=recipe.batch_hook(cfg, labels))
     t = cfg["train"]
     sampler = recipe.train_sampler(cfg, train_ds, seed + fold.index)
+    module.batching = _batching(sampler)
     if isinstance(sampler, tuple) and sampler[0] == "batch_sampler":
         train_dl = DataLoader(train_ds, batch_sampler=sampler[1], collate_fn=collate, **loader_workers(t))
     else:
@@ -338,6 +339,19 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
         module.load_state_dict(load_tensors(pick)["state_dict"])
     module.spec = spec
     return module, labels, recipe, (train_ds, val_ds, test_ds), eval_kw
+
+
+def _batching(sampler) -> str:
+    """What a stage's training batches were, for its record: ``shuffled``, ``length-grouped (groups of K
+    batches)`` or the recipe's own sampler's class."""
+    from serkit.data.samplers import LengthGroupedBatchSampler, SeededShuffleSampler
+
+    obj = sampler[1] if isinstance(sampler, tuple) else sampler
+    if isinstance(obj, LengthGroupedBatchSampler):
+        return f"length-grouped (groups of {obj.group} batches)"
+    if isinstance(obj, SeededShuffleSampler):
+        return "shuffled"
+    return type(obj).__name__
 
 
 def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: str | Path) -> dict:
@@ -484,7 +498,8 @@ def _run_train_stage(ctx: StageContext, stage: TrainStage, in_fold_dir: bool, up
     monitor = t_cfg["monitor"]
     marker = {"stage": stage.name, "key": key, "best_epoch": _best_epoch(work_dir, monitor),
               "best_val": _best_val(work_dir, monitor), "work_dir": str(work_dir),
-              "normalisation": {"mode": cfg["features"].get("normalize", "none")}}
+              "normalisation": {"mode": cfg["features"].get("normalize", "none")},
+              "batching": getattr(module, "batching", None)}
     if getattr(train_ds, "normalizer", None) is not None:
         marker["normalisation"]["fallback_speakers"] = list(train_ds.normalizer.fallback_speakers)
     if selection is not None:
@@ -629,6 +644,7 @@ def _fold_result(ctx: StageContext, stages: list, records: dict) -> dict:
         res["selection"] = final.marker["selection"]
     if "refit_epochs" in final.marker:
         res["refit_epochs"] = final.marker["refit_epochs"]
+    res["batching"] = {s.name: ctx.results[s.name].marker.get("batching") for s in stages if isinstance(s, TrainStage)}
     if len(stages) > 1:
         res["stages"] = [s.name for s in stages]
         res["stage_dirs"] = str(ctx.root)
