@@ -28,7 +28,8 @@ labels, validation and test utterances are never looked at.
 
 Stage 2 (retraining, Sec. 3.2, Fig. 1b): the encoder from stage 1 with HuBERT-style span masking of its input
 frames (:func:`serkit.augment.masking.compute_span_mask`: p = 0.08, span 10) and one pseudo-label head per scale
-on the top layer; CE on the masked frames (``pseudo_label_ce``). A linear probe on the detached mean-pooled
+on the top layer; CE on the masked frames (``pseudo_label_ce``; with ``masked_only``, the default, the heads run
+on the masked real frames alone). A linear probe on the detached mean-pooled
 features reports validation UA (it cannot change the encoder); the last epoch is kept, as the paper gives no
 selection rule for this stage.
 
@@ -46,7 +47,9 @@ Encoder placement per stage (``recipe_options.stageN.finetune``):
   blocks are deterministic in eval mode; ``false`` uses the cached layers (frozen encoder): with ``head: stats`` the
   cache's pooled statistics (mean + std per hidden state, speaker-normalised by the feature stage), which are what
   the head would compute from the frames. The cache must hold every hidden state (``encoder.layers: all``). Later
-  stages may not train fewer top blocks than earlier ones.
+  stages may not train fewer top blocks than earlier ones. Stages 2 and 3 (``top:K``, stats head in stage 3) get
+  each utterance's cached hidden state at the blocks' input as frames and every hidden state's pooled statistics
+  for the frozen layers below it (:class:`WithPooledStats`), not the frames of every layer.
 
 ``train.refit: true`` refits the last stage on train + validation for the epoch count validation chose; earlier
 stages keep their validation-chosen checkpoints.
