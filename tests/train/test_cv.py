@@ -159,3 +159,32 @@ def test_augmentation_mode_is_stated():
     assert v.startswith("eam, mode variants") and "K=4" in v
     live = describe_augmentation({"features": {"source": "waveform"}, "augment": {"name": "eam"}})
     assert "on_the_fly" in live and "encoder in the loop" in live
+
+
+def test_fused_optimizer_trains_in_bf16_with_gradient_clipping(tiny_corpus, tmp_path, monkeypatch):
+    """``train.fused_optimizer``: PyTorch's fused Adam/AdamW; Lightning would refuse to clip its gradients, so the
+    module clips them by norm itself (no gradient scaler in bf16 / fp32)."""
+    import torch
+
+    seen = {"fused": [], "clipped": 0}
+    configure = SERModule.configure_optimizers
+
+    def spy_configure(self):
+        out = configure(self)
+        opt = out["optimizer"] if isinstance(out, dict) else out
+        seen["fused"].append(bool(opt.defaults.get("fused")))
+        return out
+
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy_clip(params, max_norm, *a, **k):
+        seen["clipped"] += 1
+        return clip(params, max_norm, *a, **k)
+
+    monkeypatch.setattr(SERModule, "configure_optimizers", spy_configure)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy_clip)
+    cfg = tiny_config(tiny_corpus)
+    cfg["train"].update(fused_optimizer=True, precision="bf16", grad_clip=1.0)
+    res = run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
+    assert seen["fused"] and all(seen["fused"]) and seen["clipped"] > 0
+    assert res["folds"][0]["metrics"]["ua"] > 0.6

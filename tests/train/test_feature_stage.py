@@ -118,3 +118,19 @@ def test_mll_refuses_its_old_recipe_options_naming_the_feature_stage_key():
     with pytest.raises(ConfigError, match="unknown key"):
         check_recipe_options({"recipe_options": {"bogus": 1}})
     check_recipe_options({"recipe_options": {}})
+
+
+def test_lengths_are_the_frames_items_are_served_with():
+    """What length-grouped batches sort by: frames after pooling and the max_frames crop (from the preloaded
+    frames, or the store's index without reading them); pooled items have none."""
+    store, manifest, labels = _corpus("mem://len")
+    store.arrays["u1"] = store.arrays["u1"][:, :5]
+    ds = FeatureDataset(store, manifest, ["u0", "u1"], labels, pool_frames=2)
+    np.testing.assert_array_equal(ds.lengths(), [5, 3])
+    assert [ds[i]["features"].shape[1] for i in range(2)] == [5, 3]
+    store.entry = lambda uid: {"frames": store.arrays[uid].shape[1]}
+    lazy = FeatureDataset(store, manifest, ["u0", "u1"], labels, preload=False, max_frames=6)
+    np.testing.assert_array_equal(lazy.lengths(), [6, 5])
+    assert store.loads == 2  # the preloaded dataset's reads only
+    store.pooled = lambda uid: np.zeros((2, 12), np.float32)
+    assert FeatureDataset(store, manifest, ["u0"], labels, level="pooled").lengths() is None

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from serkit.data.labels import LabelMap
+from serkit.errors import ConfigError
 from serkit.losses.base import Objective
 from serkit.metrics import classification_metrics, regression_metrics
 
@@ -122,6 +123,20 @@ class SERModule(L.LightningModule):
             self.log(f"val_{k}", float(m[k]), prog_bar=k in ("ua", "ccc_mean"))
         self._val = []
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning refuses to clip the gradients of a fused optimizer (it could not unscale fp16 gradients before
+        the step); without a gradient scaler (fp32, bf16) there is nothing to unscale, so they are clipped here by
+        norm, as Lightning does for other optimizers."""
+        fused = bool(optimizer.defaults.get("fused"))
+        if fused and gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ConfigError(f"train.fused_optimizer: gradient clipping by {gradient_clip_algorithm!r} is not "
+                                  f"supported; clip by norm")
+            torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # -- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self):
         cfg = self.cfg
@@ -132,12 +147,15 @@ class SERModule(L.LightningModule):
             if params:  # e.g. center-loss centres, with their own learning rate
                 groups.append({"params": params, "lr": float(getattr(term, "lr", lr)), "weight_decay": 0.0})
         name = cfg.get("optimizer", "adamw")
+        # train.fused_optimizer: PyTorch's fused update (one kernel over every parameter instead of ~10 passes per
+        # tensor; the same arithmetic up to float rounding); on this CPU Adam's step over a Whisper block took 6x less
+        kw = {"fused": True} if cfg.get("fused_optimizer") else {}
         if name == "adamw":
-            opt = torch.optim.AdamW(groups)
+            opt = torch.optim.AdamW(groups, **kw)
         elif name == "adam":
-            opt = torch.optim.Adam(groups)
+            opt = torch.optim.Adam(groups, **kw)
         else:
-            opt = torch.optim.SGD(groups, momentum=0.9)
+            opt = torch.optim.SGD(groups, momentum=0.9, **kw)
         sched = cfg.get("scheduler", "none")
         epochs = int(cfg["epochs"])
         if sched == "cosine":
