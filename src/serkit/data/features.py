@@ -63,8 +63,8 @@ class FeatureDataset(_LabelledUtterances):
     ``store`` has ``load(id) -> (layers, frames, dim)`` and ``pooled(id) -> (layers, 2*dim)``. ``level``
     ``"frames"`` serves ``features``; ``"pooled"`` serves ``pooled``. ``preload`` reads everything into memory once
     (float16), which is what makes CPU training fast; ``max_frames`` crops long items (random crop when
-    ``train``, centre otherwise). On reading, in this order: ``normalizer`` (speaker normalisation) on the stored
-    layers, ``layers`` selects, ``frame_norm="layer"`` layer-normalises every frame of every layer (no
+    ``train``, centre otherwise). On reading, in this order: ``layers`` selects stored layers (only those are read),
+    ``normalizer`` speaker-normalises them with their own statistics, ``frame_norm="layer"`` layer-normalises every frame of every layer (no
     parameters, over ``dim``), ``pool_frames`` averages windows of frames.
 
     Frames that ``frame_norm`` or ``pool_frames`` processed are kept for the process (:data:`PROCESSED_FRAMES`)
@@ -95,10 +95,10 @@ class FeatureDataset(_LabelledUtterances):
         if key in PROCESSED_FRAMES:
             return PROCESSED_FRAMES[key]
         x = self.store.pooled(uid) if self.level == "pooled" else self.store.load(uid)
-        if self.normalizer is not None and not self.speaker_stats:
-            x = self.normalizer.apply(self.rows["speaker"].iloc[i], x, self.level)
-        if self.layers is not None:
+        if self.layers is not None:  # the chosen layers only are read (the store memory-maps) and normalised
             x = x[self.layers]
+        if self.normalizer is not None and not self.speaker_stats:
+            x = self.normalizer.apply(self.rows["speaker"].iloc[i], x, self.level, self.layers)
         if self.level == "frames":
             x = process_frames(x, self.frame_norm, self.pool_frames)
         x = np.asarray(x, dtype=np.float16 if self.level == "frames" else np.float32)

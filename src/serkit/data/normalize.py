@@ -118,9 +118,12 @@ class SpeakerNormalizer:
             stats.update({s: fallback for s in small})
         return cls(stats, fallback, small)
 
-    def apply(self, speaker: str, x: np.ndarray, level: str) -> np.ndarray:
-        """``x``: pooled ``(layers, 2*dim)`` when ``level == "pooled"``, else frames ``(layers, frames, dim)``."""
+    def apply(self, speaker: str, x: np.ndarray, level: str, layers: list[int] | None = None) -> np.ndarray:
+        """``x``: pooled ``(layers, 2*dim)`` when ``level == "pooled"``, else frames ``(layers, frames, dim)``;
+        ``layers``: the stored layers ``x`` holds (default: all of them, in order)."""
         mean, std = self.stats_for(speaker)
+        if layers is not None:
+            mean, std = mean[layers], std[layers]
         return normalize_pooled(x, mean, std) if level == "pooled" else normalize_frames(x, mean, std)
 
     def stats_for(self, speaker: str) -> tuple[np.ndarray, np.ndarray]:
