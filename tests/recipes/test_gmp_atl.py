@@ -314,6 +314,8 @@ def test_stats_head_stages_from_cache_init_head(tiny_corpus, tmp_path):  # noqa:
     assert set(res["stage_metrics"]) == {"stage1", "stage3"}
     # stage 1 reads pooled statistics (nothing to group); stage 3 the blocks' input frames, in length groups
     assert res["batching"] == {"stage1": "shuffled", "stage3": "length-grouped (groups of 2 batches)"}
+    summary = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert summary["folds"][0]["batching"] == res["batching"]
     s1 = load_file(str(next((tmp_path / "stages" / "fold0").glob("stage1-*")) / "state.safetensors"))
     assert {"head.emotion.weight", "head.gender.weight", "head.projection.weight", "head.norm.bn.running_mean"} \
         <= set(s1)

@@ -247,7 +247,7 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
             {**{k: r[k] for k in ("fold", "test_speakers", "n_test", "metrics", "best_epoch", "best_val", "confusion",
                                   "classes", "refit_epochs", "resumed", "ua_classes", "absent_from_test",
                                   "unseen_in_training", "val_speakers", "n_val", "normalisation", "selection",
-                                  "stage_metrics", "stage_seconds", "stage_work_dirs", "extras")
+                                  "stage_metrics", "stage_seconds", "stage_work_dirs", "batching", "extras")
                 if k in r},
              "warnings": by_index[r["fold"]].warnings if r["fold"] in by_index else []}
             for r in results
