@@ -166,6 +166,12 @@ def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
     lines.append(f"- model: `{cfg['model']}`; objective: `{cfg['objective']}`")
     lines.append(f"- schedule: `{ {k: cfg['train'][k] for k in ('epochs', 'batch_size', 'lr', 'patience', 'seed')} }`;"
                  f" selection on `{cfg['train']['monitor']}` (validation speakers only)")
+    if summary.get("precision") or summary.get("threads"):
+        prec = summary.get("precision") or {}
+        what = [f"features {prec['features']}, training {prec['train']}"] if prec else []
+        if summary.get("threads"):
+            what.append("torch CPU threads " + " / ".join(map(str, summary["threads"])))
+        lines.append(f"- ran with: {'; '.join(what)}")
     if "wall_seconds" in summary:
         spent = f"; the folds took {summary['fold_seconds']:.0f} s when trained" if "fold_seconds" in summary else ""
         lines.append(f"- wall time: {summary['wall_seconds']:.0f} s (this invocation{spent})")

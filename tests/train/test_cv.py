@@ -34,6 +34,11 @@ def test_cv_writes_results_schema_and_report(tiny_corpus, tmp_path):
     again = run_cv(tiny_config(tiny_corpus), tmp_path / "run", log=lambda *a: None)
     assert again["fold_seconds"] == res["fold_seconds"] and again["wall_seconds"] < res["wall_seconds"]
     assert res["augmentation"] == "none"
+    # what ran: precision and torch's CPU thread count (another thread count rounds CPU sums differently)
+    import torch
+
+    assert res["threads"] == [torch.get_num_threads()] and all(f["threads"] == res["threads"][0] for f in res["folds"])
+    assert f"torch CPU threads {torch.get_num_threads()}" in report and "training 32-true" in report
 
 
 def test_regression_cv(tiny_corpus, tmp_path):

@@ -147,6 +147,7 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
         results.append(res)
     summary = summarise(cfg, folds, results, protocol)
     summary["precision"] = precision
+    summary["threads"] = sorted({r["threads"] for r in results if "threads" in r})  # torch CPU threads per fold
     if protocol["name"] == "cross_corpus":
         from serkit.train.cross_corpus import cross_table
 
@@ -247,7 +248,8 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
             {**{k: r[k] for k in ("fold", "test_speakers", "n_test", "metrics", "best_epoch", "best_val", "confusion",
                                   "classes", "refit_epochs", "resumed", "ua_classes", "absent_from_test",
                                   "unseen_in_training", "val_speakers", "n_val", "normalisation", "selection",
-                                  "stage_metrics", "stage_seconds", "stage_work_dirs", "batching", "extras")
+                                  "stage_metrics", "stage_seconds", "stage_work_dirs", "batching", "threads",
+                                  "extras")
                 if k in r},
              "warnings": by_index[r["fold"]].warnings if r["fold"] in by_index else []}
             for r in results

@@ -368,7 +368,10 @@ def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: st
         return json.loads(result_path.read_text())
     t0 = time.time()
     res = _fit_fold(cfg, manifest, fold, source, fold_dir)
-    res = {**res, "seconds": round(time.time() - t0, 1), "precision": run_precision(cfg, source)}
+    # threads: CPU sums are split across torch's threads, so another thread count rounds differently (and a
+    # chaotic stage can land on another epoch); the fold says what it ran with
+    res = {**res, "seconds": round(time.time() - t0, 1), "precision": run_precision(cfg, source),
+           "threads": torch.get_num_threads()}
     atomic_write_json(result_path, res)
     return res
 
