@@ -160,3 +160,17 @@ def test_unknown_encoder_and_bad_mode():
         load_encoder("fbank", mode="cropped")
     with pytest.raises(ConfigError, match="fbank-80"):
         load_encoder("fbank-x")
+
+
+@pytest.mark.parametrize("head", ["WhisperForConditionalGeneration", "WhisperForAudioClassification"])
+def test_loading_pretrained_weights_leaves_the_global_rng_alone(tmp_path, head):
+    """A model built after seeding gets the same initial weights whether its encoder was loaded just before or not
+    (an encoder from a full Whisper checkpoint, as on the hub, was built from freshly initialised modules)."""
+    import transformers
+
+    getattr(transformers, head)(tiny_config("whisper")).save_pretrained(str(tmp_path / "w"))
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    load_encoder(str(tmp_path / "w"))
+    assert torch.equal(torch.rand(4), expected)

@@ -200,6 +200,33 @@ def test_three_stages_from_cache_and_resume(tiny_corpus, tmp_path):  # noqa: F81
     assert len(list(fold_root.glob("stage1-*"))) == 1 and len(list(fold_root.glob("stage3-*"))) == 2
 
 
+def test_run_killed_after_stage1_resumes_to_the_uninterrupted_result(tiny_corpus, tmp_path):  # noqa: F811
+    """Uninterrupted, stage 1 builds the first model of the fold (and loads the encoder); resumed with stage 1 and
+    the GMPs finished, stage 2 is the first. Its initial weights, and so stages 2 and 3, must not depend on that."""
+    import shutil
+
+    import transformers
+    from safetensors.torch import load_file
+
+    from serkit.train.cv import run_cv
+
+    torch.manual_seed(0)  # a full Whisper checkpoint, as on the hub: loading its encoder builds fresh modules
+    transformers.WhisperForConditionalGeneration(tiny_encoder_config("whisper")).save_pretrained(str(tmp_path / "w"))
+    cfg = _gmp_cfg(tiny_corpus, str(tmp_path / "w"), "cache")
+    whole = run_cv(cfg, tmp_path / "whole", folds_only=[0], log=lambda *a: None)
+    resumed_dir = tmp_path / "resumed" / "fold0"
+    resumed_dir.mkdir(parents=True)
+    for d in (tmp_path / "whole" / "fold0").iterdir():  # killed after the clustering step
+        if d.is_dir() and d.name.split("-")[0] in ("stage1", "gmps"):
+            shutil.copytree(d, resumed_dir / d.name)
+    resumed = run_cv(cfg, tmp_path / "resumed", folds_only=[0], log=lambda *a: None)
+    for name in ("stage2", "stage3"):
+        a = load_file(str(next((tmp_path / "whole" / "fold0").glob(f"{name}-*")) / "state.safetensors"))
+        b = load_file(str(next(resumed_dir.glob(f"{name}-*")) / "state.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert resumed["folds"][0]["metrics"] == whole["folds"][0]["metrics"]
+
+
 def test_three_stages_waveform_hubert_full_finetuning(tiny_corpus, tmp_path):  # noqa: F811
     from serkit.train.cv import run_cv
 

@@ -95,6 +95,11 @@ def load_encoder(
             WhisperConfig) to build a randomly initialised model instead of loading weights (``revision="random"``).
         revision: hub revision to load (branch, tag or commit); default: the cached ``main``.
         eval_mode: put the module in eval mode (dropout off); call ``.train()`` to fine-tune.
+
+    Loading pretrained weights leaves torch's global RNG as it was (``transformers`` initialises the modules before
+    the checkpoint overwrites them, drawing from it): a model built after ``seed_everything`` gets the same initial
+    weights whether or not its encoder had to be loaded first, so a resumed run that loads the encoder at another
+    point than the uninterrupted one (e.g. for a later stage) trains the same. A random ``config`` draws from it.
     """
     if mode not in MODES:
         raise ConfigError(f"encoder mode must be one of {MODES}, got {mode!r}")
@@ -105,7 +110,11 @@ def load_encoder(
 
         encoder: Encoder = FbankEncoder(n_mels, mode=mode)
     else:
-        encoder = _load_hf(source, mode=mode, config=config, revision=revision)
+        if config is None:
+            with torch.random.fork_rng(devices=[]):  # the weights come from the checkpoint, not from the RNG
+                encoder = _load_hf(source, mode=mode, config=config, revision=revision)
+        else:
+            encoder = _load_hf(source, mode=mode, config=config, revision=revision)
     encoder = encoder.to(device)
     if dtype is not None:
         encoder = encoder.cast(dtype)

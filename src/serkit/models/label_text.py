@@ -50,10 +50,13 @@ def _model_key(model: str) -> str:
 
 
 def _load(model: str):
+    """Tokenizer and text encoder; torch's global RNG is left as it was (the label embeddings come from the disk
+    cache on a warm run, so loading must not change the initial weights of the losses built after it)."""
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
-    enc = AutoModel.from_pretrained(model)
+    with torch.random.fork_rng(devices=[]):
+        enc = AutoModel.from_pretrained(model)
     return tok, enc
 
 
