@@ -7,6 +7,7 @@ offline) or from a local folder. Tests and experiments without weights pass ``co
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -110,10 +111,9 @@ def load_encoder(
 
         encoder: Encoder = FbankEncoder(n_mels, mode=mode)
     else:
-        if config is None:
-            with torch.random.fork_rng(devices=[]):  # the weights come from the checkpoint, not from the RNG
-                encoder = _load_hf(source, mode=mode, config=config, revision=revision)
-        else:
+        # pretrained: the weights come from the checkpoint, not from the RNG; a random config draws from it
+        rng = torch.random.fork_rng(devices=[]) if config is None else contextlib.nullcontext()
+        with rng:
             encoder = _load_hf(source, mode=mode, config=config, revision=revision)
     encoder = encoder.to(device)
     if dtype is not None:
