@@ -63,14 +63,17 @@ def _owned_pooled(feats, own, n):
 
 @pytest.mark.parametrize("features", [{"level": "pooled", "normalize": "none"},
                                       {"level": "pooled", "normalize": "speaker"},
-                                      {"level": "frames", "normalize": "speaker"}])
+                                      {"level": "frames", "normalize": "speaker"},
+                                      {"level": "frames", "normalize": "speaker", "layers": "-1",
+                                       "frame_norm": "layer", "pool_frames": 2}])
 def test_graph_module_computes_what_the_recognizer_predicts(tiny_corpus, tmp_path, features):  # noqa: F811
     from serkit.encoders.runner import encode_signals
     from serkit.export import graph_inputs, graph_module
 
-    cfg = tiny_config(tiny_corpus, features=features, train={"epochs": 1})
+    cfg = tiny_config(tiny_corpus, features=features, train={"epochs": 1}, **_encoder_for(features, tmp_path))
     if features["level"] == "pooled":
-        cfg["model"] = {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.0}
+        cfg["model"] = {"name": "pooled_mlp", "hidden": [], "dropout": 0.0}
+        cfg["features"]["layers"] = "all"
     rec = Recognizer.from_pretrained(train_final(cfg, tmp_path / "m", log=lambda *a: None))
     graph = graph_module(rec)
     x, _ = sf.read(str(tiny_corpus / "spk0" / "high_2.wav"), dtype="float32")
@@ -182,3 +185,73 @@ def test_export_global_head_model_and_errors(tiny_corpus, tmp_path, capsys):  # 
                for x, y in zip(a, b, strict=True)) <= 1e-3
     with pytest.raises(SerkitError, match="shorter than the exported graph's minimum"):
         onnx_rec.run_window(np.ones(800, dtype=np.float32) * 0.1)
+
+
+def _encoder_for(features: dict, tmp_path) -> dict:
+    """A tiny 2-hidden-state Whisper where the features choose layers (the filterbank has one), else the default."""
+    if "layers" not in features:
+        return {}
+    enc = _tiny_whisper_dir(tmp_path / "tiny-whisper")
+    return {"encoder": {"id": str(enc), "layers": "all"}}
+
+
+@pytest.mark.parametrize("features", [{"level": "pooled", "normalize": "speaker", "layers": "-1"},
+                                      {"level": "frames", "normalize": "speaker", "layers": "-1",
+                                       "frame_norm": "layer", "pool_frames": 2}])
+def test_runner_recognizer_and_graph_apply_one_feature_stage(tiny_corpus, tmp_path, features):  # noqa: F811
+    """The training datasets, the Recognizer and the ONNX graph hold the same feature-stage module
+    (:class:`serkit.data.feature_transform.FeatureTransform`) and give the same output on the same input."""
+    import pandas as pd
+    import torch
+
+    from serkit.data.features import FeatureDataset
+    from serkit.data.labels import LabelMap
+    from serkit.data.normalize import SpeakerNormalizer
+    from serkit.export import graph_module
+    from serkit.train.feature_stage import FeatureStage
+
+    cfg = tiny_config(tiny_corpus, features={**features, "cache_dir": str(tmp_path / "cache")}, train={"epochs": 1},
+                      **_encoder_for(features, tmp_path))
+    if features["level"] == "pooled":
+        cfg["model"] = {"name": "pooled_mlp", "hidden": [], "dropout": 0.0}
+    model_dir = train_final(cfg, tmp_path / "m", log=lambda *a: None)
+    rec = Recognizer.from_pretrained(model_dir)
+    graph = graph_module(rec)
+    n_layers = len(rec.encoder_info["layers"])
+    dim = rec.encoder.hidden_size
+    rng = np.random.default_rng(3)
+    stored = (rng.normal(0, 1, (n_layers, 2 * dim)) if features["level"] == "pooled"
+              else rng.normal(0, 1, (n_layers, 11, dim))).astype(np.float32 if features["level"] == "pooled"
+                                                                  else np.float16)
+    mean = rng.normal(0, 0.1, (n_layers, dim)).astype(np.float32)
+    std = rng.uniform(0.5, 2, (n_layers, dim)).astype(np.float32)
+
+    class Store:  # one utterance, as a feature store serves it
+        root = "mem://one"
+
+        def __init__(self):
+            self.layers = list(range(n_layers))
+
+        def pooled(self, uid):
+            return stored
+
+        def load(self, uid):
+            return stored
+
+    manifest = pd.DataFrame({"id": ["u"], "speaker": ["s"], "emotion": ["high"], "gender": ["f"]})
+    stage = FeatureStage({**rec.cfg["features"], "normalize": "none"}, Store(), manifest, ["u"])
+    ds = FeatureDataset(Store(), manifest, ["u"], LabelMap.fit(manifest, "classification", []),
+                        level=features["level"], layers=stage.indices, frame_norm=stage.frame_norm,
+                        pool_frames=stage.pool, normalizer=SpeakerNormalizer({"s": (mean, std)}), preload=False)
+    assert ds.transform.describe() == rec.transform.describe() == graph.transform.describe()
+    runner = ds[0]["features" if features["level"] == "frames" else "pooled"].astype(np.float32)
+    with torch.no_grad():
+        args = (torch.from_numpy(stored)[None], torch.from_numpy(mean), torch.from_numpy(std))
+        by_rec = rec.transform(*args)[0].float().numpy()
+        by_graph = graph.transform(*args)[0].float().numpy()
+    np.testing.assert_allclose(by_rec, runner, atol=1e-5)
+    np.testing.assert_allclose(by_graph, runner, atol=1e-5)
+    # and the whole model, feature stage included, exports within the tolerance (export_onnx checks it)
+    from serkit.export import export_onnx
+
+    assert export_onnx(model_dir, log=lambda *a: None).exists()

@@ -61,7 +61,7 @@ class RecognizerGraph(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, heads: dict[str, nn.Module], layers: list[int], *, level: str,
-                 cached: bool, task: str):
+                 cached: bool, task: str, transform: nn.Module | None = None):
         super().__init__()
         unknown = set(heads) - {"speaker", "global"}
         if unknown or not heads:
@@ -71,6 +71,11 @@ class RecognizerGraph(nn.Module):
         # keys that are not Python keywords ("global" is one): torch.export generates code with them as attributes
         self.heads = nn.ModuleDict({f"head_{h}": heads[h] for h in self.head_names})
         self.level, self.cached, self.task = level, cached, task
+        from serkit.data.feature_transform import FeatureTransform
+
+        #: the feature stage module the Recognizer and the training datasets apply (layer choice, normalisation,
+        #: frame steps)
+        self.transform = transform if transform is not None else FeatureTransform(level, half_frames=cached)
 
     @property
     def normalize(self) -> bool:
@@ -109,17 +114,14 @@ class RecognizerGraph(nn.Module):
         return (*scores, pooled_own, count.long())
 
     def _batch(self, feats: torch.Tensor, pooled: torch.Tensor, stats) -> dict:
-        """A head's batch of one, as :class:`serkit.Recognizer` builds it (see serkit.data.normalize)."""
+        """A head's batch of one, as :class:`serkit.Recognizer` builds it: the feature stage module on the stored
+        layers' pooled statistics ``(layers, 2*dim)`` or frames ``(layers, frames, dim)``."""
+        mean, std = stats if stats is not None else (None, None)
         if self.level == "pooled":
-            x = pooled
-            if stats is not None:
-                dim = stats[0].shape[-1]
-                x = torch.cat([(x[:, :dim] - stats[0]) / stats[1], x[:, dim:] / stats[1]], dim=-1)
-            return {"pooled": x[None]}
-        x = feats.half().float() if self.cached else feats
-        if stats is not None:  # as normalize_frames on float16 frames: the result is float16 again
-            x = ((x - stats[0][:, None]) / stats[1][:, None]).half().float()
-        return {"features": x[None], "frame_mask": torch.ones_like(x[0, :, 0], dtype=torch.bool)[None]}
+            return {"pooled": self.transform(pooled[None], mean, std)}
+        x = feats.half() if self.cached else feats  # the cache stores frames in float16
+        x = self.transform(x[None], mean, std).float()
+        return {"features": x, "frame_mask": torch.ones_like(x[:, 0, :, 0], dtype=torch.bool)}
 
 
 def graph_module(rec) -> RecognizerGraph:
@@ -130,20 +132,22 @@ def graph_module(rec) -> RecognizerGraph:
                           "to ONNX; predict with the torch backend")
     heads = dict(getattr(rec, "heads", None) or {("speaker" if rec.normalize != "none" else "global"): rec.model})
     waveform_model = cfg["features"]["source"] == "waveform"
-    per_frame = rec.pool_frames > 1 or rec.frame_norm != "none"  # the feature stage's steps, as predict applies them
-    if rec.layer_index is not None or per_frame or (rec.stats_in_batch and rec.normalize != "none"):
-        raise SerkitError("export: models with a feature-stage layer choice, frame pooling or frame normalisation, "
-                          "or speaker statistics applied inside the model (encoder blocks in the loop) are not "
-                          "exportable yet")
+    if rec.stats_in_batch and rec.normalize != "none":
+        raise SerkitError("export: models that apply speaker statistics inside the model (encoder blocks in the "
+                          "loop) are not exportable yet; predict with the torch backend")
+    transform = rec.transform
     if waveform_model:  # encoder inside the model (fine-tuned): take it from there
+        from serkit.data.feature_transform import FeatureTransform
+
         first = next(iter(heads.values()))
         encoder, layers = first.encoder, first.layers
         heads = {h: m.downstream for h, m in heads.items()}
+        transform = FeatureTransform("frames", half_frames=False)  # the model's own layers, as predict feeds it
     else:
         encoder, layers = rec.encoder, rec.encoder_info["layers"]
     return RecognizerGraph(encoder.eval(), {h: m.eval() for h, m in heads.items()}, layers,
-                           level=cfg["features"].get("level", "frames"), cached=not waveform_model,
-                           task=rec.labels.task).eval()
+                           level=transform.level, cached=not waveform_model, task=rec.labels.task,
+                           transform=transform).eval()
 
 
 def graph_inputs(graph: RecognizerGraph, signal: np.ndarray, own: tuple[int, int] | None = None,

@@ -171,16 +171,17 @@ class Recognizer:
         #: speaker statistics (``speaker_mean`` / ``speaker_std``) instead of normalised features
         self.stats_in_batch = any(bool(getattr(m, "takes_speaker_stats", False)) for m in self.heads.values()) or \
             cfg.get("features", {}).get("source") == "waveform"
-        #: the feature stage's layer choice (positions in the stored layers) and frame pooling, as in training
-        self.layer_index = None
-        chosen = cfg.get("features", {}).get("layers")
-        if chosen is not None and not self.stats_in_batch and "layers" in encoder_info:
-            from serkit.encoders.featurizer import parse_layers
+        #: the feature stage (layer choice, speaker normalisation, frame steps) as the training datasets applied it;
+        #: a model with encoder blocks in the loop gets every stored layer and normalises them itself
+        from serkit.data.feature_transform import FeatureTransform
 
-            idx, _ = parse_layers(chosen, len(encoder_info["layers"]))
-            self.layer_index = None if idx == list(range(len(encoder_info["layers"]))) else idx
-        self.pool_frames = int(cfg.get("features", {}).get("pool_frames", 1) or 1)
-        self.frame_norm = cfg.get("features", {}).get("frame_norm") or "none"
+        stored = len(encoder_info["layers"]) if "layers" in encoder_info and not self.stats_in_batch else None
+        self.transform = FeatureTransform.from_options(cfg.get("features", {}), stored)
+
+    @property
+    def layer_index(self) -> list[int] | None:
+        """Positions in the stored layers the heads read (None: all)."""
+        return self.transform.layers
 
     @property
     def model(self) -> torch.nn.Module:
@@ -338,9 +339,6 @@ class Recognizer:
     @torch.no_grad()
     def _score(self, head: str, inputs: Sequence, stats) -> np.ndarray:
         """Scores ``(len(inputs), outputs)``: probabilities (classification) or attribute values."""
-        from serkit.data.features import process_frames
-        from serkit.data.normalize import normalize_frames, normalize_pooled
-
         model = self.heads[head]
         use = stats if head == "speaker" else None
         out = []
@@ -352,15 +350,13 @@ class Recognizer:
                 for j, x in enumerate(chunk):
                     waves[j, :len(x)] = x
                 batch = {"waveform": waves, "lengths": lengths}
-            elif self.cfg["features"].get("level") == "pooled":
-                pooled = [x.numpy() if use is None else normalize_pooled(x.numpy(), *use) for x in chunk]
-                pooled = [p if self.layer_index is None else p[self.layer_index] for p in pooled]
-                batch = {"pooled": torch.from_numpy(np.stack(pooled))}
+            elif self.transform.level == "pooled":
+                pooled = torch.stack([torch.as_tensor(x).float() for x in chunk])  # (batch, stored layers, 2*dim)
+                stats_t = None if use is None else [torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in use]
+                batch = {"pooled": self.transform(pooled, *(stats_t or (None, None)))}
             else:
                 inner = self.stats_in_batch  # raw frames; the model normalises what its encoder blocks compute
-                frames = [x.numpy() if use is None or inner else normalize_frames(x.numpy(), *use) for x in chunk]
-                frames = [f if self.layer_index is None else f[self.layer_index] for f in frames]
-                frames = [process_frames(f, self.frame_norm, self.pool_frames) for f in frames]
+                frames = [self.transform.apply(x.numpy(), None if use is None or inner else use) for x in chunk]
                 t = max(f.shape[1] for f in frames)
                 feats = torch.zeros(len(frames), frames[0].shape[0], t, frames[0].shape[2])
                 mask = torch.zeros(len(frames), t, dtype=torch.bool)

@@ -18,7 +18,8 @@ SETS = [{"name": "S1", "views": ["fb40"]}, {"name": "S2", "views": ["fb40", "fb8
 
 
 def _cfg(root, task="regression", **over):
-    cfg = tiny_config(root, recipe="if_mvse", task=task, train={"epochs": 3, "lr": 0.003, "patience": 5})
+    cfg = tiny_config(root, recipe="if_mvse", task=task, train={"epochs": 3, "lr": 0.003, "patience": 5},
+                      features={"layers": None})
     cfg["encoder"] = [{"id": "fbank-40", "name": "fb40"}, {"id": "fbank-80", "name": "fb80", "pooling": "stats"}]
     cfg["model"] = {"name": "if_mvse", "hidden": [16], "dropout": 0.0, "fuse_dim": 16}
     cfg["recipe_options"] = {"score_sets": SETS, "pooling": "mean"}

@@ -37,8 +37,9 @@ def tiny_config(root, **over) -> dict:
         "protocol": {"name": "speaker_kfold", "k": 3, "val_speakers": 1},
         "encoder": {"id": "fbank-40", "layers": "all"},
         # short tones: every speaker has about 6 s, under the default 10 s a speaker needs for its own statistics
-        "features": {"cache_dir": str(root / "cache"), "normalize": "none", "speaker_min_seconds": 0.0},
-        "model": {"name": "baseline", "layers": "weighted", "proj_dim": 16, "pooling": "stats", "dropout": 0.0},
+        "features": {"cache_dir": str(root / "cache"), "normalize": "none", "speaker_min_seconds": 0.0,
+                     "layers": "weighted"},
+        "model": {"name": "baseline", "proj_dim": 16, "pooling": "stats", "dropout": 0.0},
         "train": {"epochs": 4, "batch_size": 8, "lr": 0.01, "patience": 10, "progress": False},
     }
     for k, v in over.items():
@@ -56,7 +57,8 @@ def spk_model(tiny_corpus, tmp_path_factory):
 
     cfg = tiny_config(tiny_corpus, features={"level": "pooled", "normalize": "speaker"},
                       predict={"window_seconds": 1.0, "hop_seconds": 0.5})
-    cfg["model"] = {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.0}
+    cfg["model"] = {"name": "pooled_mlp", "hidden": [], "dropout": 0.0}
+    cfg["features"]["layers"] = "all"
     return train_final(cfg, tmp_path_factory.mktemp("spk-model") / "model", log=lambda *a: None)
 
 

@@ -122,7 +122,8 @@ def test_refit_on_train_and_validation_uses_the_validated_epoch_count(tiny_corpu
 
 def test_speaker_normalisation_is_recorded_also_for_the_encoder_in_the_loop(tiny_corpus, tmp_path):
     cfg = tiny_config(tiny_corpus, features={"level": "pooled", "normalize": "speaker"})
-    cfg["model"] = {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.0}
+    cfg["model"] = {"name": "pooled_mlp", "hidden": [], "dropout": 0.0}
+    cfg["features"]["layers"] = "all"
     res = run_cv(cfg, tmp_path / "spk", log=lambda *a: None)
     assert res["feature_normalisation"].startswith("speaker") and res["mean"]["ua"] > 0.6
     assert "feature normalisation" in (tmp_path / "spk" / "report.md").read_text()

@@ -205,7 +205,8 @@ def test_train_chooses_the_select_grid_on_validation_speakers(tiny_corpus, tmp_p
     # serkit train runs the config's train.select grid on its validation speakers, as serkit cv does per fold,
     # records every candidate and refits the chosen one
     cfg = tiny_config(tiny_corpus, features={"level": "pooled", "normalize": "none"})
-    cfg["model"] = {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.0}
+    cfg["model"] = {"name": "pooled_mlp", "hidden": [], "dropout": 0.0}
+    cfg["features"]["layers"] = "all"
     cfg["train"] = {**cfg["train"], "select": {"train.weight_decay": [0.0, 1000.0]}}
     out = train_final(cfg, tmp_path / "m", log=lambda *a: None)
     v = json.loads((out / "validation.json").read_text())["heads"]["global"]
@@ -227,7 +228,9 @@ def test_predict_applies_the_feature_stages_frame_steps(tiny_corpus, tmp_path):
     rec.model.forward = lambda batch: (seen.append(batch["features"].clone()), forward(batch))[1]
     clip = tiny_corpus / "spk0" / "high_0.wav"
     rec.predict(clip)
-    rec.pool_frames, rec.frame_norm = 1, "none"  # what prediction fed the model before the stage's steps
+    from serkit.data.feature_transform import FeatureTransform
+
+    rec.transform = FeatureTransform("frames", rec.transform.layers)  # the stage without its frame steps
     rec.predict(clip)
     staged, raw = seen
     assert staged.shape[2] == -(-raw.shape[2] // 2)

@@ -86,7 +86,7 @@ def recipe_config(name: str, root: Path, tmp: Path) -> dict:
                                  "stage3": {"hidden": 4, "proj_dim": 4, "finetune": "top:1"}}
         return cfg
     if name == "if_mvse":
-        cfg = tiny_config(root, recipe="if_mvse", features=feats, train=train)
+        cfg = tiny_config(root, recipe="if_mvse", features={**feats, "layers": None}, train=train)
         cfg["encoder"] = [{"id": "fbank-40", "name": "fb40"}, {"id": "fbank-80", "name": "fb80"}]
         cfg["model"] = {"name": "if_mvse", "hidden": [8], "dropout": 0.0, "fuse_dim": 8}
         cfg["recipe_options"] = {"score_sets": [{"name": "S1", "views": ["fb40"]},
@@ -149,13 +149,16 @@ def test_a_recipe_of_hooks_only_runs_through_serkit_cv(tiny_corpus, tmp_path, ca
 
 
 def test_feature_stage_layer_choice_is_one_spelling(tiny_corpus, tmp_path):  # noqa: F811
+    spelled_old = tiny_config(tiny_corpus)
+    spelled_old["model"] = {**spelled_old["model"], "layers": "weighted"}
+    spelled_old["features"] = {k: v for k, v in spelled_old["features"].items() if k != "layers"}
     with pytest.warns(FutureWarning, match="model.layers"):
-        old = load_config(tiny_config(tiny_corpus))  # tiny_config still writes model.layers
+        old = load_config(spelled_old)
     assert old["features"]["layers"] == "weighted" and "layers" not in old["model"]
     with pytest.warns(FutureWarning, match="train.max_frames"):
         assert load_config({**tiny_config(tiny_corpus), "train": {"max_frames": 40}})["features"]["max_frames"] == 40
     with pytest.raises(ConfigError, match="disagree"):
-        load_config({**tiny_config(tiny_corpus), "features": {"layers": 0}})
+        load_config({**spelled_old, "features": {"layers": 0}})
     with pytest.raises(ConfigError, match="never used"):
         load_config({**tiny_config(tiny_corpus), "sampler": {"name": "x"}})
 

@@ -84,6 +84,10 @@ class FeatureDataset(_LabelledUtterances):
         #: model that runs encoder blocks on the raw features and normalises their outputs
         self.normalizer, self.speaker_stats = normalizer, bool(speaker_stats) and normalizer is not None
         self.pool_frames = max(1, int(pool_frames))
+        from serkit.data.feature_transform import FeatureTransform
+
+        #: the feature stage's module, applied to every item on reading (the Recognizer and the ONNX graph call it)
+        self.transform = FeatureTransform(level, layers, frame_norm, self.pool_frames, half_frames=True)
         if normalizer is not None and hasattr(normalizer, "datasets"):
             normalizer.datasets += 1
         super().__init__(manifest, ids, labels, train, preload)
@@ -97,11 +101,10 @@ class FeatureDataset(_LabelledUtterances):
         x = self.store.pooled(uid) if self.level == "pooled" else self.store.load(uid)
         if self.layers is not None:  # the chosen layers only are read (the store memory-maps) and normalised
             x = x[self.layers]
+        stats = None
         if self.normalizer is not None and not self.speaker_stats:
-            x = self.normalizer.apply(self.rows["speaker"].iloc[i], x, self.level, self.layers)
-        if self.level == "frames":
-            x = process_frames(x, self.frame_norm, self.pool_frames)
-        x = np.asarray(x, dtype=np.float16 if self.level == "frames" else np.float32)
+            stats = self.normalizer.stats_for(self.rows["speaker"].iloc[i])
+        x = self.transform.apply(x, stats, layers_chosen=True)
         if key is not None:
             PROCESSED_FRAMES[key] = x
         return x
@@ -197,29 +200,23 @@ def item_lengths(dataset) -> np.ndarray | None:
 
 def process_frames(x: np.ndarray, frame_norm: str = "none", pool: int = 1) -> np.ndarray:
     """The feature stage's per-frame steps on ``(layers, T, dim)`` frames (after speaker normalisation and layer
-    choice), in training and in prediction alike: ``frame_norm="layer"`` layer-normalises every frame (no
-    parameters, over ``dim``), then ``pool`` > 1 averages windows of frames (:func:`pool_frames`)."""
-    if frame_norm == "layer":
-        t = torch.from_numpy(np.asarray(x, dtype=np.float32))
-        x = torch.nn.functional.layer_norm(t, t.shape[-1:]).numpy()
-    if pool > 1:
-        x = pool_frames(np.asarray(x, dtype=np.float32), pool)
-    return x
+    choice), float32: :meth:`serkit.data.feature_transform.FeatureTransform.frames` on one item."""
+    from serkit.data.feature_transform import FeatureTransform
+
+    t = FeatureTransform("frames", None, frame_norm, pool, half_frames=False)
+    if not t.frame_steps:
+        return x
+    return t.frames(torch.from_numpy(np.asarray(x, dtype=np.float32))[None])[0].numpy()
 
 
 def pool_frames(x: np.ndarray, k: int) -> np.ndarray:
     """Average non-overlapping windows of ``k`` frames: ``(layers, T, dim)`` -> ``(layers, ceil(T/k), dim)`` (the
-    last window averages the frames it has)."""
+    last window averages the frames it has; :func:`serkit.data.feature_transform.pool_frames`)."""
+    from serkit.data.feature_transform import pool_frames as pool
+
     if k <= 1:
         return x
-    layers, t, d = x.shape
-    n = -(-t // k)
-    pad = n * k - t
-    sums = np.pad(x, ((0, 0), (0, pad), (0, 0))).reshape(layers, n, k, d).sum(2)
-    counts = np.full(n, float(k), dtype=np.float32)
-    if pad:
-        counts[-1] = k - pad
-    return (sums / counts[None, :, None]).astype(x.dtype)
+    return pool(torch.from_numpy(np.ascontiguousarray(x))[None], k)[0].numpy().astype(x.dtype)
 
 
 def loader_workers(train_cfg: dict) -> dict:

@@ -84,7 +84,7 @@ class PooledMLP(nn.Module):
             self.norm = nn.Identity()
         else:
             raise ValueError(f"pooled_mlp input_norm must be batchnorm, layernorm or none, got {input_norm!r}")
-        if combine == "weighted":
+        if self.combine == "weighted":  # asked for here or by the feature stage's layers: weighted
             self.weights = nn.Parameter(torch.zeros(len(self.indices)))
             e = d
         else:
