@@ -61,7 +61,8 @@ class RecognizerGraph(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, heads: dict[str, nn.Module], layers: list[int], *, level: str,
-                 cached: bool, task: str, transform: nn.Module | None = None):
+                 cached: bool, task: str, transform: nn.Module | None = None,
+                 temperatures: dict[str, float] | None = None):
         super().__init__()
         unknown = set(heads) - {"speaker", "global"}
         if unknown or not heads:
@@ -71,6 +72,8 @@ class RecognizerGraph(nn.Module):
         # keys that are not Python keywords ("global" is one): torch.export generates code with them as attributes
         self.heads = nn.ModuleDict({f"head_{h}": heads[h] for h in self.head_names})
         self.level, self.cached, self.task = level, cached, task
+        #: per head, the temperature of its probabilities (fitted on validation; 1.0 without calibration)
+        self.temperatures = {h: float((temperatures or {}).get(h, 1.0)) for h in self.head_names}
         from serkit.data.feature_transform import FeatureTransform
 
         #: the feature stage module the Recognizer and the training datasets apply (layer choice, normalisation,
@@ -100,8 +103,8 @@ class RecognizerGraph(nn.Module):
         for head in self.head_names:
             stats = (speaker_mean, speaker_std) if head == "speaker" else None
             y = self.heads[f"head_{head}"](self._batch(feats, pooled_statistics(feats), stats))
-            scores.append(torch.softmax(y["logits"].float(), -1)[0] if self.task == "classification"
-                          else y["prediction"].float()[0])
+            scores.append(torch.softmax(y["logits"].float() / self.temperatures[head], -1)[0]
+                          if self.task == "classification" else y["prediction"].float()[0])
         # the owned frames: [round(a / n * t), max(round(b / n * t), that + 1)) within the window's frames
         n = waveform.shape[1]
         first = torch.round(own[0].double() / n * t.double()).long()
@@ -147,7 +150,7 @@ def graph_module(rec) -> RecognizerGraph:
         encoder, layers = rec.encoder, rec.encoder_info["layers"]
     return RecognizerGraph(encoder.eval(), {h: m.eval() for h, m in heads.items()}, layers,
                            level=transform.level, cached=not waveform_model, task=rec.labels.task,
-                           transform=transform).eval()
+                           transform=transform, temperatures={h: rec.temperature(h) for h in heads}).eval()
 
 
 def graph_inputs(graph: RecognizerGraph, signal: np.ndarray, own: tuple[int, int] | None = None,

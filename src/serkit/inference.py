@@ -148,7 +148,7 @@ class Recognizer:
 
     def __init__(self, heads: dict[str, torch.nn.Module] | torch.nn.Module, cfg: dict, labels: LabelMap,
                  encoder_info: dict, device: str | torch.device = "cpu", batch_size: int = 16,
-                 model_dir: Path | None = None, precision: str | None = None):
+                 model_dir: Path | None = None, precision: str | None = None, calibration: dict | None = None):
         from serkit.precision import resolve_precision
 
         normalize = cfg.get("features", {}).get("normalize", "none")
@@ -161,6 +161,9 @@ class Recognizer:
         #: the encoder's precision (fp32 / bf16): as the model's features were extracted unless asked otherwise
         self.precision = resolve_precision(precision or encoder_info.get("precision", "fp32"), self.device)
         self.model_dir = model_dir
+        #: per head ``{temperature, abstain_threshold, abstain_target}`` fitted on the validation speakers
+        #: (meta.json ``calibration``; :mod:`serkit.calibration`): probabilities are ``softmax(logits / T)``
+        self.calibration = dict(calibration or {})
         self._encoder = None
         p = cfg.get("predict", {})
         self.window = float(p.get("window_seconds", 10.0))
@@ -226,6 +229,7 @@ class Recognizer:
             # per head, what build_model needs beyond the config (e.g. IF-MVSE's views, score sets and weights)
             specs = {h: ModelSpec(**meta["spec"], extra={**(meta.get("head_extra") or {}).get(h, {}),
                                                          "encoder": encoder_cfg}) for h in files}
+            calibration = read_calibration(meta, files)
         heads = {}
         for head, file in files.items():
             if not (d / file).exists():
@@ -245,8 +249,10 @@ class Recognizer:
         if "views" in enc:  # several encoders (IF-MVSE): each view encoded and normalised on its own
             from serkit.inference_views import MultiViewRecognizer
 
-            return MultiViewRecognizer(heads, cfg, labels, enc, device, batch_size, model_dir=d, precision=precision)
-        return cls(heads, cfg, labels, enc, device, batch_size, model_dir=d, precision=precision)
+            return MultiViewRecognizer(heads, cfg, labels, enc, device, batch_size, model_dir=d, precision=precision,
+                                       calibration=calibration)
+        return cls(heads, cfg, labels, enc, device, batch_size, model_dir=d, precision=precision,
+                   calibration=calibration)
 
     # -- features -------------------------------------------------------------------------------------------
 
@@ -376,7 +382,7 @@ class Recognizer:
             else:
                 res = model(batch)
             if self.labels.task == "classification":
-                out.append(torch.softmax(res["logits"].float(), -1).cpu().numpy())
+                out.append(torch.softmax(res["logits"].float() / self.temperature(head), -1).cpu().numpy())
             else:
                 out.append(res["prediction"].float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.labels.num_outputs), dtype=np.float32)
@@ -403,6 +409,22 @@ class Recognizer:
         if sample_rate is None:
             raise SerkitError("predict: give sample_rate with an array input")
         return prepare_signal(np.asarray(audio), sample_rate, name=name or "<array>", allow_silent=False), name
+
+    def temperature(self, head: str) -> float:
+        """The temperature of ``head``'s probabilities (1.0 for a model without calibration)."""
+        return float((self.calibration.get(head) or {}).get("temperature", 1.0))
+
+    def _abstain(self, result: dict, head: str) -> dict:
+        """``result`` with ``label: "unknown"`` (and ``abstained: true``) when its top probability is below the
+        head's abstain threshold; a model folder without one is an error (retrain it with this serkit)."""
+        if self.labels.task != "classification" or "probabilities" not in result:
+            return result
+        cal = self.calibration.get(head) or {}
+        if "abstain_threshold" not in cal:
+            raise SerkitError(f"abstain: the {head} head of this model has no abstain threshold (meta.json "
+                              f"calibration); train it with this serkit")
+        top = max(result["probabilities"].values())
+        return {**result, "label": "unknown", "abstained": True} if top < cal["abstain_threshold"] else result
 
     def _describe(self, score: np.ndarray) -> dict:
         if self.labels.task == "classification":
@@ -448,7 +470,7 @@ class Recognizer:
             x.head_inputs = []  # done: free the features
         return out
 
-    def _results(self, inputs: list[_Input], stats, head: str | None = None) -> list[dict]:
+    def _results(self, inputs: list[_Input], stats, head: str | None = None, abstain: bool = False) -> list[dict]:
         head = head or self._head_for(stats)
         out = []
         for x, sc in zip(inputs, self._scores(inputs, stats, head), strict=True):
@@ -460,11 +482,11 @@ class Recognizer:
             res["windows"] = [] if len(x.windows) == 1 else [
                 {"start": s / SAMPLE_RATE, "end": e / SAMPLE_RATE, **self._describe(v)}
                 for (s, e), v in zip(x.windows, sc[0], strict=True)]
-            out.append(res)
+            out.append(self._abstain(res, head) if abstain else res)
         return out
 
     def _predict_inputs(self, inputs: list[_Input], enroll=None, same_speaker: bool = False,
-                        progress: bool | None = False) -> list[dict]:
+                        progress: bool | None = False, abstain: bool = False) -> list[dict]:
         stats = self._enrolment(enroll)
         deferred = same_speaker and stats is None and "speaker" in self.heads
         bar = None
@@ -479,7 +501,7 @@ class Recognizer:
                 chunk = inputs[i:i + step]
                 self._encode_inputs(chunk, keep_own=deferred)
                 if not deferred:
-                    out.extend(self._results(chunk, stats))
+                    out.extend(self._results(chunk, stats, abstain=abstain))
                 if bar is not None:
                     bar.update(len(chunk))
         finally:
@@ -491,22 +513,24 @@ class Recognizer:
         good = [x for x in inputs if x.error is None]
         seconds = sum(x.duration for x in good)
         if seconds >= MIN_ENROLL_SECONDS:
-            return self._results(inputs, self._combine([o for x in good for o in x.own if o is not None]))
+            return self._results(inputs, self._combine([o for x in good for o in x.own if o is not None]),
+                                 abstain=abstain)
         msg = (f"the {len(good)} readable file(s) of the speaker hold {seconds:.1f} s; estimating the speaker's "
                f"statistics needs at least {MIN_ENROLL_SECONDS:.0f} s")
         if "global" not in self.heads:
             return [{"file": x.name, "error": x.error or f"{msg} (give --enroll)"} for x in inputs]
         return [r if "error" in r else {**r, "note": f"{msg}: the global head answered"}
-                for r in self._results(inputs, None)]
+                for r in self._results(inputs, None, abstain=abstain)]
 
     def predict(self, audio, sample_rate: int | None = None, name: str | None = None, enroll=None,
-                same_speaker: bool = False) -> dict:
+                same_speaker: bool = False, abstain: bool = False) -> dict:
         """``audio``: a path, or an array ``(samples,)`` / ``(samples, channels)`` with ``sample_rate``.
 
         ``enroll``: audio of the same speaker (paths or 16 kHz arrays) or ready statistics from
         :meth:`speaker_statistics`, for the speaker-normalised head; ``same_speaker``: the input itself is
-        enrolment (needs ``MIN_ENROLL_SECONDS``). Otherwise the global head answers. Raises
-        :class:`SerkitError` for a bad input.
+        enrolment (needs ``MIN_ENROLL_SECONDS``). Otherwise the global head answers. ``abstain``: the label is
+        ``"unknown"`` when the top probability is below the head's threshold chosen on the validation speakers
+        (:func:`serkit.calibration.abstain_threshold`). Raises :class:`SerkitError` for a bad input.
         """
         if isinstance(audio, (str, Path)):
             item = _Input(str(audio), lambda: _usable(read_audio(audio, allow_silent=False), str(audio)))
@@ -514,7 +538,7 @@ class Recognizer:
             signal, name = self._signal(audio, sample_rate, name)
             signal = _usable(signal, name or "<array>")
             item = _Input(name or "<array>", lambda: signal)
-        (res,) = self._predict_inputs([item], enroll, same_speaker)
+        (res,) = self._predict_inputs([item], enroll, same_speaker, abstain=abstain)
         if "error" in res:
             raise SerkitError(res["error"])
         return res
@@ -522,8 +546,8 @@ class Recognizer:
     def predict_file(self, path) -> dict:
         return self.predict(path)
 
-    def predict_files(self, paths, enroll=None, same_speaker: bool = False, progress: bool | None = False
-                      ) -> list[dict]:
+    def predict_files(self, paths, enroll=None, same_speaker: bool = False, progress: bool | None = False,
+                      abstain: bool = False) -> list[dict]:
         """Every file; a bad file yields ``{"file", "error"}`` instead of stopping the list.
 
         ``same_speaker``: the files are one speaker's; with at least ``MIN_ENROLL_SECONDS`` of them together the
@@ -531,21 +555,22 @@ class Recognizer:
         a tqdm bar on stderr (None: only on a terminal).
         """
         inputs = [_Input(str(p), (lambda p=p: _usable(read_audio(p, allow_silent=False), str(p)))) for p in paths]
-        return self._predict_inputs(inputs, enroll, same_speaker, progress)
+        return self._predict_inputs(inputs, enroll, same_speaker, progress, abstain=abstain)
 
-    def manifest_results(self, manifest: pd.DataFrame, progress: bool | None = False) -> list[dict]:
+    def manifest_results(self, manifest: pd.DataFrame, progress: bool | None = False, abstain: bool = False
+                         ) -> list[dict]:
         """One result dict per manifest row (``id`` added). With a ``speaker`` column and a speaker-normalised
         head, the rows of each speaker are taken together as that speaker (``same_speaker``; the global head
         answers speakers with too little audio)."""
         if "speaker" in manifest and "speaker" in self.heads:
             results = {}
             for _, group in manifest.groupby(manifest["speaker"].astype(str)):
-                for uid, r in zip(group["id"], self.predict_files(group["path"], same_speaker=True),
-                                  strict=True):
+                for uid, r in zip(group["id"], self.predict_files(group["path"], same_speaker=True,
+                                                                  abstain=abstain), strict=True):
                     results[uid] = r
             predicted = [results[u] for u in manifest["id"]]
         else:
-            predicted = self.predict_files(manifest["path"], progress=progress)
+            predicted = self.predict_files(manifest["path"], progress=progress, abstain=abstain)
         return [{"id": str(uid), **r} for r, uid in zip(predicted, manifest["id"], strict=True)]
 
     def predict_manifest(self, manifest: pd.DataFrame, progress: bool | None = False) -> pd.DataFrame:
@@ -639,6 +664,22 @@ def push_model(model_dir: str | Path, repo_id: str, private: bool = True, token:
     api.upload_folder(folder_path=str(d), repo_id=repo_id, commit_message="serkit model",
                       ignore_patterns=["work/*", ".*"])
     return str(url)
+
+
+def read_calibration(meta: dict, heads) -> dict:
+    """Per head ``{temperature, abstain_threshold, ...}`` from a model folder's meta.json (empty without one);
+    a temperature that is not a positive finite number is refused."""
+    import math
+
+    out = {}
+    for head, cal in (meta.get("calibration") or {}).items():
+        if head not in heads or not isinstance(cal, dict):
+            continue
+        t = cal.get("temperature", 1.0)
+        if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"calibration.{head}.temperature must be a positive number, got {t!r}")
+        out[head] = dict(cal)
+    return out
 
 
 def owned_statistics(feats: torch.Tensor, own: tuple[int, int], samples: int) -> tuple[np.ndarray, int] | None:

@@ -94,5 +94,8 @@ class MultiViewRecognizer(Recognizer):
                 if v in speaker_views:
                     x = [normalize_pooled(p, *stats[v]) for p in x]
                 views[v] = torch.from_numpy(np.stack(x).astype(np.float32)).to(self.device)
-            out.append(model({"pooled_views": views})[key].float().cpu().numpy())
+            y = model({"pooled_views": views})[key].float()
+            if key == "probs" and self.temperature(head) != 1.0:  # softmax(log p / T): see serkit.calibration
+                y = torch.softmax(torch.log(y.clamp_min(1e-12)) / self.temperature(head), -1)
+            out.append(y.cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.labels.num_outputs), dtype=np.float32)

@@ -88,7 +88,13 @@ class OnnxRecognizer(Recognizer):
             labels = LabelMap.from_dict(json.loads((d / "labels.json").read_text()))
         with model_folder_part(d, "encoder.json"):
             enc = json.loads((d / "encoder.json").read_text())
-        return cls(session, json.loads(props[METADATA_KEY]), cfg, labels, enc, model_dir=d)
+        rec = cls(session, json.loads(props[METADATA_KEY]), cfg, labels, enc, model_dir=d)
+        if (d / "meta.json").exists():  # the abstain thresholds (the graph applies the temperatures itself)
+            from serkit.inference import read_calibration
+
+            with model_folder_part(d, "meta.json"):
+                rec.calibration = read_calibration(json.loads((d / "meta.json").read_text()), rec.heads)
+        return rec
 
     @property
     def encoder(self):

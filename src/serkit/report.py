@@ -182,6 +182,20 @@ def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
             resumed.append(f"fold {f['fold']} ({where})")
     if resumed:
         lines.append(f"- resumed after a kill (from the last epoch's checkpoint): {'; '.join(resumed)}")
+    track = summary.get("test_speaker_statistics")
+    if track is not None:
+        lines.append("- track: " + ("**speaker-adaptive** (test speakers' own utterances inform their features)"
+                                    if track else "**single clip** (no test-speaker statistics)"))
+    if summary.get("calibration"):
+        c = summary["calibration"]
+        text = (f"- calibration (temperature fitted on validation speakers, mean over folds): ECE on validation "
+                f"{c['ece_val_before']:.3f} -> {c['ece_val_after']:.3f}")
+        if "ece_test_before" in c:
+            text += f"; on test {c['ece_test_before']:.3f} -> {c['ece_test_after']:.3f}"
+        if c.get("test_answered") is not None and c.get("test_accuracy_answered") is not None:
+            text += (f"; abstaining below the validation threshold answers {c['test_answered']:.0%} of the test "
+                     f"clips, {c['test_accuracy_answered']:.1%} of them right")
+        lines.append(text)
     lines += ["", "## Test scores per fold", "", format_table(summary), ""]
     if summary.get("cross_corpus"):
         from serkit.train.cross_corpus import format_cross_table

@@ -127,7 +127,7 @@ def create_app(recognizer, *, max_bytes: int = DEFAULT_MAX_BYTES, model_name: st
         return info
 
     @app.post("/predict")
-    async def predict(request: Request, segments: bool = False) -> JSONResponse:
+    async def predict(request: Request, segments: bool = False, abstain: bool = False) -> JSONResponse:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
             form = await request.form(max_files=1, max_fields=8)
@@ -151,7 +151,7 @@ def create_app(recognizer, *, max_bytes: int = DEFAULT_MAX_BYTES, model_name: st
             with lock:
                 if segments and info["segments"]:
                     return _segments(recognizer, signal, name)
-                return recognizer.predict(signal, SAMPLE_RATE, name=name)
+                return recognizer.predict(signal, SAMPLE_RATE, name=name, abstain=abstain)
 
         try:
             result = await run_in_threadpool(run)

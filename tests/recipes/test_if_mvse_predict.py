@@ -105,7 +105,10 @@ def test_classification_predict_is_the_saved_combination(cls_model, tiny_corpus,
     rec = Recognizer.from_pretrained(d, device="cpu")
     r = rec.predict(clip)  # one clip of an unknown speaker: the global head
     assert r["head"] == "global"
-    hand = _by_hand(d, "global", pooled)
+    from serkit.calibration import softmax
+
+    # the saved combination's probabilities, scaled by the head's temperature (fitted on validation at training)
+    hand = softmax(np.log(np.clip(_by_hand(d, "global", pooled), 1e-12, 1)), rec.temperature("global"))
     got = np.array([r["probabilities"][c] for c in rec.labels.classes])
     np.testing.assert_allclose(got, hand, atol=2e-4)
     assert r["label"] == rec.labels.classes[int(np.argmax(hand))]
@@ -116,9 +119,10 @@ def test_classification_predict_is_the_saved_combination(cls_model, tiny_corpus,
              for v, s in stores.items()}
     r = rec.predict(clip, enroll=stats)
     assert r["head"] == "speaker"
-    hand = _by_hand(d, "speaker", pooled, stats)
+    raw = _by_hand(d, "speaker", pooled, stats)
+    hand = softmax(np.log(np.clip(raw, 1e-12, 1)), rec.temperature("speaker"))
     np.testing.assert_allclose([r["probabilities"][c] for c in rec.labels.classes], hand, atol=2e-4)
-    assert not np.allclose(hand, _by_hand(d, "global", pooled))  # the heads differ: the check can fail
+    assert not np.allclose(raw, _by_hand(d, "global", pooled))  # the heads differ: the check can fail
     # several files of one speaker (about 6 s here): the statistics come from their encoded windows, per view
     monkeypatch.setattr(inference, "MIN_ENROLL_SECONDS", 3.0)
     files = [manifest.set_index("id").loc[u, "path"] for u in ids]

@@ -97,9 +97,9 @@ def _predict(args) -> int:
                   "with at least 10 s of one speaker's speech for the speaker-normalised head)", file=sys.stderr)
         if inputs.files:
             results += rec.predict_files(inputs.files, enroll=args.enroll, same_speaker=args.same_speaker,
-                                         progress=progress)
+                                         progress=progress, abstain=args.abstain)
         for _, table in inputs.manifests:
-            results += rec.manifest_results(table, progress=progress)
+            results += rec.manifest_results(table, progress=progress, abstain=args.abstain)
     _write_results(results, args, segments=args.segments)
     failed = [r for r in results if "error" in r]
     if failed:
@@ -228,6 +228,9 @@ def add_parsers(sub) -> None:
                         "with features.normalize: speaker")
     p.add_argument("--same-speaker", action="store_true",
                    help="the inputs are one speaker's: their own audio (at least 10 s) enrols the speaker")
+    p.add_argument("--abstain", action="store_true",
+                   help="label 'unknown' where the top probability is below the threshold the model chose on its "
+                        "validation speakers (the confidence at which 90%% of its answers there were right)")
     p.add_argument("--segments", action="store_true",
                    help="long recordings: speech segments by voice activity detection, an emotion per segment")
     p.add_argument("--timeline", metavar="DIR", help="with --segments: write <name>.segments.csv and "

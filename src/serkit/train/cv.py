@@ -16,6 +16,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -242,6 +243,8 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
         "speaker_independent": si,
         "encoder": cfg["encoder"],
         "feature_normalisation": NORMALISATION_TEXT["auto"] if auto else applied_normalisation(records),
+        # the track: did any test speaker's own utterances inform its features (speaker-adaptive) or not (single clip)
+        "test_speaker_statistics": any(r.get("normalize") not in (None, "none") for r in records),
         "feature_stage": records[0] if records else None,
         "augmentation": describe_augmentation(cfg),
         "folds": [
@@ -249,7 +252,7 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
                                   "classes", "refit_epochs", "resumed", "ua_classes", "absent_from_test",
                                   "unseen_in_training", "val_speakers", "n_val", "normalisation", "selection",
                                   "stage_metrics", "stage_seconds", "stage_work_dirs", "batching", "threads",
-                                  "extras")
+                                  "extras", "calibration")
                 if k in r},
              "warnings": by_index[r["fold"]].warnings if r["fold"] in by_index else []}
             for r in results
@@ -262,6 +265,11 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
                                                                 for r in results)},
         "fold_warnings": {str(f.index): f.warnings for f in folds if f.warnings},
     }
+    cal = [r["calibration"] for r in results if r.get("calibration")]
+    if cal and len(cal) == len(results):
+        keys = [k for k in ("ece_val_before", "ece_val_after", "ece_test_before", "ece_test_after", "test_answered",
+                            "test_accuracy_answered") if all(c.get(k) is not None for c in cal)]
+        summary["calibration"] = {k: float(np.mean([c[k] for c in cal])) for k in keys}
     stage_names = [n for n in (results[0].get("stage_metrics") or {})] if results else []
     if stage_names:
         summary["stages"] = {}

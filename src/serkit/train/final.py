@@ -103,15 +103,28 @@ def _train_head(cfg: dict, manifest: pd.DataFrame, split, source, work: Path, re
         if isinstance(stages[-1], Step):  # its validation figure: what the step chose on the validation outputs
             step = {k: v for k, v in last.items() if k not in ("key", "files", "features", "stage")}
             record["steps"] = {stages[-1].name: step}
+        outputs = ctx.results[trained[-1]].outputs
+        if cfg["task"] == "classification" and outputs and "val" in outputs:
+            record["calibration"] = _calibration(outputs["val"], ctx.labels, manifest, val)
         return model, spec, ctx.labels, record
     # the config's train.select grid is chosen on the validation speakers, as serkit cv does per fold
-    cfg, val_dir, selection, (module, labels, *_) = select_on_validation(cfg, manifest, fold, source,
-                                                                        work / "validation")
+    cfg, val_dir, selection, (module, labels, _, datasets, eval_kw) = select_on_validation(
+        cfg, manifest, fold, source, work / "validation")
+    calibration = None
+    if cfg["task"] == "classification" and len(datasets[1]):  # temperature + abstain threshold, validation only
+        from torch.utils.data import DataLoader
+
+        from serkit.train.fit import inference_device, predict_outputs
+
+        out = predict_outputs(module, DataLoader(datasets[1], **eval_kw), inference_device(cfg["train"]))
+        calibration = _calibration(out, labels, manifest, val)
     curve = _metric_curve(val_dir, monitor)
     best = max(curve, key=lambda r: r[monitor]) if curve else None
     record = {"monitor": monitor, "val_speakers": val_spk, "n_train": len(train), "n_val": len(val),
               "best_epoch": best["epoch"] if best else None, "best_val": best[monitor] if best else None,
               "epochs_run": len(curve), "curve": curve, "refit": bool(refit and best is not None)}
+    if calibration is not None:
+        record["calibration"] = calibration
     if selection is not None:
         record["selection"] = selection
         log(f"  chosen on validation: {', '.join(f'{k}={v}' for k, v in selection['chosen'].items())}")
@@ -125,6 +138,15 @@ def _train_head(cfg: dict, manifest: pd.DataFrame, split, source, work: Path, re
         module, labels, *_ = train_module(rcfg, manifest, everyone, source, work / "refit", select=False)
         record.update(refit_epochs=epochs, n_refit=len(train) + len(val))
     return module.model, module.spec, labels, record
+
+
+def _calibration(val_outputs: dict, labels, manifest: pd.DataFrame, val_ids) -> dict:
+    """The head's temperature and abstain threshold from its outputs on the validation speakers (the model applies
+    the temperature to its probabilities in prediction; see :mod:`serkit.calibration`)."""
+    from serkit.calibration import calibration_record
+
+    rows = manifest.set_index("id").loc[[str(i) for i in val_ids]].reset_index()
+    return calibration_record(val_outputs, labels.encode(rows)["emotion"])
 
 
 def train_final(config, out_dir, overrides: list[str] | None = None, log=print, refit: bool = True,
@@ -200,6 +222,9 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
                  "hidden_size": spec.hidden_size, "num_speakers": spec.num_speakers, "class_names": spec.class_names,
                  "layers": spec.layers},
         "heads": {h: r["file"] for h, r in records.items()},
+        # per head: temperature of its probabilities and the confidence below which it may abstain (validation)
+        "calibration": {h: {k: r["calibration"][k] for k in ("temperature", "abstain_threshold", "abstain_target")}
+                        for h, r in records.items() if r.get("calibration")},
         **({"head_extra": extra} if extra else {}),
         "n_train": n_all if records[heads[0]]["refit"] else len(split[0]),
         "n_speakers": int(manifest["speaker"].astype(str).nunique()),

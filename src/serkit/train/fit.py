@@ -634,6 +634,10 @@ def _fold_result(ctx: StageContext, stages: list, records: dict) -> dict:
         pred_table["pred"] = [labels.classes[i] for i in y_pred]
         for i, c in enumerate(labels.classes):
             pred_table[f"p_{c}"] = probs[:, i]
+        if "val" in final.outputs and len(fold.val):  # temperature and abstain threshold from validation only
+            from serkit.calibration import calibration_record
+
+            res["calibration"] = calibration_record(final.outputs["val"], enc["val"]["emotion"], test, y_true)
     else:
         y_true = enc["test"]["targets"]
         res["metrics"] = regression_metrics(test["prediction"], y_true, labels.targets)
