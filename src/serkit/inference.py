@@ -192,16 +192,21 @@ class Recognizer:
         return self.heads.get("speaker", self.heads.get("global"))
 
     @classmethod
-    def from_pretrained(cls, model: str | Path, device: str | torch.device = "auto", batch_size: int = 16,
-                        revision: str | None = None, precision: str | None = None,
+    def from_pretrained(cls, model: str | Path | None = None, device: str | torch.device = "auto",
+                        batch_size: int = 16, revision: str | None = None, precision: str | None = None,
                         backend: str = "torch") -> Recognizer:
-        """Load a model folder from ``serkit train`` or a hub id ``owner/name`` (see :func:`resolve_model_dir`).
+        """Load a model folder from ``serkit train`` or a hub id ``owner/name`` (see :func:`resolve_model_dir`);
+        no ``model``: the model that ships inside serkit (:mod:`serkit.shipped_model`).
         ``precision`` (auto / fp32 / bf16) of the encoder; default: the one the model's training features were
         extracted in (``encoder.json``; fp32 for models from before it was recorded). ``backend``: ``"torch"``,
         or ``"onnx"`` for the graph ``serkit export MODEL --format onnx`` wrote, run by onnxruntime
         (:mod:`serkit.onnx_backend`; float32, CPU unless ``device`` is cuda)."""
         from serkit.recipes.base import get_recipe
 
+        if model is None:
+            from serkit.shipped_model import default_model_dir
+
+            model = default_model_dir()
         if backend == "onnx":
             from serkit.onnx_backend import OnnxRecognizer
 

@@ -197,15 +197,17 @@ def _serve(args) -> int:
     if args.max_mb <= 0:
         raise SerkitError(f"--max-mb {args.max_mb:g}: must be positive")
     rec = Recognizer.from_pretrained(args.model, device=args.device, backend=args.backend)
-    app = create_app(rec, max_bytes=int(args.max_mb * 2**20), model_name=Path(args.model).name)
-    print(f"serving {args.model} ({args.backend}) on http://{args.host}:{args.port}/", flush=True)
+    name = Path(args.model).name if args.model else "serkit default model"
+    app = create_app(rec, max_bytes=int(args.max_mb * 2**20), model_name=name)
+    print(f"serving {args.model or name} ({args.backend}) on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("serve", help="REST API and web page for a trained model (FastAPI + uvicorn)")
-    p.add_argument("model", help="model folder from `serkit train`")
+    p.add_argument("model", nargs="?", default=None,
+                   help="model folder from `serkit train` or a hub id (default: the model that ships with serkit)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",

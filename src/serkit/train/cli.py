@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def _precision_overrides(args) -> list[str]:
@@ -67,9 +68,26 @@ def _add_data_options(p) -> None:
     p.add_argument("--task", choices=("classification", "regression"), help="with a table (default classification)")
 
 
+def split_model_argument(args: list[str]) -> tuple[str | None, list[str]]:
+    """``(model, inputs)`` of ``serkit predict``'s positional arguments: the first is the model when it is a model
+    folder (it holds meta.json) or reads as a hub id ``owner/name`` that is no path here and no audio file name;
+    otherwise every argument is an input and the shipped model answers."""
+    from serkit.inputs import AUDIO_SUFFIXES
+
+    first = args[0]
+    p = Path(first)
+    if len(args) > 1 and ((p / "meta.json").is_file() or (
+            not p.exists() and first.count("/") == 1 and not first.startswith((".", "/", "~"))
+            and p.suffix.lower() not in AUDIO_SUFFIXES and not any(c in first for c in "*?["))):
+        return first, args[1:]
+    return None, args
+
+
 def _predict(args) -> int:
     from serkit.inference import Recognizer
     from serkit.inputs import expand_inputs
+
+    args.model, args.inputs = split_model_argument(args.inputs)
 
     rec = Recognizer.from_pretrained(args.model, device=args.device, batch_size=args.batch_size,
                                      revision=args.revision, precision=args.precision, backend=args.backend)
@@ -217,10 +235,10 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="predict emotions of audio files with a trained model")
-    p.add_argument("model", help="model folder from `serkit train`, or a hub id owner/name")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="audio files, folders (searched recursively), glob patterns ('calls/**/*.wav'), manifests "
-                        "(.csv/.parquet with a path column)")
+    p.add_argument("inputs", nargs="+", metavar="[MODEL] INPUT",
+                   help="a model folder from `serkit train` or a hub id owner/name (default: the model that ships "
+                        "with serkit), then audio files, folders (searched recursively), glob patterns "
+                        "('calls/**/*.wav'), manifests (.csv/.parquet with a path column)")
     p.add_argument("--out", help="write results to FILE: .csv, .jsonl or .json (default: stdout in --format)")
     p.add_argument("--format", choices=("json", "csv"), default="json", help="stdout format without --out")
     p.add_argument("--enroll", nargs="+", metavar="FILE",

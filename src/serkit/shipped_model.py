@@ -1,0 +1,105 @@
+"""The model that ships inside the package: what ``serkit predict clip.wav`` (no model argument),
+``Recognizer.from_pretrained()`` and ``serkit serve`` use.
+
+It is a model folder like any other (``config.yaml``, ``model.safetensors``, ``labels.json``, ``encoder.json``,
+``meta.json``, ``README.md``): heads and fitted feature-stage state only, a few hundred KB; the encoder
+(``openai/whisper-base``) comes from the Hugging Face cache or hub as for any model. It is built by
+``scripts/build_default_model.sh`` (``serkit train configs/default/whisper-base-6class.yaml``, then
+``python -m serkit.shipped_model pack MODEL DEST``), which keeps what prediction needs and drops local paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from serkit.errors import SerkitError
+
+#: Where the shipped model lives inside the installed package.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+#: Files a packed model keeps (the heads as meta.json names them are added).
+PACKED_FILES = ("config.yaml", "labels.json", "encoder.json", "meta.json", "validation.json")
+#: Terms of the corpora the shipped model was trained on (its weights follow the most restrictive).
+LICENCE = ("Trained on RAVDESS (CC BY-NC-SA 4.0) and Berlin EmoDB (free for research): for non-commercial "
+           "research use; share derived models alike (CC BY-NC-SA 4.0).")
+
+
+def default_model_dir() -> Path:
+    """The shipped model's folder; a :class:`SerkitError` when this installation has none."""
+    if not (DEFAULT_MODEL_DIR / "meta.json").exists():
+        raise SerkitError(f"this serkit has no default model ({DEFAULT_MODEL_DIR} is empty); give a model folder "
+                          f"from `serkit train` or a hub id")
+    return DEFAULT_MODEL_DIR
+
+
+def pack(model_dir: str | Path, dest: str | Path, cv_results: str | Path | None = None) -> Path:
+    """Copy what prediction needs from ``model_dir`` into ``dest`` (replaced), without local paths (``root``,
+    ``cache_dir``, ``manifest``), and write its card with the figures of ``cv_results`` (a ``serkit cv``
+    results.json of the cross-corpus single-clip config) when given."""
+    src, dest = Path(model_dir), Path(dest)
+    meta = json.loads((src / "meta.json").read_text())
+    files = list(PACKED_FILES) + sorted(set((meta.get("heads") or {}).values()))
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in files:
+        if name == "config.yaml":
+            cfg = yaml.safe_load((src / name).read_text())
+            cfg["root"], cfg["manifest"] = None, None
+            cfg["features"]["cache_dir"] = None
+            (tmp / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
+        elif (src / name).exists():
+            shutil.copyfile(src / name, tmp / name)
+    (tmp / "README.md").write_text(card(meta, json.loads((src / "labels.json").read_text()),
+                                        json.loads(Path(cv_results).read_text()) if cv_results else None))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def card(meta: dict, labels: dict, cv: dict | None) -> str:
+    """The shipped model's card: what it is, its figures (single-clip track) and its licence terms."""
+    classes = labels.get("classes") or []
+    lines = ["---", "license: cc-by-nc-sa-4.0", "language: [en, de]", "datasets: [RAVDESS, EmoDB]",
+             "metrics: [unweighted_accuracy]", "tags: [speech-emotion-recognition, serkit]", "---", "",
+             "# serkit default model: whisper-base, six emotions", "",
+             (f"Classes: {', '.join(classes)}. Trained on {meta.get('n_train')} utterances of "
+              f"{meta.get('n_speakers')} speakers of RAVDESS (English, acted) and EmoDB (German, acted), on global "
+              "features of `openai/whisper-base` (mean and std of every hidden state): it needs no other recording "
+              "of the speaker. Probabilities are temperature-scaled on validation speakers; `--abstain` answers "
+              "`unknown` below the confidence at which 90% of its validation answers were right."), "",
+             "```bash", "serkit predict clip.wav            # this model, no training needed", "```", ""]
+    if cv:
+        lines += ["## Figures (single-clip track, `serkit cv configs/cross/ravdess-emodb-single-clip.yaml`)", "",
+                  "| train -> test | UA |", "|---|---|"]
+        for row in cv.get("cross_corpus", {}).get("rows", []) if isinstance(cv.get("cross_corpus"), dict) else []:
+            lines.append(f"| {row.get('train')} -> {row.get('test')} | {row.get('ua', float('nan')):.3f} |")
+        mean = cv.get("mean", {})
+        if "ua" in mean:
+            lines.append(f"| all folds (mean) | {mean['ua']:.3f} |")
+        lines.append("")
+    lines += ["## Limits", "",
+              ("Acted speech of two corpora; expect lower accuracy on spontaneous speech, other languages and other "
+               "recording conditions (the cross-corpus rows above are the honest guide)."), "",
+              "## Licence", "", LICENCE, ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m serkit.shipped_model", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack", help="copy a model folder into the package as the shipped model")
+    p.add_argument("model")
+    p.add_argument("dest")
+    p.add_argument("--cv", help="results.json of `serkit cv configs/cross/ravdess-emodb-single-clip.yaml`")
+    args = ap.parse_args(argv)
+    print(pack(args.model, args.dest, args.cv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""The model that ships inside serkit: packing a model folder into the package, and `serkit predict CLIP` with no
+model argument."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serkit.train.cli import split_model_argument
+from tests.train.conftest import tiny_config
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+
+
+def test_the_first_argument_is_a_model_only_when_it_is_one(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "meta.json").write_text("{}")
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(b"")
+    assert split_model_argument([str(model), str(clip)]) == (str(model), [str(clip)])
+    assert split_model_argument([str(clip)]) == (None, [str(clip)])
+    assert split_model_argument([str(clip), str(clip)]) == (None, [str(clip), str(clip)])
+    assert split_model_argument(["owner/name", str(clip)]) == ("owner/name", [str(clip)])  # a hub id
+    assert split_model_argument(["calls/x.wav", str(clip)])[0] is None  # an audio name, not a hub id
+    assert split_model_argument([str(tmp_path), str(clip)])[0] is None  # a folder of clips, not a model
+
+
+def test_pack_keeps_what_prediction_needs_without_local_paths(tiny_corpus, tmp_path):  # noqa: F811
+    from serkit.inference import Recognizer
+    from serkit.shipped_model import LICENCE, pack
+    from serkit.train.final import train_final
+
+    cfg = tiny_config(tiny_corpus, features={"level": "pooled", "layers": "all"}, train={"epochs": 1})
+    cfg["model"] = {"name": "pooled_mlp", "hidden": [], "dropout": 0.0}
+    model = train_final(cfg, tmp_path / "m", log=lambda *a: None)
+    packed = pack(model, tmp_path / "pkg" / "default_model")
+    saved = yaml.safe_load((packed / "config.yaml").read_text())
+    assert saved["root"] is None and saved["features"]["cache_dir"] is None
+    assert str(tmp_path) not in "".join(p.read_text() for p in packed.iterdir() if p.suffix in (".yaml", ".json", ".md"))
+    assert LICENCE in (packed / "README.md").read_text()
+    clip = tiny_corpus / "spk0" / "high_0.wav"
+    assert Recognizer.from_pretrained(packed).predict(clip)["label"] == Recognizer.from_pretrained(model).predict(
+        clip)["label"]
+
+
+@pytest.mark.skipif(not (SHARED / "hf-cache").is_dir() or not os.environ.get("HF_HUB_CACHE"),
+                    reason="needs openai/whisper-base in the Hugging Face cache")
+def test_serkit_predict_a_clip_with_no_model_uses_the_shipped_one(capsys):
+    from serkit.cli import main
+    from serkit.shipped_model import DEFAULT_MODEL_DIR
+
+    labels = json.loads((DEFAULT_MODEL_DIR / "labels.json").read_text())["classes"]
+    clip = next((SHARED / "corpora" / "emodb" / "wav").glob("03a01Wa.flac"))
+    assert main(["predict", str(clip)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    result = out[0] if isinstance(out, list) else out
+    assert result["label"] in labels and abs(sum(result["probabilities"].values()) - 1) < 1e-3
