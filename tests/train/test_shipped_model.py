@@ -30,7 +30,7 @@ def test_the_first_argument_is_a_model_only_when_it_is_one(tmp_path):
     assert split_model_argument([str(tmp_path), str(clip)])[0] is None  # a folder of clips, not a model
 
 
-def test_pack_keeps_what_prediction_needs_without_local_paths(tiny_corpus, tmp_path):  # noqa: F811
+def test_pack_keeps_what_prediction_needs_without_local_paths(tiny_corpus, tmp_path):
     from serkit.inference import Recognizer
     from serkit.shipped_model import LICENCE, pack
     from serkit.train.final import train_final
