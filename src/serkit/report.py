@@ -61,7 +61,7 @@ def fold_work_dirs(out_dir: Path, summary: dict | None = None) -> list[tuple[str
         f = folds.get(d.name, {})
         if f.get("stage_work_dirs"):
             out += [(f"{d.name}/{name}", Path(w)) for name, w in f["stage_work_dirs"].items()]
-        elif f.get("selection"):
+        elif f.get("selection") and f["selection"].get("candidates"):  # several candidates: the chosen one's
             out.append((d.name, d / "select" / slug(f["selection"]["chosen"])))
         else:
             out.append((d.name, d))

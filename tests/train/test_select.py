@@ -87,3 +87,31 @@ def test_cross_corpus_table_format():
     assert lines[2] == "| train \\ test | a | b |"
     assert lines[4] == "| a | (0.800 ± 0.050, in-corpus, 6 folds) | **0.410** |"
     assert lines[5] == "| b | **0.370** | (0.900 ± 0.040, in-corpus, 5 folds) |"
+
+
+def _one_emotion_per_speaker(seed: int = 0):
+    """16 speakers who each show one of 4 emotions (12 utterances each): every speaker's mean is its emotion."""
+    import pandas as pd
+
+    classes = ["angry", "happy", "neutral", "sad"]
+    rows = [{"id": f"s{s:02d}_{u:02d}", "path": "x", "duration": 2.0, "emotion": classes[s % 4],
+             "speaker": f"spk{s:02d}", "gender": "female" if s % 2 else "male", "corpus": "csv"}
+            for s in range(16) for u in range(12)]
+    return pd.DataFrame(rows)
+
+
+def test_auto_does_not_subtract_the_emotion_of_speakers_heard_in_one(tmp_path):
+    """Speakers who show one emotion each: speaker statistics subtract the emotion and lose to global features;
+    auto does not consider them (and says why), so it scores what global features score."""
+    from serkit.train.select import emotion_coverage
+
+    man = _one_emotion_per_speaker()
+    store = PooledStore(man)
+    assert emotion_coverage(man, man["id"]) == 0.25
+    fold = make_folds(man, {"name": "speaker_kfold", "k": 4, "val_speakers": 4})[0]
+    speaker = fit_fold(_cfg(normalize="speaker", speaker_min_utterances=1), man, fold, store, tmp_path / "spk")
+    none = fit_fold(_cfg(normalize="none"), man, fold, store, tmp_path / "none")
+    auto = fit_fold(_cfg(normalize="auto", speaker_min_utterances=1), man, fold, store, tmp_path / "auto")
+    assert speaker["metrics"]["ua"] < none["metrics"]["ua"] - 0.2  # the old trap: the emotion is subtracted
+    assert auto["normalisation"]["mode"] == "none" and "not considered" in auto["selection"]["note"]
+    assert auto["metrics"]["ua"] == pytest.approx(none["metrics"]["ua"])

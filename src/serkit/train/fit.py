@@ -445,10 +445,11 @@ def select_on_validation(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, 
     """Train every candidate of :func:`serkit.train.select.candidates` on ``fold.train``, keep the best on
     ``fold.val`` (never the test part). Returns ``(chosen config, its folder, selection record or None, what
     train_module returned for it)``; with nothing to choose, one training in ``fold_dir`` as before."""
-    cands = choose.candidates(cfg)
+    cands, skipped = choose.drop_confounded_speaker_statistics(choose.candidates(cfg), cfg, manifest, fold.train)
     if len(cands) == 1:
-        return cands[0][1], fold_dir, None, train_module(cands[0][1], manifest, fold, source, fold_dir, stage=stage,
-                                                         ctx=ctx)
+        trained = train_module(cands[0][1], manifest, fold, source, fold_dir, stage=stage, ctx=ctx)
+        record = None if skipped is None else {"grid": choose.grid(cfg), "chosen": cands[0][0], "note": skipped}
+        return cands[0][1], fold_dir, record, trained
     monitor = cfg["train"]["monitor"]
     scores, kept, kept_i = [], None, None
     for i, (choice, c) in enumerate(cands):
@@ -461,6 +462,8 @@ def select_on_validation(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, 
     choice, chosen = cands[kept_i]
     record = {"grid": choose.grid(cfg), "monitor": monitor, "chosen": choice,
               "candidates": [{"choice": ch, "val": v} for (ch, _), v in zip(cands, scores, strict=True)]}
+    if skipped is not None:
+        record["note"] = skipped
     return chosen, fold_dir / "select" / choose.slug(choice), record, kept
 
 

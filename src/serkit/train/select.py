@@ -64,6 +64,36 @@ def candidates(cfg: dict) -> list[tuple[dict, dict]]:
     return out
 
 
+#: ``features.normalize: auto`` considers speaker statistics only when the training speakers show, on average, at
+#: least this share of the classes: the mean of a speaker heard in one or two emotions carries those emotions, and
+#: subtracting it subtracts them (validation speakers of such a corpus are too few to catch it reliably)
+MIN_EMOTION_COVERAGE = 0.5
+
+
+def emotion_coverage(manifest, ids, column: str = "emotion") -> float:
+    """Mean over the speakers of ``ids`` of the share of the classes (of ``ids``) each speaker shows."""
+    rows = manifest.set_index("id").loc[[str(i) for i in ids]]
+    n = rows[column].nunique()
+    if n == 0:
+        return 1.0
+    return float((rows.groupby(rows["speaker"].astype(str))[column].nunique() / n).mean())
+
+
+def drop_confounded_speaker_statistics(cands: list[tuple[dict, dict]], cfg: dict, manifest, train_ids
+                                       ) -> tuple[list[tuple[dict, dict]], str | None]:
+    """Without the ``features.normalize: speaker`` candidates of ``auto`` when the fold's training speakers show
+    too few emotions each (:data:`MIN_EMOTION_COVERAGE`); ``(candidates, why)`` (why: None when kept)."""
+    if "features.normalize" not in grid(cfg) or cfg["task"] != "classification" or "speaker" not in manifest:
+        return cands, None
+    share = emotion_coverage(manifest, train_ids)
+    if share >= MIN_EMOTION_COVERAGE:
+        return cands, None
+    kept = [(ch, c) for ch, c in cands if ch.get("features.normalize") != "speaker"]
+    why = (f"speaker statistics not considered: the training speakers show {share:.0%} of the classes each on "
+           f"average (under {MIN_EMOTION_COVERAGE:.0%}), so a speaker's mean would carry its emotions")
+    return kept, why
+
+
 def slug(choice: dict) -> str:
     """A folder name for one candidate, e.g. ``features.normalize=none,train.weight_decay=0.1``."""
     text = ",".join(f"{k}={v}" for k, v in choice.items()) or "default"
