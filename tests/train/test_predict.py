@@ -148,6 +148,7 @@ def test_cli_bad_device_model_and_version(spk_model, tiny_corpus, tmp_path, caps
         assert err.startswith("serkit predict: error: device 'cuda' is not available") and "\n" not in err
     assert main(["predict", str(spk_model), clip, "--device", "tpu9"]) == 2
     assert "unknown" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("name: half a model\n")
     assert main(["predict", str(tmp_path), clip]) == 2
     assert "not a serkit model folder" in capsys.readouterr().err
     assert main(["info", str(spk_model)]) == 0

@@ -70,13 +70,13 @@ def _add_data_options(p) -> None:
 
 def split_model_argument(args: list[str]) -> tuple[str | None, list[str]]:
     """``(model, inputs)`` of ``serkit predict``'s positional arguments: the first is the model when it is a model
-    folder (it holds meta.json) or reads as a hub id ``owner/name`` that is no path here and no audio file name;
+    folder (it holds meta.json or config.yaml) or reads as a hub id ``owner/name`` that is no path here and no audio file name;
     otherwise every argument is an input and the shipped model answers."""
     from serkit.inputs import AUDIO_SUFFIXES
 
     first = args[0]
     p = Path(first)
-    if len(args) > 1 and ((p / "meta.json").is_file() or (
+    if len(args) > 1 and ((p / "meta.json").is_file() or (p / "config.yaml").is_file() or (
             not p.exists() and first.count("/") == 1 and not first.startswith((".", "/", "~"))
             and p.suffix.lower() not in AUDIO_SUFFIXES and not any(c in first for c in "*?["))):
         return first, args[1:]
