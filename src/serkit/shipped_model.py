@@ -73,14 +73,18 @@ def card(meta: dict, labels: dict, cv: dict | None) -> str:
               "of the speaker. Probabilities are temperature-scaled on validation speakers; `--abstain` answers "
               "`unknown` below the confidence at which 90% of its validation answers were right."), "",
              "```bash", "serkit predict clip.wav            # this model, no training needed", "```", ""]
-    if cv:
-        lines += ["## Figures (single-clip track, `serkit cv configs/cross/ravdess-emodb-single-clip.yaml`)", "",
-                  "| train -> test | UA |", "|---|---|"]
-        for row in cv.get("cross_corpus", {}).get("rows", []) if isinstance(cv.get("cross_corpus"), dict) else []:
-            lines.append(f"| {row.get('train')} -> {row.get('test')} | {row.get('ua', float('nan')):.3f} |")
-        mean = cv.get("mean", {})
-        if "ua" in mean:
-            lines.append(f"| all folds (mean) | {mean['ua']:.3f} |")
+    table = cv.get("cross_corpus") if cv else None
+    if isinstance(table, dict):
+        metric = table.get("metric", "ua")
+        lines += ["## Figures (single-clip track: `serkit cv configs/cross/ravdess-emodb-single-clip.yaml`)", "",
+                  f"Six classes, global features, the same head settings; {metric.upper()} on the test part.", "",
+                  f"| trained on | tested on | {metric.upper()} |", "|---|---|---|"]
+        for corpus, r in (table.get("in_corpus") or {}).items():
+            lines.append(f"| {corpus} (speaker-independent folds) | {corpus} | {r[metric]:.3f} ± {r['std']:.3f} "
+                         f"({r['folds']} folds) |")
+        for row in table.get("rows") or []:
+            train = ", ".join(row["train"]) if isinstance(row["train"], list) else str(row["train"])
+            lines.append(f"| {train} | {row['test']} | {row[metric]:.3f} |")
         lines.append("")
     lines += ["## Limits", "",
               ("Acted speech of two corpora; expect lower accuracy on spontaneous speech, other languages and other "

@@ -60,3 +60,13 @@ def test_serkit_predict_a_clip_with_no_model_uses_the_shipped_one(capsys):
     out = json.loads(capsys.readouterr().out)
     result = out[0] if isinstance(out, list) else out
     assert result["label"] in labels and abs(sum(result["probabilities"].values()) - 1) < 1e-3
+
+
+def test_the_card_gives_in_corpus_and_cross_corpus_figures():
+    from serkit.shipped_model import LICENCE, card
+
+    entry = {"metric": "ua", "in_corpus": {"emodb": {"ua": 0.81, "std": 0.05, "folds": 5}},
+             "rows": [{"train": ["ravdess"], "test": "emodb", "ua": 0.412}]}
+    text = card({"n_train": 10, "n_speakers": 2}, {"classes": ["a", "b"]}, {"cross_corpus": entry})
+    assert "| ravdess | emodb | 0.412 |" in text and "0.810 ± 0.050 (5 folds)" in text and LICENCE in text
+    assert text.startswith("---\nlicense: cc-by-nc-sa-4.0")
