@@ -28,6 +28,23 @@ MIN_SECONDS = 0.25
 #: Sample rates (Hz) a recording can have; a header outside this range is broken or crafted (1 Hz would make
 #: 1000 samples 1000 seconds long).
 SAMPLE_RATE_RANGE = (1_000, 768_000)
+#: Largest peak amplitude accepted (float audio's full scale is 1.0, so this is +60 dBFS). A louder signal comes
+#: from a broken writer or holds integer-scaled samples stored as float; encoders overflow on it (a 1e19 peak gives
+#: all-NaN features), so it is refused as "out of range" by check, extract, predict, serve and the Python API.
+MAX_AMPLITUDE = 1e3
+
+
+def signal_problem(signal: np.ndarray) -> str | None:
+    """Why the samples of ``signal`` (any shape, float) are not audio at all, or None: ``"non-finite samples: ..."``
+    (NaN or inf) or ``"out of range: ..."`` (peak above :data:`MAX_AMPLITUDE`). The one guard every reader shares."""
+    finite = np.isfinite(signal)
+    if not finite.all():
+        return f"non-finite samples (NaN or inf): {int((~finite).sum())} of them"
+    peak = float(np.abs(signal).max()) if signal.size else 0.0
+    if peak > MAX_AMPLITUDE:
+        return (f"out of range: peak amplitude {peak:.1e} > {MAX_AMPLITUDE:.0e} (float audio's full scale is 1.0; "
+                f"scale the samples to [-1, 1])")
+    return None
 
 
 def unusable(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str | None:
@@ -36,8 +53,12 @@ def unusable(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str | None:
 
     * ``"silent: ..."``: peak below :data:`SILENCE_PEAK` after the downmix to mono (also stereo whose channels
       cancel, e.g. one channel phase-inverted);
-    * ``"too short to use: ..."``: under :data:`MIN_SECONDS`.
+    * ``"too short to use: ..."``: under :data:`MIN_SECONDS`;
+    * ``"non-finite samples: ..."`` / ``"out of range: ..."``: see :func:`signal_problem`.
     """
+    problem = signal_problem(signal)
+    if problem is not None:
+        return problem
     seconds = len(signal) / sample_rate
     if seconds < MIN_SECONDS:
         return f"too short to use: {seconds:.3f} s < {MIN_SECONDS} s, too little to carry an emotion"
@@ -113,7 +134,7 @@ def prepare_signal(
     """Turn an in-memory signal into serkit's form: mono float32 at ``target_sr``.
 
     ``signal`` is ``(samples,)`` or ``(samples, channels)``; raises :class:`AudioError` for empty,
-    non-finite or (unless ``allow_silent``) silent input.
+    non-finite, out-of-range (peak above :data:`MAX_AMPLITUDE`) or (unless ``allow_silent``) silent input.
     """
     signal = np.asarray(signal)
     if signal.ndim == 2 and signal.shape[0] < signal.shape[1] and signal.shape[0] <= 8:
@@ -122,9 +143,10 @@ def prepare_signal(
         raise AudioError(name, "empty: no samples")
     if np.issubdtype(signal.dtype, np.integer):
         signal = signal.astype(np.float32) / float(np.iinfo(signal.dtype).max)
+    problem = signal_problem(signal)  # before the downmix: channels of 1e38 would sum to inf
+    if problem is not None:
+        raise AudioError(name, problem)
     signal = to_mono(signal.astype(np.float32, copy=False))
-    if not np.all(np.isfinite(signal)):
-        raise AudioError(name, f"non-finite samples (NaN or inf): {int((~np.isfinite(signal)).sum())} of them")
     if sample_rate <= 0:
         raise AudioError(name, f"invalid sample rate {sample_rate}")
     signal = resample(signal, sample_rate, target_sr)
@@ -145,7 +167,7 @@ def read_audio(
     """Read ``path`` (any format soundfile reads) as mono float32 ``(samples,)`` at ``target_sr`` Hz.
 
     ``start`` / ``stop`` (seconds) read a segment. Raises :class:`AudioError` naming the file when it is missing,
-    unreadable, empty, longer than ``max_seconds``, non-finite, or silent (when ``allow_silent`` is False).
+    unreadable, empty, longer than ``max_seconds``, non-finite, out of range, or silent (when ``allow_silent`` is False).
     Multichannel audio is averaged to mono and other rates are resampled with soxr.
     """
     path = Path(path)
@@ -184,9 +206,10 @@ def stream_audio(path: str | Path, *, block_seconds: float = 30.0, target_sr: in
     block = max(1, int(block_seconds * info.samplerate))
     try:
         for data in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
+            problem = signal_problem(data)
+            if problem is not None:
+                raise AudioError(path, problem)
             mono = to_mono(data)
-            if not np.all(np.isfinite(mono)):
-                raise AudioError(path, "non-finite samples (NaN or inf)")
             out = mono if stream is None else stream.resample_chunk(mono)
             if len(out):
                 yield out

@@ -79,6 +79,10 @@ IDENTITY_FIELDS = (
 )
 
 
+class NonFiniteFeatures(SerkitError):
+    """Features holding NaN or inf (or values float16 cannot hold): never written to a store."""
+
+
 class StaleStoreError(SerkitError):
     """A store folder that holds features of another encoder, revision, mode or layer set."""
 
@@ -390,7 +394,9 @@ class FeatureStore:
 
     # writing ---------------------------------------------------------------------------------------------------
     def write(self, utt_id: str, audio_hash: str, feats: torch.Tensor | np.ndarray, seconds: float) -> None:
-        """Store float32 ``feats`` ``(layers, frames, dim)`` for ``utt_id``: float16 frames + float32 statistics."""
+        """Store float32 ``feats`` ``(layers, frames, dim)`` for ``utt_id``: float16 frames + float32 statistics.
+
+        Raises :class:`NonFiniteFeatures` (nothing written) when a frame or statistic is NaN or inf."""
         feats = torch.as_tensor(feats, dtype=torch.float32)
         if feats.ndim != 3 or feats.shape[0] != len(self.layers) or feats.shape[1] < 1:
             raise ValueError(
@@ -398,6 +404,10 @@ class FeatureStore:
             )
         pooled = pooled_statistics(feats).numpy()
         frames = feats.to(torch.float16).numpy()
+        bad = int((~np.isfinite(frames)).sum()) or int((~np.isfinite(pooled)).sum())
+        if bad:  # a NaN feature would poison every model trained on the store
+            raise NonFiniteFeatures(f"{utt_id}: non-finite features: {bad} value(s) are NaN or inf (or beyond "
+                                    f"float16's range); not stored")
         _atomic_write_bytes(self._feat_path(audio_hash), lambda fh: np.save(fh, frames))
         _atomic_write_bytes(self._pooled_path(audio_hash), lambda fh: np.save(fh, pooled))
         self._append_index(
@@ -627,7 +637,7 @@ def extract_to_cache(
                         fail(utt_id, path, problem)
                         bar.update(1)
                         continue
-                    meta[utt_id] = (h, len(signal) / SAMPLE_RATE)
+                    meta[utt_id] = (h, len(signal) / SAMPLE_RATE, path)
                     yield utt_id, signal
 
         from serkit.encoders.runner import encode_signals
@@ -640,8 +650,13 @@ def extract_to_cache(
             chunk_seconds=chunk_seconds,
             overlap_seconds=overlap_seconds,
         ):
-            h, seconds = meta.pop(utt_id)
-            store.write(utt_id, h, feats, seconds)
+            h, seconds, path = meta.pop(utt_id)
+            try:
+                store.write(utt_id, h, feats, seconds)
+            except NonFiniteFeatures as exc:
+                fail(utt_id, path, str(exc).partition(": ")[2])
+                bar.update(1)
+                continue
             report.computed += 1
             report.audio_seconds += seconds
             bar.update(1)

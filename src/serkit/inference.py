@@ -459,6 +459,9 @@ class Recognizer:
             if sc is None:
                 out.append({"file": x.name, "error": x.error})
                 continue
+            if not (np.isfinite(sc[0]).all() and np.isfinite(sc[1]).all()):  # never emit a NaN probability
+                out.append({"file": x.name, "error": f"{x.name}: non-finite model output (NaN or inf) for this input"})
+                continue
             res = {"file": x.name, "duration": round(x.duration, 3), **self._describe(sc[1]), "head": head,
                    "precision": self.precision}
             res["windows"] = [] if len(x.windows) == 1 else [
