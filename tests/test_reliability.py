@@ -127,3 +127,164 @@ def test_predict_refuses_loud_audio_and_never_emits_nan(model_dir, tmp_path, mon
         rec.predict(ok)
     (res,) = rec.predict_files([ok])
     assert "probabilities" not in res and "non-finite model output" in res["error"]
+
+
+# --- 2. the REST service --------------------------------------------------------------------------------------
+XSS = ['<img src=x onerror="window.pwned=1">', "<script>window.pwned=2</script>", "<b onmouseover=alert(1)>b</b>"]
+
+
+def _wav_bytes(signal, sr=SR, subtype="PCM_16") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, signal, sr, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def xss_model(model_dir):  # noqa: F811
+    """The tiny model folder with class names that are HTML."""
+    labels = json.loads((model_dir / "labels.json").read_text())
+    labels["classes"] = XSS
+    (model_dir / "labels.json").write_text(json.dumps(labels))
+    meta = json.loads((model_dir / "meta.json").read_text())
+    meta["spec"]["class_names"] = XSS
+    (model_dir / "meta.json").write_text(json.dumps(meta))
+    return model_dir
+
+
+def _client(model, **kw):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from serkit.inference import Recognizer
+    from serkit.service import create_app
+
+    return TestClient(create_app(Recognizer.from_pretrained(model, device="cpu"), model_name="m", **kw))
+
+
+def test_service_decodes_with_the_cli_limits(model_dir, tmp_path):  # noqa: F811
+    client = _client(model_dir, max_seconds=2.0)
+    tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(SR) / SR)).astype(np.float32)
+
+    def post(data, name="x.wav"):
+        r = client.post("/predict", files={"file": (name, data, "audio/wav")})
+        return r.status_code, r.json()["detail"] if r.status_code != 200 else r.json()
+
+    assert post(_wav_bytes(tone))[0] == 200
+    one_hz = bytearray(_wav_bytes(tone[:2000]))  # the issue's crafted header: 1 Hz, 2000 samples = 2000 s
+    one_hz[24:28] = (1).to_bytes(4, "little")
+    one_hz[28:32] = (2).to_bytes(4, "little")
+    status, detail = post(bytes(one_hz))
+    assert status == 422 and "bad sample rate: the header declares 1 Hz" in detail
+    status, detail = post(_wav_bytes(np.tile(tone, 3)))  # 3 s > max_seconds 2
+    assert status == 422 and "too long: the header declares 3.0 s" in detail
+    status, detail = post(_wav_bytes(np.zeros((100, 16), dtype=np.float32)))
+    assert status == 422 and "too many channels" in detail
+    status, detail = post(_loud(tmp_path / "loud.wav").read_bytes())
+    assert status == 422 and "out of range" in detail
+
+
+def test_service_bounds_concurrent_decodes(model_dir, monkeypatch):  # noqa: F811
+    import threading
+
+    from serkit import service
+
+    client = _client(model_dir, max_decodes=1, queue_seconds=0.2)
+    entered, release = threading.Event(), threading.Event()
+    real = service.decode_audio
+
+    def slow_decode(*args, **kwargs):
+        entered.set()
+        release.wait(20)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "decode_audio", slow_decode)
+    clip = _wav_bytes((0.3 * np.sin(np.arange(SR) / 7)).astype(np.float32))
+    first: dict = {}
+    worker = threading.Thread(target=lambda: first.setdefault("r", client.post(
+        "/predict", files={"file": ("a.wav", clip, "audio/wav")})))
+    with client:
+        worker.start()
+        assert entered.wait(20)
+        busy = client.post("/predict", files={"file": ("b.wav", clip, "audio/wav")})
+        release.set()
+        worker.join(30)
+    assert busy.status_code == 503 and busy.json()["detail"].startswith("busy: 1 upload(s)")
+    assert first["r"].status_code == 200
+
+
+def test_service_times_out_a_stalled_body():
+    import asyncio
+
+    from serkit.service import BodySizeLimit
+
+    sent = []
+
+    async def app(scope, receive, send):  # reads the whole body, like a route does
+        while (await receive()).get("more_body"):
+            pass
+
+    async def stalled_receive():
+        await asyncio.sleep(60)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(b"content-type", b"audio/wav")]}
+    asyncio.run(asyncio.wait_for(BodySizeLimit(app, 1000, read_timeout=0.2)(scope, stalled_receive, send), 10))
+    assert sent[0]["status"] == 408 and b"no data for 0.2 s" in sent[1]["body"]
+
+
+def test_page_inserts_model_text_as_text_under_a_csp(xss_model):
+    import base64
+    import hashlib
+    import re
+
+    client = _client(xss_model)
+    page = client.get("/")
+    assert "innerHTML" not in page.text and "insertAdjacentHTML" not in page.text and "outerHTML" not in page.text
+    csp = page.headers["content-security-policy"]
+    script = re.search(r"<script>(.*?)</script>", page.text, flags=re.DOTALL).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}';" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
+    assert client.get("/health").json()["classes"] == XSS  # served as JSON data; the page shows it as text
+
+
+def test_page_shows_html_class_names_as_text_in_a_browser(xss_model, tmp_path):
+    """Headless Chromium: the page runs under its CSP, shows the HTML class names literally and runs none."""
+    try:
+        from tests.test_service_browser import Server, _browser
+    except pytest.skip.Exception as exc:
+        pytest.skip(str(exc))
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from serkit.inference import Recognizer
+    from serkit.service import create_app
+
+    clip = _tone(tmp_path / "clip.wav")
+    driver = _browser()
+    try:
+        with Server(create_app(Recognizer.from_pretrained(xss_model, device="cpu"), model_name="m")) as url:
+            driver.get(url + "/")
+            WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "model").text.startswith("model "))
+            if driver.find_element(By.ID, "segments").is_displayed():  # a tone has no speech: score the whole clip
+                driver.find_element(By.ID, "segments").click()
+            driver.find_element(By.ID, "file").send_keys(str(clip))
+            driver.find_element(By.ID, "analyse").click()
+            WebDriverWait(driver, 60).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+            state = driver.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+            names = [r.find_element(By.CLASS_NAME, "name").get_attribute("textContent")
+                     for r in driver.find_elements(By.CSS_SELECTOR, "#probs .row")]
+            legend = driver.find_element(By.ID, "legend").get_attribute("textContent")
+            injected = driver.execute_script(
+                "return [window.pwned || null, document.querySelectorAll('#result img, #result script, #result b')"
+                ".length]")
+    finally:
+        driver.quit()
+    assert state == "done"
+    assert sorted(names) == sorted(XSS) and legend in XSS
+    assert injected == [None, 0]
