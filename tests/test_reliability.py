@@ -288,3 +288,165 @@ def test_page_shows_html_class_names_as_text_in_a_browser(xss_model, tmp_path):
     assert state == "done"
     assert sorted(names) == sorted(XSS) and legend in XSS
     assert injected == [None, 0]
+
+
+# --- 3. one writer per run folder; train replaces a model folder in one step ----------------------------------
+def _config_file(tiny_corpus, tmp_path, **over):  # noqa: F811
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_corpus, train={"epochs": 1}, **over)))
+    return path
+
+
+def _hold_lock(lock_file):
+    """A child process holding ``lock_file`` as serkit does; returns it once it holds the lock."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time; from serkit.run_lock import run_lock\n"
+            "with run_lock(sys.argv[1], 'x'):\n    print('held', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(lock_file)], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    assert child.stdout.readline().strip() == "held" and time.monotonic() < deadline
+    return child
+
+
+@pytest.mark.parametrize("command", ["cv", "ablate"])
+def test_a_run_folder_in_use_is_refused_naming_the_holder(command, tiny_corpus, tmp_path, capsys):  # noqa: F811
+    from serkit.cli import main
+    from serkit.run_lock import LOCK_NAME
+
+    out = tmp_path / "run"
+    args = [command, str(_config_file(tiny_corpus, tmp_path)), "--out", str(out), "--folds", "0"]
+    if command == "ablate":
+        import yaml
+
+        (tmp_path / "rows.yaml").write_text(yaml.safe_dump({"rows": {"plain": {"set": []}}}))
+        args += ["--rows-file", str(tmp_path / "rows.yaml")]
+    child = _hold_lock(out / LOCK_NAME)
+    try:
+        rc = main(args)
+        err = capsys.readouterr().err
+    finally:
+        child.kill()
+        child.wait(10)
+    assert rc == 2 and f"{out}: in use by pid {child.pid}" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written
+    # the holder died (SIGKILL): the kernel dropped its lock, the folder is usable
+    assert main(args) == 0
+
+
+def test_train_refuses_an_existing_model_folder_unless_overwrite(tiny_corpus, tmp_path, capsys):  # noqa: F811
+    from serkit.cli import main
+    from serkit.run_lock import model_lock_path
+
+    out = tmp_path / "model"
+    cfg = _config_file(tiny_corpus, tmp_path)
+    assert main(["train", str(cfg), "--out", str(out)]) == 0
+    before = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--out", str(out), "--set", "train.seed=7"]) == 2
+    err = capsys.readouterr().err
+    assert "the folder exists and is not empty; give --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (out / "model.safetensors").read_bytes() == before
+    child = _hold_lock(model_lock_path(out))
+    try:
+        assert main(["train", str(cfg), "--out", str(out), "--overwrite"]) == 2
+        assert f"in use by pid {child.pid}" in capsys.readouterr().err
+    finally:
+        child.kill()
+        child.wait(10)
+    assert main(["train", str(cfg), "--out", str(out), "--overwrite", "--set", "train.seed=7"]) == 0
+    assert (out / "model.safetensors").read_bytes() != before
+    assert not (tmp_path / ".model.partial").exists() and "seed: 7" in (out / "config.yaml").read_text()
+
+
+def test_replacing_a_model_folder_never_shows_a_missing_or_mixed_folder(tmp_path):
+    import threading
+
+    from serkit.run_lock import replace_folder
+
+    target = tmp_path / "model"
+    target.mkdir()
+    for name in ("config.yaml", "meta.json"):
+        (target / name).write_text("0")
+    seen, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                seen.append({(target / n).read_text() for n in ("config.yaml", "meta.json")})
+            except OSError as exc:
+                seen.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for version in range(1, 300):
+            new = tmp_path / ".model.partial"
+            new.mkdir()
+            for name in ("config.yaml", "meta.json"):
+                (new / name).write_text(str(version))
+            replace_folder(new, target)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert (target / "meta.json").read_text() == "299" and not (tmp_path / ".model.partial").exists()
+    errors = [s for s in seen if isinstance(s, Exception)]
+    assert not errors and len(seen) > 100
+
+
+# --- 4. settings validated for range before any work ----------------------------------------------------------
+@pytest.mark.parametrize("setting, message", [
+    ("train.lr=.nan", "train.lr must be a finite number > 0"),
+    ("train.lr=.inf", "train.lr must be a finite number > 0"),
+    ("train.epochs=0", "train.epochs must be a positive integer"),
+    ("train.weight_decay=-1", "train.weight_decay must be a finite number >= 0"),
+    ("train.lr_decay=.nan", "train.lr_decay must be a finite number"),
+    ("model.dropout=2", "model.dropout must be a rate in [0, 1)"),
+    ("model.dropout=1.0", "model.dropout must be a rate in [0, 1)"),
+    ("protocol.val_speakers=-1", "protocol.val_speakers must be an integer >= 0"),
+    ("protocol.k=1", "protocol.k must be an integer >= 2"),
+    ("protocol.val_fraction=1.5", "protocol.val_fraction must be a fraction in [0, 1)"),
+    ("class_set={}", "class_set {} is empty"),
+    ("predict.hop_seconds=0", "predict.hop_seconds must be > 0"),
+])
+def test_out_of_range_settings_are_one_line_errors_before_any_work(setting, message, tiny_corpus, tmp_path,  # noqa: F811
+                                                                   capsys):
+    from serkit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["cv", str(_config_file(tiny_corpus, tmp_path)), "--out", str(out), "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (out / "folds.json").exists() and not list(out.glob("fold*"))
+
+
+@pytest.mark.parametrize("folds, message", [
+    ("abc", "--folds 'abc': expected fold numbers"), ("1.5", "--folds '1.5': expected fold numbers"),
+    ("-1", "--folds '-1': expected fold numbers"), ("0,7", "--folds 7: no such fold; the protocol gives 3 fold(s)"),
+])
+def test_bad_folds_are_one_line_errors_before_any_work(folds, message, tiny_corpus, tmp_path, capsys):  # noqa: F811
+    from serkit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["cv", str(_config_file(tiny_corpus, tmp_path)), "--out", str(out), f"--folds={folds}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (out / "folds.json").exists() and not list(out.glob("fold*"))
+
+
+def test_an_extends_cycle_is_named(tmp_path):
+    from serkit.config import load_config
+    from serkit.errors import ConfigError
+
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"'extends' loops: .*a\.yaml -> .*b\.yaml -> .*c\.yaml -> .*a\.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "self.yaml").write_text("extends: self.yaml\n")
+    with pytest.raises(ConfigError, match="'extends' loops"):
+        load_config(tmp_path / "self.yaml")

@@ -160,7 +160,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _main(args) -> int:
-    folds = [int(x) for x in args.folds.split(",")] if args.folds else None
+    from serkit.train.cli import parse_folds
+
+    folds = parse_folds(args.folds)
     md, _ = run_ablation(args.config, args.out, split_list(args.extractors, EXTRACTORS), split_list(args.variants, VARIANTS),
                          args.set, folds, table_only=args.table_only)
     print(md)

@@ -377,8 +377,9 @@ def run_mvse(config, out_dir, overrides: list[str] | None = None, folds_only: li
 
 def _main_args(args) -> int:
     from serkit.report import format_table
+    from serkit.train.cli import parse_folds
 
-    folds = [int(x) for x in args.folds.split(",")] if args.folds else None
+    folds = parse_folds(args.folds)
     summary = run_mvse(args.config, args.out, args.set, folds_only=folds)
     print(format_table(summary))
     print(f"results -> {args.out}/results.json, report -> {args.out}/report.md")
