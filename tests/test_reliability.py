@@ -450,3 +450,127 @@ def test_an_extends_cycle_is_named(tmp_path):
     (tmp_path / "self.yaml").write_text("extends: self.yaml\n")
     with pytest.raises(ConfigError, match="'extends' loops"):
         load_config(tmp_path / "self.yaml")
+
+
+# --- 5. errors on writing: one line naming the path; files a resume reads written whole ----------------------
+def _manifest(tmp_path):
+    path = tmp_path / "m.csv"
+    ids = ["a", "b", "c", "d", "e", "f"]
+    pd.DataFrame({"id": ids, "path": [str(_tone(tmp_path / f"{i}.wav", amp=0.1 + 0.05 * k)) for k, i in enumerate(ids)],
+                  "emotion": ["x", "y"] * 3, "duration": [1.0] * 6, "speaker": ["s1", "s2", "s3"] * 2,
+                  "gender": ["female"] * 6}).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("command", ["check", "folds", "extract", "predict", "cv", "train", "ablate"])
+def test_an_unwritable_out_is_one_line_naming_the_path(command, model_dir, tiny_corpus, tmp_path,  # noqa: F811
+                                                        capsys):
+    """``--out`` below a plain file cannot be created, whoever runs the test (root ignores permission bits)."""
+    from serkit.cli import main
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    manifest, config = str(_manifest(tmp_path)), str(_config_file(tiny_corpus, tmp_path))
+    args = {
+        "check": ["check", manifest, "--report", str(blocker / "report.csv")],
+        "folds": ["folds", manifest, "--protocol", "{name: speaker_kfold, k: 3, val_speakers: 1}", "--out", str(blocker / "f.json")],
+        "extract": ["extract", manifest, "--encoder", "fbank-40", "--out", str(blocker / "store")],
+        "predict": ["predict", str(model_dir), str(tmp_path / "a.wav"), "--out", str(blocker / "p.csv"),
+                    "--no-progress"],
+        "cv": ["cv", config, "--out", str(blocker / "run")],
+        "train": ["train", config, "--out", str(blocker / "model")],
+        "ablate": ["ablate", config, "--out", str(blocker / "abl")],
+    }[command]
+    assert main(args) == 2
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and str(blocker) in err[0] and ("Not a directory" in err[0] or "File exists" in err[0]), err
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """The ``serkit X: error:`` lines of stderr (progress bars aside); none may be a traceback."""
+    assert "Traceback" not in stderr
+    return [ln[ln.index("serkit "):] for ln in stderr.splitlines() if "serkit " in ln and ": error: " in ln]
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
+    import errno
+
+    from serkit.io import atomic_write, atomic_write_text
+
+    target = tmp_path / "results.json"
+    atomic_write_text(target, "old")
+
+    def full(fh):
+        fh.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as info:
+        atomic_write(target, full)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_a_full_disk_during_extract_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from serkit import io
+    from serkit.cli import main
+
+    real = io.atomic_write
+
+    def full(path, write, **kw):
+        if str(path).endswith(".npy"):
+            raise io.naming(OSError(errno.ENOSPC, "No space left on device"), path)
+        return real(path, write, **kw)
+
+    monkeypatch.setattr("serkit.cache.atomic_write", full)
+    assert main(["extract", str(_manifest(tmp_path)), "--encoder", "fbank-40", "--out", str(tmp_path / "s")]) == 2
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "No space left on device" in err[0] and ".npy" in err[0], err
+
+
+def test_test_embeddings_are_written_whole(tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
+    """A process killed while writing ``foldK/test_embeddings.npy`` leaves no truncated file (a rerun rewrites it)."""
+    from serkit.train.cv import run_cv
+    from tests.train.test_runner import recipe_config
+
+    real_save = np.save
+
+    def killed_save(file, arr, *args, **kwargs):
+        if "test_embeddings" in str(getattr(file, "name", file)):  # part of the bytes reach the disk, then death
+            if getattr(file, "write", None) is not None:
+                file.write(b"\x93NUMPY torn")
+            else:
+                with open(file, "wb") as fh:
+                    fh.write(b"\x93NUMPY torn")
+            raise KeyboardInterrupt("killed")
+        return real_save(file, arr, *args, **kwargs)
+
+    cfg = recipe_config("mll", tiny_corpus, tmp_path)
+    monkeypatch.setattr(np, "save", killed_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
+    assert not (tmp_path / "run" / "fold0" / "test_embeddings.npy").exists()
+    assert not list((tmp_path / "run" / "fold0").glob(".test_embeddings*"))
+
+
+def test_every_file_of_a_gmp_atl_run_honours_the_umask(tiny_corpus, tmp_path):  # noqa: F811
+    """Stage states (``state.safetensors``, written by safetensors as 0600) and every other file of a run get
+    ``0o666 & ~umask``, so a team's shared run folders stay readable."""
+    import os
+    import stat
+
+    from serkit.train.cv import run_cv
+    from tests.train.test_runner import recipe_config
+
+    cfg = recipe_config("gmp_atl", tiny_corpus, tmp_path)
+    cfg["recipe_options"]["stage_root"] = str(tmp_path / "stages")
+    old = os.umask(0o022)
+    try:
+        run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
+    finally:
+        os.umask(old)
+    files = [p for root in (tmp_path / "run", tmp_path / "stages") for p in root.rglob("*") if p.is_file()]
+    assert any(p.name == "state.safetensors" for p in files)
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert {k: v for k, v in modes.items() if v != oct(0o644)} == {}

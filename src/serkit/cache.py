@@ -50,7 +50,7 @@ import torch
 
 from serkit.constants import SAMPLE_RATE
 from serkit.errors import AudioError, SerkitError
-from serkit.io import atomic_write, remove_stale_temporaries
+from serkit.io import atomic_write, naming, remove_stale_temporaries
 
 #: Version of the features a store holds. 2: Whisper features no longer depend on batch neighbours (the front end
 #: and attention run per item at its own length), so stores filled by version 1 hold slightly other numbers than
@@ -295,10 +295,14 @@ class FeatureStore:
         # being written (files are renamed into place before their entry), and a torn last line is cut off
         # before it can swallow the next entry. fsync (power-loss durability) costs milliseconds per call on
         # virtual disks, so it runs every FSYNC_EVERY entries instead of per file.
-        with self.lock(), open(self.root / self._index_name, "a+b") as fh:
+        index = self.root / self._index_name
+        with self.lock(), open(index, "a+b") as fh:
             _cut_torn_tail(fh)
-            fh.write("".join(json.dumps(e) + "\n" for e in entries).encode("utf-8"))
-            fh.flush()
+            try:
+                fh.write("".join(json.dumps(e) + "\n" for e in entries).encode("utf-8"))
+                fh.flush()
+            except OSError as exc:  # a full disk: name the index (the torn line is cut off on the next append)
+                raise naming(exc, index) from None
             self._unsynced = getattr(self, "_unsynced", 0) + len(entries)
             if self._unsynced >= FSYNC_EVERY:
                 os.fsync(fh.fileno())

@@ -50,16 +50,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     temporary is removed on error; the target is never seen half-written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
+    except OSError as exc:
+        raise naming(exc, path) from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk or a quota while writing: name the target, not the temporary
+        raise naming(exc, path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def naming(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` with ``path`` as its file name where it names none or a temporary file of ours (``No space left on
+    device`` from a write names nothing); same type (``PermissionError`` ...) and errno."""
+    if exc.filename is not None and not str(exc.filename).endswith(TMP_SUFFIX):
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path)) if exc.errno else exc
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object], *, fsync: bool = True) -> Path:
