@@ -574,3 +574,115 @@ def test_every_file_of_a_gmp_atl_run_honours_the_umask(tiny_corpus, tmp_path):  
     assert any(p.name == "state.safetensors" for p in files)
     modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert {k: v for k, v in modes.items() if v != oct(0o644)} == {}
+
+
+# --- 6. FIFOs, devices and endless files; one-speaker folds ---------------------------------------------------
+def _bounded(fn, seconds=30.0, fifo=None):
+    """``fn()`` in a thread that must end within ``seconds`` (a hang fails the test instead of blocking the suite;
+    a reader stuck opening ``fifo`` is released by opening its write end)."""
+    import os
+    import threading
+
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    hung = thread.is_alive()
+    if hung and fifo is not None:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+    assert not hung, f"still running after {seconds} s"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def test_a_fifo_as_audio_is_refused_without_reading(model_dir, tmp_path):  # noqa: F811
+    import os
+
+    from serkit.cache import extract_to_cache
+    from serkit.check import check_file, fatal
+    from serkit.inference import Recognizer
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(AudioError, match="not a regular file: a FIFO"):
+        _bounded(lambda: read_audio(fifo), fifo=fifo)
+    rep = _bounded(lambda: check_file("p", str(fifo)), fifo=fifo)
+    assert fatal(";".join(rep.problems)) == ["not a regular file"]
+    df = pd.DataFrame({"id": ["ok", "pipe"], "path": [str(_tone(tmp_path / "ok.wav")), str(fifo)]})
+    rep = _bounded(lambda: extract_to_cache(df, "fbank-40", "all", tmp_path / "store", progress=False), fifo=fifo)
+    assert rep.computed == 1 and rep.failures == [("pipe", str(fifo), "not a regular file: a FIFO, refused before reading")]
+    rec = Recognizer.from_pretrained(model_dir, device="cpu")
+    (res,) = _bounded(lambda: rec.predict_files([fifo]), fifo=fifo)
+    assert "not a regular file" in res["error"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_fifo_or_device_as_the_manifest_is_one_line(kind, model_dir, tmp_path, capsys):  # noqa: F811
+    import os
+
+    from serkit.cli import main
+
+    table = tmp_path / "m.csv"
+    if kind == "fifo":
+        os.mkfifo(table)
+    else:
+        table.symlink_to("/dev/zero")
+    fifo = table if kind == "fifo" else None
+    for args in (["check", str(table)], ["extract", str(table), "--encoder", "fbank-40", "--out",
+                                         str(tmp_path / "s")]):
+        assert _bounded(lambda args=args: main(args), fifo=fifo) == 2
+        err = _error_lines(capsys.readouterr().err)
+        assert len(err) == 1 and f"{table}: not a regular file" in err[0], err
+    # predict: the input is one failed file, the others are still answered
+    ok = _tone(tmp_path / "ok.wav")
+    assert _bounded(lambda: main(["predict", str(model_dir), str(table), str(ok), "--no-progress"]), fifo=fifo) == 1
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert [("error" in r) for r in results] == [True, False] and "not a regular file" in results[0]["error"]
+
+
+def test_an_endless_table_is_refused_by_size(tmp_path):
+    from serkit.errors import ManifestError
+    from serkit.inputs import read_table
+    from serkit.io import MAX_TABLE_BYTES
+    from serkit.manifest import read_manifest
+
+    big = tmp_path / "big.csv"
+    with open(big, "wb") as fh:  # sparse: no disk used
+        fh.truncate(MAX_TABLE_BYTES + 1)
+    for read in (read_manifest, read_table):
+        with pytest.raises(ManifestError, match=f"too large: {MAX_TABLE_BYTES + 1} bytes"):
+            _bounded(lambda read=read: read(big))
+
+
+def test_speaker_eer_on_a_one_speaker_test_part_is_null_with_a_note():
+    from types import SimpleNamespace
+
+    from serkit.data.labels import LabelMap
+    from serkit.recipes.base import get_recipe
+    from serkit.report import format_table
+
+    rng = np.random.default_rng(0)
+    outputs = {"speaker_features": rng.normal(size=(6, 4)).astype(np.float32)}
+    fold = SimpleNamespace(speaker_independent=True, warnings=[], index=0)
+    rows = pd.DataFrame({"speaker": ["s1"] * 6})
+    labels = LabelMap.from_dict({"task": "classification", "classes": ["a", "b"], "targets": [], "speakers": ["s1"]})
+    metrics = get_recipe("hcld").extra_test_metrics(outputs, rows, labels, fold)
+    assert metrics["speaker_eer"] is None and "speaker_eer: no value" in fold.warnings[0]
+    two = get_recipe("hcld").extra_test_metrics(outputs, pd.DataFrame({"speaker": ["s1", "s2"] * 3}), labels,
+                                                SimpleNamespace(speaker_independent=True, warnings=[], index=1))
+    assert 0 <= two["speaker_eer"] <= 1
+    summary = {"task": "classification", "mean": {"wa": 0.5, "ua": 0.5, "macro_f1": 0.5, "speaker_eer": 0.2},
+               "std": {}, "folds": [{"fold": 0, "test_speakers": ["s1"], "n_test": 6,
+                                     "metrics": {"wa": 0.5, "ua": 0.5, "macro_f1": 0.5, **metrics}}]}
+    assert "| 0 | s1 | 6 | 0.5000 | 0.5000 | 0.5000 | - |" in format_table(summary)
+    assert json.dumps(metrics) == '{"speaker_eer": null}'

@@ -18,6 +18,7 @@ import soxr
 
 from serkit.constants import SAMPLE_RATE
 from serkit.errors import AudioError
+from serkit.io import not_a_regular_file
 
 #: Longest file (seconds) that :func:`read_audio` accepts unless told otherwise; guards memory on huge files.
 MAX_SECONDS = 3600.0
@@ -90,7 +91,9 @@ def _wav_declared_frames(path: str | Path) -> int | None:
 
 def _checked_info(path: str | Path):
     """``soundfile.info`` plus the header checks soundfile does not make: an impossible sample rate, and a WAV
-    whose data chunk is shorter than its header declares (soundfile reads that as a clean, shorter file)."""
+    whose data chunk is shorter than its header declares (soundfile reads that as a clean, shorter file); a FIFO
+    or device is refused before it is opened (reading one could hang)."""
+    _regular(path)
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises several types for corrupt input
@@ -103,6 +106,12 @@ def _checked_info(path: str | Path):
         raise AudioError(path, f"truncated: the header declares {declared} frames "
                                f"({declared / info.samplerate:.2f} s), the file holds {info.frames}")
     return info
+
+
+def _regular(path: str | Path) -> None:
+    problem = not_a_regular_file(path)
+    if problem is not None:
+        raise AudioError(path, problem)
 
 
 def resample(signal: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -195,6 +204,7 @@ def stream_audio(path: str | Path, *, block_seconds: float = 30.0, target_sr: in
     path = Path(path)
     if not path.exists():
         raise AudioError(path, "file not found")
+    _regular(path)
     try:
         info = sf.info(str(path))
     except (RuntimeError, OSError, ValueError) as exc:  # soundfile's errors for corrupt input
@@ -237,7 +247,9 @@ def audio_info(path: str | Path) -> dict:
 
 
 def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-1 of the file's bytes (hex, 16 chars): identifies audio content for caches."""
+    """SHA-1 of the file's bytes (hex, 16 chars): identifies audio content for caches. Raises :class:`AudioError`
+    for a FIFO or device (never opened)."""
+    _regular(path)
     h = hashlib.sha1()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

@@ -607,6 +607,9 @@ def extract_to_cache(
             except OSError as exc:
                 fail(utt_id, path, f"cannot read: {exc.strerror or exc}")
                 continue
+            except AudioError as exc:  # a FIFO or device: never opened
+                fail(utt_id, path, exc.problem)
+                continue
             if store.is_current(utt_id, h):
                 report.reused += 1
             elif store.has_hash(h):

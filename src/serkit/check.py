@@ -21,7 +21,7 @@ from serkit.errors import AudioError
 
 #: Problems that make a file unusable; extraction skips the same files with the same reasons (errors.json).
 FATAL = ("missing", "unreadable", "bad sample rate", "truncated", "empty", "non-finite", "out of range",
-         "silent", "too short to use")
+         "silent", "too short to use", "not a regular file", "cannot read")
 
 
 @dataclass
