@@ -237,6 +237,18 @@ def test_service_times_out_a_stalled_body():
     assert sent[0]["status"] == 408 and b"no data for 0.2 s" in sent[1]["body"]
 
 
+@pytest.mark.parametrize("option, message", [(["--port", "99999"], "--port 99999: must be in 0-65535"),
+                                             (["--max-seconds", "0"], "--max-seconds 0: must be in"),
+                                             (["--max-mb", "nan"], "--max-mb nan: must be positive")])
+def test_serve_options_out_of_range_are_one_line(option, message, model_dir, capsys):  # noqa: F811
+    pytest.importorskip("uvicorn")
+    from serkit.cli import main
+
+    assert main(["serve", str(model_dir), *option]) == 2
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and message in err[0], err
+
+
 def test_page_inserts_model_text_as_text_under_a_csp(xss_model):
     import base64
     import hashlib
@@ -686,3 +698,29 @@ def test_speaker_eer_on_a_one_speaker_test_part_is_null_with_a_note():
                                      "metrics": {"wa": 0.5, "ua": 0.5, "macro_f1": 0.5, **metrics}}]}
     assert "| 0 | s1 | 6 | 0.5000 | 0.5000 | 0.5000 | - |" in format_table(summary)
     assert json.dumps(metrics) == '{"speaker_eer": null}'
+
+
+# --- model folders from elsewhere -----------------------------------------------------------------------------
+def test_a_head_file_outside_the_model_folder_is_refused(model_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    from serkit.inference import Recognizer
+
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.copyfile(model_dir / "model.safetensors", outside)
+    meta = json.loads((model_dir / "meta.json").read_text())
+    for name in ("../elsewhere.safetensors", str(outside)):
+        (model_dir / "meta.json").write_text(json.dumps({**meta, "heads": {"global": name}}))
+        with pytest.raises(SerkitError, match="head file .* is not inside the model folder"):
+            Recognizer.from_pretrained(model_dir, device="cpu")
+    (model_dir / "meta.json").write_text(json.dumps({**meta, "heads": {"global": "model.safetensors"}}))
+    assert Recognizer.from_pretrained(model_dir, device="cpu").labels.classes == ["high", "low", "mid"]
+
+
+def test_labels_that_do_not_fit_the_head_are_refused(model_dir):  # noqa: F811
+    from serkit.inference import Recognizer
+
+    labels = json.loads((model_dir / "labels.json").read_text())
+    (model_dir / "labels.json").write_text(json.dumps({**labels, "classes": ["a", "b"]}))
+    with pytest.raises(SerkitError, match="labels.json: 2 classes but meta.json's head has 3 outputs"):
+        Recognizer.from_pretrained(model_dir, device="cpu")

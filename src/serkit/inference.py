@@ -56,6 +56,21 @@ def model_folder_part(model_dir: Path, name: str):
                           ) from None
 
 
+def _check_model_folder(d: Path, files: dict, labels: LabelMap, meta: dict) -> None:
+    """Before anything is built from a model folder (possibly from a stranger): every head file named by
+    ``meta.json`` lies inside the folder, and the labels fit the head's output count."""
+    root = d.resolve()
+    for head, file in files.items():
+        if not isinstance(file, str) or not (d / file).resolve().is_relative_to(root):
+            raise SerkitError(f"{d / 'meta.json'}: the {head} head file {file!r} is not inside the model folder; "
+                              f"refused")
+    names = labels.classes if labels.task == "classification" else labels.targets
+    outputs = (meta.get("spec") or {}).get("num_outputs")
+    if outputs is not None and outputs != len(names):
+        raise SerkitError(f"{d / 'labels.json'}: {len(names)} {'classes' if labels.task == 'classification' else 'targets'}"
+                          f" but meta.json's head has {outputs} outputs; not a consistent serkit model folder")
+
+
 def _usable(signal: np.ndarray, name: str) -> np.ndarray:
     """``signal``, or an :class:`AudioError` when it cannot be labelled (e.g. under ``MIN_SECONDS``)."""
     problem = unusable(signal)
@@ -225,6 +240,7 @@ class Recognizer:
             # per head, what build_model needs beyond the config (e.g. IF-MVSE's views, score sets and weights)
             specs = {h: ModelSpec(**meta["spec"], extra={**(meta.get("head_extra") or {}).get(h, {}),
                                                          "encoder": encoder_cfg}) for h in files}
+        _check_model_folder(d, files, labels, meta)
         heads = {}
         for head, file in files.items():
             if not (d / file).exists():
