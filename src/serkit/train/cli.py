@@ -67,6 +67,7 @@ def _cv(args) -> int:
 def _train(args) -> int:
     """Train into ``.<name>.partial`` beside ``--out`` (a rerun after a kill resumes there), then put it in place in
     one step: readers of an existing model folder see the old model or the new one."""
+    import shutil
     from pathlib import Path
 
     from serkit.errors import SerkitError
@@ -82,6 +83,8 @@ def _train(args) -> int:
             raise SerkitError(f"--out {out}: the folder exists and is not empty; give --overwrite to replace it "
                               f"(done in one step once the new model is trained)")
         staging = out.parent / f".{out.name}.partial"
+        if staging.exists() and not (staging / "work" / "config.yaml").exists():
+            shutil.rmtree(staging)  # no run to resume there (a finished copy that was never swapped in): start anew
         train_final(cfg, staging, _precision_overrides(args), refit=not args.no_refit, cv_results=args.cv_results)
         replace_folder(staging, out)
     print(f"model -> {out}")
