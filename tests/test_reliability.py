@@ -724,3 +724,15 @@ def test_labels_that_do_not_fit_the_head_are_refused(model_dir):  # noqa: F811
     (model_dir / "labels.json").write_text(json.dumps({**labels, "classes": ["a", "b"]}))
     with pytest.raises(SerkitError, match="labels.json: 2 classes but meta.json's head has 3 outputs"):
         Recognizer.from_pretrained(model_dir, device="cpu")
+
+
+@pytest.mark.parametrize("record", [{"encoder": 5, "mode": "native", "layers": [0]},
+                                    {"encoder": "fbank-40", "mode": "native", "layers": "zero"},
+                                    {"encoder": "fbank-40", "mode": "sideways", "layers": [0]}, ["fbank-40"]])
+def test_encoder_json_of_wrong_types_is_one_line(record, model_dir):  # noqa: F811
+    from serkit.inference import Recognizer
+
+    (model_dir / "encoder.json").write_text(json.dumps(record))
+    with pytest.raises(SerkitError, match="encoder.json: not a usable serkit model file") as info:
+        Recognizer.from_pretrained(model_dir, device="cpu")
+    assert "\n" not in str(info.value)

@@ -56,9 +56,19 @@ def model_folder_part(model_dir: Path, name: str):
                           ) from None
 
 
-def _check_model_folder(d: Path, files: dict, labels: LabelMap, meta: dict) -> None:
+def _check_model_folder(d: Path, files: dict, labels: LabelMap, meta: dict, enc: dict) -> None:
     """Before anything is built from a model folder (possibly from a stranger): every head file named by
-    ``meta.json`` lies inside the folder, and the labels fit the head's output count."""
+    ``meta.json`` lies inside the folder, the labels fit the head's output count, and ``encoder.json`` holds
+    values of the types serkit wrote (an encoder id, integer layers, a known mode)."""
+    records = enc.get("views") if isinstance(enc, dict) and "views" in enc else {"": enc}
+    for view, rec in (records.items() if isinstance(records, dict) else [("", records)]):
+        where = f"{d / 'encoder.json'}" + (f" (view {view})" if view else "")
+        layers = rec.get("layers") if isinstance(rec, dict) else None
+        if not isinstance(rec, dict) or not isinstance(rec.get("encoder"), str) or not (
+                layers is None or (isinstance(layers, list) and all(type(x) is int for x in layers))) or \
+                rec.get("mode", "native") not in ("native", "padded"):
+            raise SerkitError(f"{where}: not a usable serkit model file (expects an 'encoder' id, integer "
+                              f"'layers' and a mode native / padded)")
     root = d.resolve()
     for head, file in files.items():
         if not isinstance(file, str) or not (d / file).resolve().is_relative_to(root):
@@ -240,7 +250,7 @@ class Recognizer:
             # per head, what build_model needs beyond the config (e.g. IF-MVSE's views, score sets and weights)
             specs = {h: ModelSpec(**meta["spec"], extra={**(meta.get("head_extra") or {}).get(h, {}),
                                                          "encoder": encoder_cfg}) for h in files}
-        _check_model_folder(d, files, labels, meta)
+        _check_model_folder(d, files, labels, meta, enc)
         heads = {}
         for head, file in files.items():
             if not (d / file).exists():
