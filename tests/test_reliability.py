@@ -350,6 +350,23 @@ def test_a_run_folder_in_use_is_refused_naming_the_holder(command, tiny_corpus, 
     assert main(args) == 0
 
 
+@pytest.mark.parametrize("command", ["mvse", "ablate-mll", "ablate-hcld"])
+def test_the_other_run_commands_take_the_lock_too(command, tmp_path, capsys):
+    from serkit.cli import main
+    from serkit.run_lock import LOCK_NAME
+
+    out = tmp_path / "run"
+    child = _hold_lock(out / LOCK_NAME)
+    try:
+        rc = main([command, str(tmp_path / "any.yaml"), "--out", str(out)])
+        err = _error_lines(capsys.readouterr().err)
+    finally:
+        child.kill()
+        child.wait(10)
+    assert rc == 2 and len(err) == 1 and f"{out}: in use by pid {child.pid}" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+
+
 def test_train_refuses_an_existing_model_folder_unless_overwrite(tiny_corpus, tmp_path, capsys):  # noqa: F811
     from serkit.cli import main
     from serkit.run_lock import model_lock_path
