@@ -367,6 +367,28 @@ def test_the_other_run_commands_take_the_lock_too(command, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
 
 
+def test_ranks_of_one_distributed_run_share_rank_0s_lock(tmp_path, monkeypatch):
+    """Lightning's DDP launcher re-runs the command for rank 1 (``LOCAL_RANK=1``); torchrun sets ``RANK``: those
+    ranks belong to rank 0's run (tests/train/test_ddp.py runs the real thing). Rank 0 of another run is refused."""
+    from serkit.run_lock import LOCK_NAME, RunFolderBusy, folder_lock
+
+    child = _hold_lock(tmp_path / LOCK_NAME)
+    try:
+        for env in ({"LOCAL_RANK": "1"}, {"RANK": "3", "LOCAL_RANK": "0"}, {"NODE_RANK": "1"}):
+            with monkeypatch.context() as m:
+                for k, v in env.items():
+                    m.setenv(k, v)
+                with folder_lock(tmp_path):
+                    pass
+        with monkeypatch.context() as m:
+            m.setenv("RANK", "0")
+            with pytest.raises(RunFolderBusy), folder_lock(tmp_path):
+                pass
+    finally:
+        child.kill()
+        child.wait(10)
+
+
 def test_train_refuses_an_existing_model_folder_unless_overwrite(tiny_corpus, tmp_path, capsys):  # noqa: F811
     from serkit.cli import main
     from serkit.run_lock import model_lock_path

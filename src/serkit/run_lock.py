@@ -3,7 +3,9 @@
 The lock is ``fcntl.flock`` on a small file (``.serkit.lock`` inside a run folder; ``.<name>.lock`` beside a model
 folder, which ``serkit train`` replaces whole). The kernel drops it when the holder exits, however it exits (a
 SIGKILL included), so a crashed run never leaves a stale lock. A second run on the same folder is refused with one
-line naming the holder's pid; it never waits and never writes.
+line naming the holder's pid; it never waits and never writes. The ranks other than 0 of one distributed run
+(Lightning's DDP launcher re-runs the command for them; torchrun starts every rank) are part of rank 0's run and
+take no lock.
 """
 
 from __future__ import annotations
@@ -28,6 +30,18 @@ class RunFolderBusy(SerkitError):
     """Another live serkit process holds the run folder's lock."""
 
 
+def secondary_rank() -> bool:
+    """Whether this process is a rank other than 0 of a distributed run (from ``RANK``, else ``NODE_RANK`` and
+    ``LOCAL_RANK``, as torchrun and Lightning's launcher set them): rank 0 holds the run folder for all of them."""
+    env = os.environ
+    try:
+        if "RANK" in env:
+            return int(env["RANK"]) != 0
+        return int(env.get("NODE_RANK", "0")) != 0 or int(env.get("LOCAL_RANK", "0")) != 0
+    except ValueError:
+        return False
+
+
 def model_lock_path(model_dir: str | Path) -> Path:
     """The lock file of a model folder: beside it (``.<name>.lock``), since ``serkit train`` replaces the folder."""
     model_dir = Path(model_dir)
@@ -38,8 +52,12 @@ def model_lock_path(model_dir: str | Path) -> Path:
 def run_lock(lock_file: str | Path, what: str) -> Iterator[Path]:
     """Hold an exclusive lock on ``lock_file`` (created with its folder) for the block; ``what`` names the folder
     in the refusal. Raises :class:`RunFolderBusy` at once when another process holds it, and a one-line
-    :class:`SerkitError` naming the path when the folder cannot be written."""
+    :class:`SerkitError` naming the path when the folder cannot be written. A :func:`secondary_rank` takes no
+    lock (its rank 0 holds it)."""
     lock_file = Path(lock_file)
+    if secondary_rank():
+        yield lock_file
+        return
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         fh = open(lock_file, "a+")  # noqa: SIM115 (held open for the block)

@@ -71,12 +71,16 @@ def _train(args) -> int:
     from pathlib import Path
 
     from serkit.errors import SerkitError
-    from serkit.run_lock import model_lock_path, replace_folder, run_lock
+    from serkit.run_lock import model_lock_path, replace_folder, run_lock, secondary_rank
     from serkit.train.final import train_final
 
     cfg = experiment(args)
     out = Path(_default_out(args, cfg))
     with run_lock(model_lock_path(out), str(out)):
+        if secondary_rank():  # a DDP rank re-run by Lightning: trains beside rank 0, which checks and swaps
+            train_final(cfg, out.parent / f".{out.name}.partial", _precision_overrides(args),
+                        refit=not args.no_refit, cv_results=args.cv_results)
+            return 0
         if out.exists() and not out.is_dir():
             raise SerkitError(f"--out {out}: exists and is not a folder")
         if out.is_dir() and any(out.iterdir()) and not args.overwrite:
