@@ -775,3 +775,18 @@ def test_encoder_json_of_wrong_types_is_one_line(record, model_dir):  # noqa: F8
     with pytest.raises(SerkitError, match="encoder.json: not a usable serkit model file") as info:
         Recognizer.from_pretrained(model_dir, device="cpu")
     assert "\n" not in str(info.value)
+
+
+def test_replacing_a_linked_model_folder_keeps_what_the_link_pointed_to(tmp_path):
+    from serkit.run_lock import replace_folder
+
+    real = tmp_path / "v1"
+    real.mkdir()
+    (real / "meta.json").write_text("1")
+    (tmp_path / "model").symlink_to(real)
+    new = tmp_path / ".model.partial"
+    new.mkdir()
+    (new / "meta.json").write_text("2")
+    replace_folder(new, tmp_path / "model")
+    assert (tmp_path / "model" / "meta.json").read_text() == "2" and not (tmp_path / "model").is_symlink()
+    assert (real / "meta.json").read_text() == "1" and not new.exists() and not new.is_symlink()

@@ -111,9 +111,17 @@ def replace_folder(new: str | Path, target: str | Path) -> None:
         os.rename(new, target)
         return
     if _exchange(new, target):
-        shutil.rmtree(new, ignore_errors=True)
+        _remove(new)
         return
     old = target.parent / f".{target.name}.old-{os.getpid()}"
     os.rename(target, old)
     os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Delete the replaced folder (or the link that stood for it: the folder it points to is not ours)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)

@@ -87,7 +87,9 @@ def _train(args) -> int:
             raise SerkitError(f"--out {out}: the folder exists and is not empty; give --overwrite to replace it "
                               f"(done in one step once the new model is trained)")
         staging = out.parent / f".{out.name}.partial"
-        if staging.exists() and not (staging / "work" / "config.yaml").exists():
+        if staging.is_symlink():
+            staging.unlink()
+        elif staging.exists() and not (staging / "work" / "config.yaml").exists():
             shutil.rmtree(staging)  # no run to resume there (a finished copy that was never swapped in): start anew
         train_final(cfg, staging, _precision_overrides(args), refit=not args.no_refit, cv_results=args.cv_results)
         replace_folder(staging, out)
