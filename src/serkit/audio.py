@@ -18,6 +18,7 @@ import soxr
 
 from serkit.constants import SAMPLE_RATE
 from serkit.errors import AudioError
+from serkit.io import not_a_regular_file
 
 #: Longest file (seconds) that :func:`read_audio` accepts unless told otherwise; guards memory on huge files.
 MAX_SECONDS = 3600.0
@@ -28,6 +29,23 @@ MIN_SECONDS = 0.25
 #: Sample rates (Hz) a recording can have; a header outside this range is broken or crafted (1 Hz would make
 #: 1000 samples 1000 seconds long).
 SAMPLE_RATE_RANGE = (1_000, 768_000)
+#: Largest peak amplitude accepted (float audio's full scale is 1.0, so this is +60 dBFS). A louder signal comes
+#: from a broken writer or holds integer-scaled samples stored as float; encoders overflow on it (a 1e19 peak gives
+#: all-NaN features), so it is refused as "out of range" by check, extract, predict, serve and the Python API.
+MAX_AMPLITUDE = 1e3
+
+
+def signal_problem(signal: np.ndarray) -> str | None:
+    """Why the samples of ``signal`` (any shape, float) are not audio at all, or None: ``"non-finite samples: ..."``
+    (NaN or inf) or ``"out of range: ..."`` (peak above :data:`MAX_AMPLITUDE`). The one guard every reader shares."""
+    finite = np.isfinite(signal)
+    if not finite.all():
+        return f"non-finite samples (NaN or inf): {int((~finite).sum())} of them"
+    peak = float(np.abs(signal).max()) if signal.size else 0.0
+    if peak > MAX_AMPLITUDE:
+        return (f"out of range: peak amplitude {peak:.1e} > {MAX_AMPLITUDE:.0e} (float audio's full scale is 1.0; "
+                f"scale the samples to [-1, 1])")
+    return None
 
 
 def unusable(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str | None:
@@ -36,8 +54,12 @@ def unusable(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str | None:
 
     * ``"silent: ..."``: peak below :data:`SILENCE_PEAK` after the downmix to mono (also stereo whose channels
       cancel, e.g. one channel phase-inverted);
-    * ``"too short to use: ..."``: under :data:`MIN_SECONDS`.
+    * ``"too short to use: ..."``: under :data:`MIN_SECONDS`;
+    * ``"non-finite samples: ..."`` / ``"out of range: ..."``: see :func:`signal_problem`.
     """
+    problem = signal_problem(signal)
+    if problem is not None:
+        return problem
     seconds = len(signal) / sample_rate
     if seconds < MIN_SECONDS:
         return f"too short to use: {seconds:.3f} s < {MIN_SECONDS} s, too little to carry an emotion"
@@ -69,7 +91,9 @@ def _wav_declared_frames(path: str | Path) -> int | None:
 
 def _checked_info(path: str | Path):
     """``soundfile.info`` plus the header checks soundfile does not make: an impossible sample rate, and a WAV
-    whose data chunk is shorter than its header declares (soundfile reads that as a clean, shorter file)."""
+    whose data chunk is shorter than its header declares (soundfile reads that as a clean, shorter file); a FIFO
+    or device is refused before it is opened (reading one could hang)."""
+    _regular(path)
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises several types for corrupt input
@@ -82,6 +106,12 @@ def _checked_info(path: str | Path):
         raise AudioError(path, f"truncated: the header declares {declared} frames "
                                f"({declared / info.samplerate:.2f} s), the file holds {info.frames}")
     return info
+
+
+def _regular(path: str | Path) -> None:
+    problem = not_a_regular_file(path)
+    if problem is not None:
+        raise AudioError(path, problem)
 
 
 def resample(signal: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -113,7 +143,7 @@ def prepare_signal(
     """Turn an in-memory signal into serkit's form: mono float32 at ``target_sr``.
 
     ``signal`` is ``(samples,)`` or ``(samples, channels)``; raises :class:`AudioError` for empty,
-    non-finite or (unless ``allow_silent``) silent input.
+    non-finite, out-of-range (peak above :data:`MAX_AMPLITUDE`) or (unless ``allow_silent``) silent input.
     """
     signal = np.asarray(signal)
     if signal.ndim == 2 and signal.shape[0] < signal.shape[1] and signal.shape[0] <= 8:
@@ -122,9 +152,10 @@ def prepare_signal(
         raise AudioError(name, "empty: no samples")
     if np.issubdtype(signal.dtype, np.integer):
         signal = signal.astype(np.float32) / float(np.iinfo(signal.dtype).max)
+    problem = signal_problem(signal)  # before the downmix: channels of 1e38 would sum to inf
+    if problem is not None:
+        raise AudioError(name, problem)
     signal = to_mono(signal.astype(np.float32, copy=False))
-    if not np.all(np.isfinite(signal)):
-        raise AudioError(name, f"non-finite samples (NaN or inf): {int((~np.isfinite(signal)).sum())} of them")
     if sample_rate <= 0:
         raise AudioError(name, f"invalid sample rate {sample_rate}")
     signal = resample(signal, sample_rate, target_sr)
@@ -145,7 +176,7 @@ def read_audio(
     """Read ``path`` (any format soundfile reads) as mono float32 ``(samples,)`` at ``target_sr`` Hz.
 
     ``start`` / ``stop`` (seconds) read a segment. Raises :class:`AudioError` naming the file when it is missing,
-    unreadable, empty, longer than ``max_seconds``, non-finite, or silent (when ``allow_silent`` is False).
+    unreadable, empty, longer than ``max_seconds``, non-finite, out of range, or silent (when ``allow_silent`` is False).
     Multichannel audio is averaged to mono and other rates are resampled with soxr.
     """
     path = Path(path)
@@ -173,6 +204,7 @@ def stream_audio(path: str | Path, *, block_seconds: float = 30.0, target_sr: in
     path = Path(path)
     if not path.exists():
         raise AudioError(path, "file not found")
+    _regular(path)
     try:
         info = sf.info(str(path))
     except (RuntimeError, OSError, ValueError) as exc:  # soundfile's errors for corrupt input
@@ -184,9 +216,10 @@ def stream_audio(path: str | Path, *, block_seconds: float = 30.0, target_sr: in
     block = max(1, int(block_seconds * info.samplerate))
     try:
         for data in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
+            problem = signal_problem(data)
+            if problem is not None:
+                raise AudioError(path, problem)
             mono = to_mono(data)
-            if not np.all(np.isfinite(mono)):
-                raise AudioError(path, "non-finite samples (NaN or inf)")
             out = mono if stream is None else stream.resample_chunk(mono)
             if len(out):
                 yield out
@@ -214,7 +247,9 @@ def audio_info(path: str | Path) -> dict:
 
 
 def content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-1 of the file's bytes (hex, 16 chars): identifies audio content for caches."""
+    """SHA-1 of the file's bytes (hex, 16 chars): identifies audio content for caches. Raises :class:`AudioError`
+    for a FIFO or device (never opened)."""
+    _regular(path)
     h = hashlib.sha1()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):

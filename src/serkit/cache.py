@@ -50,7 +50,7 @@ import torch
 
 from serkit.constants import SAMPLE_RATE
 from serkit.errors import AudioError, SerkitError
-from serkit.io import atomic_write, remove_stale_temporaries
+from serkit.io import atomic_write, naming, remove_stale_temporaries
 
 #: Version of the features a store holds. 2: Whisper features no longer depend on batch neighbours (the front end
 #: and attention run per item at its own length), so stores filled by version 1 hold slightly other numbers than
@@ -77,6 +77,10 @@ IDENTITY_FIELDS = (
     "overlap_seconds",
     "precision",
 )
+
+
+class NonFiniteFeatures(SerkitError):
+    """Features holding NaN or inf (or values float16 cannot hold): never written to a store."""
 
 
 class StaleStoreError(SerkitError):
@@ -291,10 +295,14 @@ class FeatureStore:
         # being written (files are renamed into place before their entry), and a torn last line is cut off
         # before it can swallow the next entry. fsync (power-loss durability) costs milliseconds per call on
         # virtual disks, so it runs every FSYNC_EVERY entries instead of per file.
-        with self.lock(), open(self.root / self._index_name, "a+b") as fh:
+        index = self.root / self._index_name
+        with self.lock(), open(index, "a+b") as fh:
             _cut_torn_tail(fh)
-            fh.write("".join(json.dumps(e) + "\n" for e in entries).encode("utf-8"))
-            fh.flush()
+            try:
+                fh.write("".join(json.dumps(e) + "\n" for e in entries).encode("utf-8"))
+                fh.flush()
+            except OSError as exc:  # a full disk: name the index (the torn line is cut off on the next append)
+                raise naming(exc, index) from None
             self._unsynced = getattr(self, "_unsynced", 0) + len(entries)
             if self._unsynced >= FSYNC_EVERY:
                 os.fsync(fh.fileno())
@@ -390,7 +398,9 @@ class FeatureStore:
 
     # writing ---------------------------------------------------------------------------------------------------
     def write(self, utt_id: str, audio_hash: str, feats: torch.Tensor | np.ndarray, seconds: float) -> None:
-        """Store float32 ``feats`` ``(layers, frames, dim)`` for ``utt_id``: float16 frames + float32 statistics."""
+        """Store float32 ``feats`` ``(layers, frames, dim)`` for ``utt_id``: float16 frames + float32 statistics.
+
+        Raises :class:`NonFiniteFeatures` (nothing written) when a frame or statistic is NaN or inf."""
         feats = torch.as_tensor(feats, dtype=torch.float32)
         if feats.ndim != 3 or feats.shape[0] != len(self.layers) or feats.shape[1] < 1:
             raise ValueError(
@@ -398,6 +408,10 @@ class FeatureStore:
             )
         pooled = pooled_statistics(feats).numpy()
         frames = feats.to(torch.float16).numpy()
+        bad = int((~np.isfinite(frames)).sum()) or int((~np.isfinite(pooled)).sum())
+        if bad:  # a NaN feature would poison every model trained on the store
+            raise NonFiniteFeatures(f"{utt_id}: non-finite features: {bad} value(s) are NaN or inf (or beyond "
+                                    f"float16's range); not stored")
         _atomic_write_bytes(self._feat_path(audio_hash), lambda fh: np.save(fh, frames))
         _atomic_write_bytes(self._pooled_path(audio_hash), lambda fh: np.save(fh, pooled))
         self._append_index(
@@ -593,6 +607,9 @@ def extract_to_cache(
             except OSError as exc:
                 fail(utt_id, path, f"cannot read: {exc.strerror or exc}")
                 continue
+            except AudioError as exc:  # a FIFO or device: never opened
+                fail(utt_id, path, exc.problem)
+                continue
             if store.is_current(utt_id, h):
                 report.reused += 1
             elif store.has_hash(h):
@@ -627,7 +644,7 @@ def extract_to_cache(
                         fail(utt_id, path, problem)
                         bar.update(1)
                         continue
-                    meta[utt_id] = (h, len(signal) / SAMPLE_RATE)
+                    meta[utt_id] = (h, len(signal) / SAMPLE_RATE, path)
                     yield utt_id, signal
 
         from serkit.encoders.runner import encode_signals
@@ -640,8 +657,13 @@ def extract_to_cache(
             chunk_seconds=chunk_seconds,
             overlap_seconds=overlap_seconds,
         ):
-            h, seconds = meta.pop(utt_id)
-            store.write(utt_id, h, feats, seconds)
+            h, seconds, path = meta.pop(utt_id)
+            try:
+                store.write(utt_id, h, feats, seconds)
+            except NonFiniteFeatures as exc:
+                fail(utt_id, path, str(exc).partition(": ")[2])
+                bar.update(1)
+                continue
             report.computed += 1
             report.audio_seconds += seconds
             bar.update(1)

@@ -1,8 +1,8 @@
 """Integrity check of a manifest's audio: ``serkit check MANIFEST``.
 
 Every file is read; problems are reported by name and never stop the run: unreadable, empty, silent,
-non-finite, clipped, too short, too long; plus notes on other sample rates and multichannel files (which serkit
-converts on read).
+non-finite, out of range (peak above ``audio.MAX_AMPLITUDE``), clipped, too short, too long; plus notes on other
+sample rates and multichannel files (which serkit converts on read).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from serkit.audio import SILENCE_PEAK, audio_info, unusable
+from serkit.audio import SILENCE_PEAK, audio_info, signal_problem, unusable
 from serkit.constants import SAMPLE_RATE
 from serkit.errors import AudioError
 
 #: Problems that make a file unusable; extraction skips the same files with the same reasons (errors.json).
-FATAL = ("missing", "unreadable", "bad sample rate", "truncated", "empty", "non-finite", "silent",
-         "too short to use")
+FATAL = ("missing", "unreadable", "bad sample rate", "truncated", "empty", "non-finite", "out of range",
+         "silent", "too short to use", "not a regular file", "cannot read")
 
 
 @dataclass
@@ -91,6 +91,13 @@ def check_file(uid: str, path: str, cfg: CheckConfig = CheckConfig()) -> FileRep
         rep.problems.append("non-finite")
         rep.notes.append(f"{int((~finite).sum())} NaN/inf samples")
         data = np.where(finite, data, 0.0)
+    loud = signal_problem(data)
+    if loud is not None:  # the level checks below mean nothing on such samples (they would report "mostly silent")
+        name, _, detail = loud.partition(": ")
+        rep.problems.append(name)
+        rep.notes.append(detail)
+        rep.peak = float(np.abs(data).max())
+        return rep
     mono = data.mean(axis=1)  # what serkit reads
     rep.peak = float(np.abs(mono).max()) if mono.size else 0.0
     rep.edge_silence = edge_silence_seconds(mono, info["sample_rate"])

@@ -198,8 +198,10 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"config: train.{k} must be a positive integer, got {cfg['train'][k]!r}")
     for k in ("lr", "weight_decay"):
         cfg["train"][k] = _number(cfg["train"][k], f"train.{k}")
-    if cfg["train"]["lr"] <= 0:
-        raise ConfigError(f"config: train.lr must be > 0, got {cfg['train']['lr']!r}")
+    if not (math.isfinite(cfg["train"]["lr"]) and cfg["train"]["lr"] > 0):
+        raise ConfigError(f"config: train.lr must be a finite number > 0, got {cfg['train']['lr']!r}")
+    if not (math.isfinite(cfg["train"]["weight_decay"]) and cfg["train"]["weight_decay"] >= 0):
+        raise ConfigError(f"config: train.weight_decay must be a finite number >= 0, got {cfg['train']['weight_decay']!r}")
     for dotted, (kind, optional) in NUMERIC.items():
         if dotted.startswith("encoder.") and not isinstance(cfg["encoder"], dict):
             continue
@@ -210,11 +212,13 @@ def validate(cfg: dict) -> dict:
             if isinstance(v, bool):
                 raise TypeError
             x = float(v)
-            ok = x.is_integer() if kind is int else not math.isnan(x)
-        except (TypeError, ValueError):
+            ok = x.is_integer() if kind is int else math.isfinite(x)
+        except (TypeError, ValueError, OverflowError):
             ok = False
         if not ok:
-            raise ConfigError(f"config: {dotted} must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+            raise ConfigError(f"config: {dotted} must be {'an integer' if kind is int else 'a finite number'}, "
+                              f"got {v!r}")
+    _check_ranges(cfg)
     if int(cfg["train"]["group_by_length"] or 0) < 0:
         raise ConfigError(f"config: train.group_by_length must be 0 (off) or a number of batches per sorted group, "
                           f"got {cfg['train']['group_by_length']!r}")
@@ -232,6 +236,51 @@ def validate(cfg: dict) -> dict:
 
     resolve(cfg)  # every section type-checked once (serkit.options.resolve gives the typed view)
     return cfg
+
+
+#: Settings that must be positive (> 0) once their type is known.
+POSITIVE = ("train.lr_decay", "train.eval_batch_size", "predict.window_seconds", "predict.hop_seconds",
+            "encoder.batch_seconds")
+
+
+def _walk(node, path: str):
+    """``(dotted key, value)`` of every entry below ``node`` (mappings and lists)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        key = f"{path}.{k}"
+        yield key, v
+        yield from _walk(v, key)
+
+
+def _check_ranges(cfg: dict) -> None:
+    """Values of the right type but outside their range, refused before any work, naming the key: positive
+    settings, dropout rates in [0, 1), protocol counts and fractions, an empty class set."""
+    for dotted in POSITIVE:
+        v = None if dotted.startswith("encoder.") and not isinstance(cfg["encoder"], dict) else get(cfg, dotted)
+        if v is not None and not float(v) > 0:
+            raise ConfigError(f"config: {dotted} must be > 0, got {v!r}")
+    if int(cfg["train"]["min_epochs"]) < 0:
+        raise ConfigError(f"config: train.min_epochs must be >= 0, got {cfg['train']['min_epochs']!r}")
+    for section in ("model", "recipe_options", "augment"):
+        for key, v in _walk(cfg.get(section) or {}, section):
+            rate = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+            if key.rsplit(".", 1)[-1].endswith("dropout") and v is not None and not rate:
+                raise ConfigError(f"config: {key} must be a rate in [0, 1), got {v!r}")
+    protocol = cfg.get("protocol") or {}
+    counts = {"val_speakers": 0, "k": 2}
+    for key, least in counts.items():
+        v = protocol.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v)
+                              or int(v) < least):
+            raise ConfigError(f"config: protocol.{key} must be an integer >= {least}, got {v!r}")
+    for key in ("val_fraction", "test_fraction", "val_min_share"):
+        v = protocol.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
+            raise ConfigError(f"config: protocol.{key} must be a fraction in [0, 1), got {v!r}")
+    class_set = cfg.get("class_set")
+    if class_set is not None and not class_set:
+        raise ConfigError(f"config: class_set {class_set!r} is empty (it would keep every class); name a class set "
+                          f"or map at least one class, or leave it out")
 
 
 def _number(value, key: str) -> float:
@@ -337,7 +386,7 @@ def load_config(path: str | Path | dict, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{source}: a config must be a YAML mapping")
         base = raw.pop("extends", None)
         if base:
-            parent = load_config_raw(p.parent / base)
+            parent = load_config_raw(p.parent / base, (p.resolve(),))
             raw = _merge(parent, raw) if parent else raw
     cfg = _merge(DEFAULTS, _move_deprecated(raw, source))
     for o in overrides or []:
@@ -346,15 +395,20 @@ def load_config(path: str | Path | dict, overrides: list[str] | None = None) -> 
     return validate(cfg)
 
 
-def load_config_raw(path: Path) -> dict:
+def load_config_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The raw mapping of config ``path`` merged over the configs it ``extends``; ``chain``: the resolved paths
+    that extend it, so a cycle is a ConfigError naming the files in order."""
     if not Path(path).exists():
         raise ConfigError(f"config file {path} not found (named by 'extends')")
+    here = Path(path).resolve()
+    if here in chain:
+        raise ConfigError(f"config: 'extends' loops: {' -> '.join(str(c) for c in (*chain, here))}")
     raw = parse_yaml(Path(path).read_text(), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping")
     base = raw.pop("extends", None)
     if base:
-        parent = load_config_raw(Path(path).parent / base)
+        parent = load_config_raw(Path(path).parent / base, (*chain, here))
         return _merge(parent, raw) if parent else raw
     return raw
 

@@ -56,6 +56,31 @@ def model_folder_part(model_dir: Path, name: str):
                           ) from None
 
 
+def _check_model_folder(d: Path, files: dict, labels: LabelMap, meta: dict, enc: dict) -> None:
+    """Before anything is built from a model folder (possibly from a stranger): every head file named by
+    ``meta.json`` lies inside the folder, the labels fit the head's output count, and ``encoder.json`` holds
+    values of the types serkit wrote (an encoder id, integer layers, a known mode)."""
+    records = enc.get("views") if isinstance(enc, dict) and "views" in enc else {"": enc}
+    for view, rec in (records.items() if isinstance(records, dict) else [("", records)]):
+        where = f"{d / 'encoder.json'}" + (f" (view {view})" if view else "")
+        layers = rec.get("layers") if isinstance(rec, dict) else None
+        if not isinstance(rec, dict) or not isinstance(rec.get("encoder"), str) or not (
+                layers is None or (isinstance(layers, list) and all(type(x) is int for x in layers))) or \
+                rec.get("mode", "native") not in ("native", "padded"):
+            raise SerkitError(f"{where}: not a usable serkit model file (expects an 'encoder' id, integer "
+                              f"'layers' and a mode native / padded)")
+    root = d.resolve()
+    for head, file in files.items():
+        if not isinstance(file, str) or not (d / file).resolve().is_relative_to(root):
+            raise SerkitError(f"{d / 'meta.json'}: the {head} head file {file!r} is not inside the model folder; "
+                              f"refused")
+    names = labels.classes if labels.task == "classification" else labels.targets
+    outputs = (meta.get("spec") or {}).get("num_outputs")
+    if outputs is not None and outputs != len(names):
+        raise SerkitError(f"{d / 'labels.json'}: {len(names)} {'classes' if labels.task == 'classification' else 'targets'}"
+                          f" but meta.json's head has {outputs} outputs; not a consistent serkit model folder")
+
+
 def _usable(signal: np.ndarray, name: str) -> np.ndarray:
     """``signal``, or an :class:`AudioError` when it cannot be labelled (e.g. under ``MIN_SECONDS``)."""
     problem = unusable(signal)
@@ -235,6 +260,7 @@ class Recognizer:
             specs = {h: ModelSpec(**meta["spec"], extra={**(meta.get("head_extra") or {}).get(h, {}),
                                                          "encoder": encoder_cfg}) for h in files}
             calibration = read_calibration(meta, files)
+        _check_model_folder(d, files, labels, meta, enc)
         heads = {}
         for head, file in files.items():
             if not (d / file).exists():
@@ -481,6 +507,9 @@ class Recognizer:
         for x, sc in zip(inputs, self._scores(inputs, stats, head), strict=True):
             if sc is None:
                 out.append({"file": x.name, "error": x.error})
+                continue
+            if not (np.isfinite(sc[0]).all() and np.isfinite(sc[1]).all()):  # never emit a NaN probability
+                out.append({"file": x.name, "error": f"{x.name}: non-finite model output (NaN or inf) for this input"})
                 continue
             res = {"file": x.name, "duration": round(x.duration, 3), **self._describe(sc[1]), "head": head,
                    "precision": self.precision}

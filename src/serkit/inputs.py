@@ -45,8 +45,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
     import os
 
     from serkit.errors import ManifestError
+    from serkit.io import MAX_TABLE_BYTES, not_a_regular_file
 
     path = Path(path)
+    problem = not_a_regular_file(path, MAX_TABLE_BYTES)
+    if problem is not None:
+        raise ManifestError(f"{path}: {problem}")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix.lower() == ".csv" \
             else pd.read_parquet(path)

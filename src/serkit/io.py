@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import re
+import stat
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,6 +24,27 @@ from typing import IO
 from serkit.errors import CheckpointError
 
 TMP_SUFFIX = ".tmp"
+#: Largest table (manifest, corpus CSV) serkit reads: a wrong or endless file must not take all memory and time.
+MAX_TABLE_BYTES = 1 << 30
+
+
+def not_a_regular_file(path: str | Path, max_bytes: int | None = None) -> str | None:
+    """Why ``path`` must not be opened for reading, from ``os.stat`` alone (which never blocks), or None:
+    ``"not a regular file: a FIFO ..."`` (a FIFO, device, socket or folder: reading could hang or never end) or
+    ``"too large: ..."`` (over ``max_bytes``). A missing path is None: callers report it their own way."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or
+                stat.S_ISBLK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) else "a socket or other")
+        return f"not a regular file: {kind}, refused before reading"
+    if max_bytes is not None and st.st_size > max_bytes:
+        return f"too large: {st.st_size} bytes > {max_bytes} bytes"
+    return None
 
 
 def _umask() -> int:
@@ -50,16 +72,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     temporary is removed on error; the target is never seen half-written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX)
+    except OSError as exc:
+        raise naming(exc, path) from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk or a quota while writing: name the target, not the temporary
+        raise naming(exc, path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def naming(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` with ``path`` as its file name where it names none or a temporary file of ours (``No space left on
+    device`` from a write names nothing); same type (``PermissionError`` ...) and errno."""
+    if exc.filename is not None and not str(exc.filename).endswith(TMP_SUFFIX):
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path)) if exc.errno else exc
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object], *, fsync: bool = True) -> Path:

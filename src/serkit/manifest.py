@@ -14,7 +14,7 @@ import pandas as pd
 
 from serkit.constants import MANIFEST_REQUIRED
 from serkit.errors import ManifestError
-from serkit.io import atomic_path
+from serkit.io import MAX_TABLE_BYTES, atomic_path, not_a_regular_file
 
 GENDERS = ("female", "male", "unknown")
 
@@ -72,6 +72,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
         raise ManifestError(f"{path}: manifest suffix must be .csv or .parquet, got {suffix!r}")
+    problem = not_a_regular_file(path, MAX_TABLE_BYTES)
+    if problem is not None:
+        raise ManifestError(f"{path}: {problem}")
     try:
         if suffix == ".csv":
             df = pd.read_csv(path, dtype={"id": str, "speaker": str, "session": str}, keep_default_na=False,

@@ -113,6 +113,11 @@ def choices_section(summary: dict) -> list[str]:
     return ["## Chosen on the validation speakers", "", head, "|---|---|---|---|", *rows, ""]
 
 
+def _cell(value) -> str:
+    """A metric in a table: four decimals, ``-`` where a fold has none (null in results.json)."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 def format_table(summary: dict, keys: list[str] | None = None) -> str:
     """Markdown table of per-fold metrics plus mean ± std (percent for classification)."""
     if keys is None:
@@ -124,7 +129,7 @@ def format_table(summary: dict, keys: list[str] | None = None) -> str:
     for f in summary["folds"]:
         spk = " ".join(s.split("_")[-1] for s in f["test_speakers"][:6])
         lines.append(f"| {f['fold']} | {spk} | {f['n_test']} | " +
-                     " | ".join(f"{f['metrics'].get(k, float('nan')):.4f}" for k in keys) + " |")
+                     " | ".join(_cell(f["metrics"].get(k)) for k in keys) + " |")
     lines.append("| mean ± std | | | " + " | ".join(
         f"{summary['mean'].get(k, float('nan')):.4f} ± {summary['std'].get(k, float('nan')):.4f}" for k in keys) + " |")
     for k, bad in (summary.get("not_averaged") or {}).items():

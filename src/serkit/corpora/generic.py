@@ -36,6 +36,11 @@ class CsvCorpus(CorpusReader):
         return super().read(root.parent, with_duration=with_duration)
 
     def rows(self, root: Path):
+        from serkit.io import MAX_TABLE_BYTES, not_a_regular_file
+
+        problem = not_a_regular_file(self._table, MAX_TABLE_BYTES)
+        if problem is not None:
+            raise CorpusError(f"csv: {self._table}: {problem}")
         table = pd.read_csv(self._table, keep_default_na=False)
         for col in ("path", "emotion"):
             if col not in table.columns:

@@ -134,8 +134,13 @@ def add_parsers(sub) -> None:
 
 
 def _ablate(args) -> int:
-    folds = [int(x) for x in args.folds.split(",")] if args.folds else None
-    md = run_rows(args.config, args.out, split_list(args.rows, []) or None, args.set, folds, args.rows_file)
+    from serkit.train.cli import parse_folds
+
+    folds = parse_folds(args.folds)
+    from serkit.run_lock import folder_lock
+
+    with folder_lock(args.out):  # one writer per run folder
+        md = run_rows(args.config, args.out, split_list(args.rows, []) or None, args.set, folds, args.rows_file)
     print(md)
     print(f"table -> {args.out}/ablation.md, {args.out}/ablation.csv")
     return 0

@@ -169,6 +169,12 @@ class Recipe:
                 out["speaker_eer"] = float(eer[0] if isinstance(eer, tuple) else eer)
             except ImportError:
                 pass
+            except ValueError:  # one test speaker (or one utterance each): no target / non-target trials
+                out["speaker_eer"] = None  # null in results.json, left out of the mean
+                note = ("speaker_eer: no value, the test part has no pair of utterances of one speaker and of two "
+                        "speakers (needs two test speakers with two utterances)")
+                if isinstance(getattr(fold, "warnings", None), list) and note not in fold.warnings:
+                    fold.warnings.append(note)
             if not fold.speaker_independent and "speaker_logits" in outputs:
                 sidx = {s: i for i, s in enumerate(labels.speakers)}
                 true = np.array([sidx.get(s, -1) for s in rows["speaker"].astype(str)])

@@ -181,7 +181,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _main(args) -> int:
-    folds = [int(x) for x in args.folds.split(",")] if args.folds else None
+    from serkit.train.cli import parse_folds
+
+    folds = parse_folds(args.folds)
     layers = [int(x) for x in split_list(args.layers, [])]
     if args.merge:
         md, _ = merge_parts(args.config, args.out, split_list(args.rows, DEFAULT_ROWS), layers, args.set, args.table)

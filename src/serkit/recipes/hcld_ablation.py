@@ -160,9 +160,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _main(args) -> int:
-    folds = [int(x) for x in args.folds.split(",")] if args.folds else None
-    md, _ = run_ablation(args.config, args.out, split_list(args.extractors, EXTRACTORS), split_list(args.variants, VARIANTS),
-                         args.set, folds, table_only=args.table_only)
+    from serkit.run_lock import folder_lock
+    from serkit.train.cli import parse_folds
+
+    folds = parse_folds(args.folds)
+    with folder_lock(args.out):  # one writer per run folder
+        md, _ = run_ablation(args.config, args.out, split_list(args.extractors, EXTRACTORS),
+                             split_list(args.variants, VARIANTS), args.set, folds, table_only=args.table_only)
     print(md)
     print(f"table -> {args.out}/table.md, {args.out}/table.csv")
     return 0

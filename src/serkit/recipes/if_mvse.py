@@ -377,9 +377,12 @@ def run_mvse(config, out_dir, overrides: list[str] | None = None, folds_only: li
 
 def _main_args(args) -> int:
     from serkit.report import format_table
+    from serkit.run_lock import folder_lock
+    from serkit.train.cli import parse_folds
 
-    folds = [int(x) for x in args.folds.split(",")] if args.folds else None
-    summary = run_mvse(args.config, args.out, args.set, folds_only=folds)
+    folds = parse_folds(args.folds)
+    with folder_lock(args.out):  # one writer per run folder
+        summary = run_mvse(args.config, args.out, args.set, folds_only=folds)
     print(format_table(summary))
     print(f"results -> {args.out}/results.json, report -> {args.out}/report.md")
     return 0

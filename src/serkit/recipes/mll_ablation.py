@@ -252,8 +252,12 @@ def _args(p: argparse.ArgumentParser) -> None:
 def _main_args(args) -> int:
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
     tsne = [r.strip() for r in args.tsne.split(",") if r.strip()] if args.tsne else None
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
-    run_ablation(args.config, args.out, args.overrides, rows, tsne, folds)
+    from serkit.run_lock import folder_lock
+    from serkit.train.cli import parse_folds
+
+    folds = parse_folds(args.folds)
+    with folder_lock(args.out):  # one writer per run folder
+        run_ablation(args.config, args.out, args.overrides, rows, tsne, folds)
     return 0
 
 

@@ -28,6 +28,19 @@ def experiment(args):
     return table_config(args.config, layout=args.layout, recipe=args.recipe, task=args.task or "classification")
 
 
+def parse_folds(text: str | None) -> list[int] | None:
+    """``--folds 0,2`` -> ``[0, 2]`` (None without the option); anything but non-negative integers is a one-line
+    ConfigError (the protocol's fold count is checked by run_cv before any work)."""
+    if text is None:
+        return None
+    from serkit.errors import ConfigError
+
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"--folds {text!r}: expected fold numbers (integers from 0) separated by commas, e.g. 0,1")
+    return sorted({int(p) for p in parts})
+
+
 def _default_out(args, cfg) -> str:
     if args.out:
         return args.out
@@ -39,24 +52,49 @@ def _default_out(args, cfg) -> str:
 
 
 def _cv(args) -> int:
+    from serkit.run_lock import folder_lock
     from serkit.train.cv import format_table, run_cv
 
-    folds = [int(x) for x in args.folds.split(",")] if args.folds else None
+    folds = parse_folds(args.folds)
     cfg = experiment(args)
     out = _default_out(args, cfg)
-    summary = run_cv(cfg, out, _precision_overrides(args), folds_only=folds)
+    with folder_lock(out):  # one writer per run folder
+        summary = run_cv(cfg, out, _precision_overrides(args), folds_only=folds)
     print(format_table(summary))
     print(f"results -> {out}/results.json, report -> {out}/report.md")
     return 0
 
 
 def _train(args) -> int:
+    """Train into ``.<name>.partial`` beside ``--out`` (a rerun after a kill resumes there), then put it in place in
+    one step: readers of an existing model folder see the old model or the new one."""
+    import shutil
+    from pathlib import Path
+
+    from serkit.errors import SerkitError
+    from serkit.run_lock import model_lock_path, replace_folder, run_lock, secondary_rank
     from serkit.train.final import train_final
 
     cfg = experiment(args)
-    path = train_final(cfg, _default_out(args, cfg), _precision_overrides(args), refit=not args.no_refit,
-                       cv_results=args.cv_results)
-    print(f"model -> {path}")
+    out = Path(_default_out(args, cfg))
+    with run_lock(model_lock_path(out), str(out)):
+        if secondary_rank():  # a DDP rank re-run by Lightning: trains beside rank 0, which checks and swaps
+            train_final(cfg, out.parent / f".{out.name}.partial", _precision_overrides(args),
+                        refit=not args.no_refit, cv_results=args.cv_results)
+            return 0
+        if out.exists() and not out.is_dir():
+            raise SerkitError(f"--out {out}: exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+            raise SerkitError(f"--out {out}: the folder exists and is not empty; give --overwrite to replace it "
+                              f"(done in one step once the new model is trained)")
+        staging = out.parent / f".{out.name}.partial"
+        if staging.is_symlink():
+            staging.unlink()
+        elif staging.exists() and not (staging / "work" / "config.yaml").exists():
+            shutil.rmtree(staging)  # no run to resume there (a finished copy that was never swapped in): start anew
+        train_final(cfg, staging, _precision_overrides(args), refit=not args.no_refit, cv_results=args.cv_results)
+        replace_folder(staging, out)
+    print(f"model -> {out}")
     return 0
 
 
@@ -229,6 +267,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-refit", action="store_true",
                    help="keep the validation run's best model (trained without the validation speakers)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder (in one step, once the new model is trained)")
     p.add_argument("--cv-results", metavar="RESULTS_JSON",
                    help="results.json of `serkit cv` with this config: the model card quotes its mean ± std")
     _add_precision(p, "sets encoder.precision and train.precision")

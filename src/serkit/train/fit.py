@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from serkit.data.features import collate, loader_workers, to_device
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
-from serkit.io import atomic_write_json, atomic_write_text, load_tensors
+from serkit.io import atomic_path, atomic_write, atomic_write_json, atomic_write_text, load_tensors
 from serkit.metrics import classification_metrics, confusion, regression_metrics
 from serkit.models.registry import ModelSpec
 from serkit.precision import lightning_precision, run_precision
@@ -541,7 +541,8 @@ def _run_train_stage(ctx: StageContext, stage: TrainStage, in_fold_dir: bool, up
         from safetensors.torch import save_file
 
         files = ["state.safetensors"]
-        save_file(trained_state(module.model), str(stage_dir / "state.safetensors"))
+        with atomic_path(stage_dir / "state.safetensors") as tmp:  # whole or absent; the umask's mode, not 0600
+            save_file(trained_state(module.model), str(tmp))
         if outputs is not None:
             save_outputs(stage_dir / "outputs.npz", outputs)
             files.append("outputs.npz")
@@ -678,7 +679,8 @@ def _fold_result(ctx: StageContext, stages: list, records: dict) -> dict:
     res["features"] = _check_features(cfg, stages, records)
     atomic_write_text(ctx.fold_dir / "predictions.csv", pred_table.to_csv(index=False))
     if "embedding" in test:
-        np.save(ctx.fold_dir / "test_embeddings.npy", np.asarray(test["embedding"], dtype=np.float32))
+        embeddings = np.asarray(test["embedding"], dtype=np.float32)
+        atomic_write(ctx.fold_dir / "test_embeddings.npy", lambda fh: np.save(fh, embeddings))
     return res  # fit_fold writes result.json (the fold's resume marker) with its time
 
 
