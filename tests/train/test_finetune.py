@@ -109,6 +109,24 @@ def _batch():
     return {"waveform": torch.randn(2, 8000, generator=g), "lengths": torch.tensor([8000, 6000])}
 
 
+def test_a_pooled_head_gets_the_statistics_the_cache_stores():
+    from serkit.cache import pooled_statistics
+    from serkit.models.encoder_model import masked_pooled_statistics
+
+    feats = torch.randn(2, 3, 7, 4)
+    mask = torch.tensor([[True] * 7, [True] * 5 + [False] * 2])
+    pooled = masked_pooled_statistics(feats, mask)
+    torch.testing.assert_close(pooled[0], pooled_statistics(feats[0]))
+    torch.testing.assert_close(pooled[1], pooled_statistics(feats[1, :, :5]))
+    enc = tiny_encoder("whisper")
+    spec = ModelSpec("classification", 3, enc.num_layers, enc.hidden_size)
+    head = build_model(spec, "pooled_mlp", layers="all", hidden=[], dropout=0.0)
+    m = EncoderDownstream(enc, head, list(range(enc.num_layers)), "lora", adapters=True).train()
+    m(_batch())["logits"].sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for n, p in m.encoder.named_parameters()
+               if p.requires_grad)
+
+
 def test_warm_up_epochs_train_the_head_alone():
     m = _loop_model("whisper", {"mode": "full", "warmup_epochs": 2}).train()
     m.set_epoch(1)
@@ -230,15 +248,20 @@ def test_train_then_predict_with_a_fine_tuned_encoder(tiny_corpus, whisper_dir, 
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
 
 
-def test_lora_model_exports_to_onnx_within_tolerance(tiny_corpus, whisper_dir, tmp_path):
+@pytest.mark.parametrize("level", ["frames", "pooled"])
+def test_lora_model_exports_to_onnx_within_tolerance(tiny_corpus, whisper_dir, tmp_path, level):
+    """A frame-level head, and the pooled head of the baselines (its statistics computed in the loop)."""
     pytest.importorskip("onnxruntime")
     from serkit.inference import Recognizer
     from serkit.onnx_backend import OnnxRecognizer
     from serkit.train.final import train_final
 
     finetune = {"mode": "lora", "lora": {"r": 4, "alpha": 8}}
-    model_dir = train_final(_ft_config(tiny_corpus, whisper_dir, finetune, epochs=1), tmp_path / "model",
-                            log=lambda *a: None)
+    cfg = _ft_config(tiny_corpus, whisper_dir, finetune, epochs=1)
+    if level == "pooled":
+        cfg["features"]["level"] = "pooled"
+        cfg["model"] = {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.0, "input_norm": "batchnorm"}
+    model_dir = train_final(cfg, tmp_path / "model", log=lambda *a: None)
     assert main(["export", str(model_dir), "--format", "onnx"]) == 0
     files = sorted((tiny_corpus / "spk4").glob("*.wav"))
     torch_out = Recognizer.from_pretrained(model_dir).predict_files(files)

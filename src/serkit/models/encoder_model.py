@@ -22,7 +22,8 @@ class EncoderDownstream(nn.Module):
 
     ``adapters``: inject the LoRA adapters (training). A model folder holds the merged weights
     (:func:`~serkit.models.finetune.merge_adapters`), so prediction builds the model without them.
-    ``layers``: the hidden-state indices handed to the downstream (as the cache would store them).
+    ``layers``: the hidden-state indices handed to the downstream (as the cache would store them). A pooled head
+    (``pooled_mlp``) gets ``pooled`` ``(batch, layers, 2*dim)`` computed from the frames as the cache computes it.
     A batch may carry ``mask_time_indices`` (bool ``(batch, frames)``) for span masking inside the encoder.
     """
 
@@ -33,6 +34,10 @@ class EncoderDownstream(nn.Module):
 
         self.encoder, self.downstream, self.layers = encoder, downstream, list(layers)
         self.finetune = finetune
+        from serkit.models.baseline import PooledMLP
+
+        #: the downstream reads ``batch["pooled"]`` (per-layer mean and std over frames, as the cache stores them)
+        self.reads_pooled = isinstance(downstream, PooledMLP)
         self.options = opts = resolve_finetune(finetune)
         #: the epoch being trained (None: outside a training loop); before ``options.warmup_epochs`` the encoder
         #: is frozen
@@ -114,7 +119,10 @@ class EncoderDownstream(nn.Module):
         from serkit.data.normalize import normalize_hidden
 
         feats = torch.stack([normalize_hidden(out.hidden_states[i], batch, i) for i in self.layers], dim=1)
-        return {**batch, "features": feats, "frame_mask": out.frame_mask}
+        enc = {**batch, "features": feats, "frame_mask": out.frame_mask}
+        if self.reads_pooled:
+            enc["pooled"] = masked_pooled_statistics(feats, out.frame_mask)
+        return enc
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -132,3 +140,16 @@ class EncoderDownstream(nn.Module):
         out = self.downstream(batch)
         out.setdefault("frame_mask", batch["frame_mask"])
         return out
+
+
+def masked_pooled_statistics(feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Per-layer mean then standard deviation over each item's real frames, in float32:
+    ``(batch, layers, frames, dim)`` and ``(batch, frames)`` bool -> ``(batch, layers, 2*dim)`` (what
+    :func:`serkit.cache.pooled_statistics` stores for one item)."""
+    x = feats.float()
+    m = frame_mask.to(x.dtype)[:, None, :, None]  # (batch, 1, frames, 1)
+    n = m.sum(dim=2).clamp_min(1.0)
+    mean = (x * m).sum(dim=2) / n
+    dev = (x - mean[:, :, None]) * m
+    std = ((dev * dev).sum(dim=2) / n).clamp_min(1e-12).sqrt()  # no infinite gradient for a 1-frame item
+    return torch.cat([mean, std], dim=-1)
