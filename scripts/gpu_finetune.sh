@@ -86,6 +86,8 @@ for name in names:
         encs = cfg["encoder"] if isinstance(cfg["encoder"], list) else [cfg["encoder"]]
         for e in encs:
             e["id"] = str(root / "tiny-whisper")
+            if isinstance(e.get("finetune"), dict):
+                e["finetune"]["warmup_epochs"] = 0  # the one epoch trains the encoder
         cfg.update(corpus="csv", root=str(root / "table.csv"), class_set=None,
                    protocol={"name": "speaker_kfold", "k": 3, "val_speakers": 1})
         cfg["features"]["cache_dir"] = str(root / "cache")
