@@ -93,6 +93,11 @@ for name in names:
         cfg["features"]["cache_dir"] = str(root / "cache")
         cfg["features"]["speaker_min_seconds"] = 0.0
         cfg["train"].update(epochs=1, min_epochs=1, batch_size=4, num_workers=0)
+        for key, opts in cfg["recipe_options"].items():  # per-stage schedules and cluster counts of tiny size
+            if key.startswith("stage") and isinstance(opts, dict):
+                opts["train"] = {**(opts.get("train") or {}), "epochs": 1, "min_epochs": 1}
+            if key == "cluster" and isinstance(opts, dict):
+                opts.update(ks=[4, 8], niter=3)
         cfg["predict"].update(window_seconds=1.0, hop_seconds=0.5)
         (out / src.name).write_text(dump(cfg))
         print(f"dry config: {out / src.name}")
