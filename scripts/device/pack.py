@@ -23,7 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-WHEELS = ["soundfile==0.14.0", "cffi==2.0.0", "pycparser==2.23", "soxr==1.1.0"]
+WHEELS = ["soundfile==0.14.0", "cffi==2.0.0", "pycparser==2.23", "soxr==1.1.0",
+          # encoder.finetune mode lora (scripts/gpu_finetune.sh)
+          "peft==0.21.2", "accelerate==1.16.0", "psutil==7.2.2"]
 
 
 def main(argv: list[str] | None = None) -> None:

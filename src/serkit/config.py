@@ -180,6 +180,9 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"config: {k!r} must be {t}, got {type(cfg.get(k)).__name__} ({cfg.get(k)!r})")
     _precisions(cfg)
     _check_subkeys(cfg)
+    from serkit.models.finetune import check_config as check_finetune
+
+    check_finetune(cfg)
     if cfg["features"].get("normalize") is None:
         cfg["features"]["normalize"] = default_normalize(cfg)
     for dotted, choices in CHOICES.items():

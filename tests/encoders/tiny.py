@@ -57,3 +57,15 @@ def tiny_encoder(family: str, mode: str = "native", seed: int = 0):
 
     torch.manual_seed(seed)
     return load_encoder(f"tiny-{family}", config=tiny_config(family), mode=mode)
+
+
+def tiny_encoder_dir(family: str, path, seed: int = 0) -> str:
+    """A tiny randomly initialised ``family`` encoder saved as a local model folder (usable as ``encoder.id``)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(family)
+    model = transformers.WhisperForAudioClassification(cfg) if family == "whisper" else \
+        transformers.AutoModel.from_config(cfg)
+    model.save_pretrained(str(path))
+    return str(path)

@@ -179,7 +179,9 @@ class WhisperSpeechEncoder(Encoder):
             else:  # sdpa / flash: boolean, True = attend
                 attn_mask = frame_mask[:, None, None, :]
         # the fused inference block loops over row chunks (a Python loop over a length): not in graph export
-        fast = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_exporting()
+        # (LoRA adapters in the blocks, see serkit.models.finetune: their projections run as modules, not fused)
+        fast = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_exporting() \
+            and not getattr(self, "has_adapters", False)
         if fast:  # the residual stream stays float32 when the weights are bf16 (see _inference_block)
             hidden = hidden.float()
         states = [hidden]

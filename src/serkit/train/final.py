@@ -201,6 +201,9 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
         log(f"training the {head} head ({FEATURE_NORMALISATION[hcfg['features']['normalize']].split(':')[0]} "
             f"features)")
         model, spec, labels, record = _train_head(hcfg, manifest, split, source, work / head, refit, log)
+        from serkit.models.finetune import merge_adapters
+
+        model = merge_adapters(model)  # LoRA folded into the encoder's weights: the folder holds a plain encoder
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         name = head_file(head, heads)
         with atomic_path(out / name) as tmp:

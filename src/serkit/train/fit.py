@@ -316,7 +316,7 @@ def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
     if encoder is not None:
         from serkit.models.encoder_model import EncoderDownstream
 
-        model = EncoderDownstream(encoder, model, layers, cfg["encoder"].get("finetune", False))
+        model = EncoderDownstream(encoder, model, layers, cfg["encoder"].get("finetune", False), adapters=True)
     if stage.init is not None:
         stage.init(ctx, model)
     objective = recipe.build_objective(cfg, labels, train_ds.enc, spec)

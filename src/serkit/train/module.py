@@ -60,6 +60,8 @@ class SERModule(L.LightningModule):
         for s in (sampler, getattr(dl, "sampler", None), getattr(sampler, "sampler", None)):
             if hasattr(s, "set_epoch"):
                 s.set_epoch(self.current_epoch)
+        if hasattr(self.model, "set_epoch"):  # e.g. an encoder in the loop frozen for the head's warm-up epochs
+            self.model.set_epoch(self.current_epoch)
 
     def on_train_start(self) -> None:
         if self.cfg.get("solver", "gradient") == "ridge":  # closed form on the whole training set, then no steps
@@ -141,7 +143,10 @@ class SERModule(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.cfg
         lr, wd = float(cfg["lr"]), float(cfg["weight_decay"])
-        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr, "weight_decay": wd}]
+        if hasattr(self.model, "param_groups"):  # e.g. layer-wise learning-rate decay of a fine-tuned encoder
+            groups = self.model.param_groups(lr, wd)
+        else:
+            groups = [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr, "weight_decay": wd}]
         for term in self.objective.terms.values():
             params = [p for p in term.parameters() if p.requires_grad]
             if params:  # e.g. center-loss centres, with their own learning rate
