@@ -84,6 +84,7 @@ LAZY_COMMANDS = {
     "ablate-hcld": ("serkit.recipes.hcld_ablation", "HCLD Table II: extractor x variant + table"),
     "ablate-gmp-atl": ("serkit.recipes.gmp_atl_ablation", "GMP-ATL Tables 3/4: stages, loss, clustering layer"),
     "mvse": ("serkit.recipes.if_mvse", "IF-MVSE (alias of `serkit cv` for recipe: if_mvse)"),
+    "results": ("serkit.results_page", "results pages that regenerate: summaries of run folders, docs/results.md"),
 }
 
 
