@@ -80,7 +80,7 @@ def summarise_run(run_dir: str | Path, command: str, name: str | None = None, lo
 
     Wall time: the command's own (``/usr/bin/time`` in ``log``, default ``RUN_DIR.log`` beside the folder) where
     known (``wall_of: "command"``), else results.json's time for the folds (``wall_of: "folds"``). Version,
-    commit and machine come from results.json; a run that predates them gets the current checkout's values
+    commit and machine come from results.json; a results.json without them gets the current checkout's values
     (``provenance_from: "serkit results add"``; ``git_commit`` overrides the commit)."""
     from serkit.provenance import provenance
 

@@ -2,8 +2,8 @@
 
 Evaluation lines that name an utterance look like ``UTD-IMPROV-S01A-F01-S-FM01.avi; A; A:3.0; V:2.4; D:2.6; N:4.2``
 (consensus class A angry, H happy, S sad, N neutral, O other, X none; then mean Activation, Valence, Dominance).
-The name's fields: sentence + target emotion (S01A), speaker (F01 = female of session 1), scenario (R read,
-S target sentence, P natural interaction, T ...). 6 sessions, 12 actors.
+The name's fields: sentence + target emotion (S01A), speaker (F01 = the female speaker of the first dyad),
+scenario (R read, S target sentence, P natural interaction, T ...). 6 sessions, 12 actors.
 """
 
 from __future__ import annotations
