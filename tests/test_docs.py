@@ -34,7 +34,7 @@ def test_the_history_patterns_catch_what_they_are_for():
 
 def test_no_working_history_in_the_product():
     found = {str(f.relative_to(ROOT)): hits for f in _product_files() if (hits := history_phrases(f.read_text()))}
-    assert not found, f"working history in the product (say what the software does; changes go to CHANGELOG.md): {found}"
+    assert not found, f"working history (say what the software does; changes go to CHANGELOG.md): {found}"
 
 
 def test_readme_is_a_short_manual_whose_links_resolve():
