@@ -23,7 +23,8 @@ TRACKS = (SINGLE_CLIP, SPEAKER_ADAPTIVE)
 CORPUS_TITLES = {"ravdess": "RAVDESS", "emodb": "EmoDB", "tava": "TAVA", "iemocap": "IEMOCAP",
                  "msp-podcast": "MSP-Podcast", "msp-improv": "MSP-Improv", "crema-d": "CREMA-D", "savee": "SAVEE",
                  "tess": "TESS"}
-METRIC_TITLES = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1", "ccc_mean": "CCC mean"}
+METRIC_TITLES = {"ua": "UA", "wa": "WA", "macro_f1": "macro-F1", "ccc_mean": "CCC mean", "ccc_arousal": "CCC arousal",
+                 "ccc_valence": "CCC valence", "ccc_dominance": "CCC dominance"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ELAPSED = re.compile(r"Elapsed \(wall clock\) time \([^)]*\):\s*(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)")
 
@@ -75,13 +76,14 @@ def _corpus(run_dir: Path) -> str:
 
 
 def summarise_run(run_dir: str | Path, command: str, name: str | None = None, log: str | Path | None = None,
-                  git_commit: str | None = None) -> dict:
+                  git_commit: str | None = None, note: str | None = None) -> dict:
     """The summary of one ``serkit cv`` run folder (what ``docs/results/<name>.json`` holds).
 
     Wall time: the command's own (``/usr/bin/time`` in ``log``, default ``RUN_DIR.log`` beside the folder) where
     known (``wall_of: "command"``), else results.json's time for the folds (``wall_of: "folds"``). Version,
     commit and machine come from results.json; a results.json without them gets the current checkout's values
-    (``provenance_from: "serkit results add"``; ``git_commit`` overrides the commit)."""
+    (``provenance_from: "serkit results add"``; ``git_commit`` overrides the commit). ``note``: one line shown
+    with the run (e.g. what else loaded the machine)."""
     from serkit.provenance import provenance
 
     run = Path(run_dir)
@@ -122,16 +124,18 @@ def summarise_run(run_dir: str | Path, command: str, name: str | None = None, lo
         "mean": results["mean"][metric],
         "std": results["std"][metric],
         "per_fold": [f["metrics"][metric] for f in folds],
-        "other_metrics": {k: results["mean"][k] for k in ("wa", "macro_f1") if k in results["mean"]},
+        "other_metrics": {k: results["mean"][k] for k in ("wa", "macro_f1", "ccc_arousal", "ccc_valence",
+                                                          "ccc_dominance") if k in results["mean"]},
+        "note": note,
     }
 
 
 def add_run(run_dir, command: str, name: str | None = None, results_dir: str | Path = "docs/results",
-            log=None, git_commit: str | None = None) -> Path:
+            log=None, git_commit: str | None = None, note: str | None = None) -> Path:
     """Write ``results_dir/<name>.json`` for a run folder (atomically); returns its path."""
     from serkit.io import atomic_write_text
 
-    summary = summarise_run(run_dir, command, name, log, git_commit)
+    summary = summarise_run(run_dir, command, name, log, git_commit, note)
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(out / f"{summary['name']}.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -217,6 +221,8 @@ def render(summaries: list[dict]) -> str:
                  f"{_machine(s.get('machine'))}; precision: {_precision(s.get('precision'))}; threads: "
                  f"{', '.join(str(t) for t in s.get('threads') or []) or '?'}; wall time: {_wall(s) or '?'}"),
             ]
+            if s.get("note"):
+                lines.append(f"- note: {s['note']}")
     return "\n".join(lines) + "\n"
 
 
@@ -230,7 +236,8 @@ def write_page(results_dir: str | Path = "docs/results", page: str | Path = "doc
 
 
 def _add(args) -> int:
-    path = add_run(args.run_dir, args.command_line, args.name, args.results_dir, args.log, args.git_commit)
+    path = add_run(args.run_dir, args.command_line, args.name, args.results_dir, args.log, args.git_commit,
+                   args.note)
     print(f"summary -> {path}")
     return 0
 
@@ -250,6 +257,7 @@ def add_parsers(sub) -> None:
     a.add_argument("--name", help="summary name (default: the run folder's name)")
     a.add_argument("--log", help="log with /usr/bin/time -v output (default RUN_DIR.log beside the folder)")
     a.add_argument("--git-commit", help="commit the run used, for a results.json that does not record it")
+    a.add_argument("--note", help="one line shown with the run, e.g. what else loaded the machine")
     a.add_argument("--results-dir", default="docs/results", help="where summaries live (default docs/results)")
     a.set_defaults(func=_add)
     g = rsub.add_parser("page", help="render the page from every summary")
