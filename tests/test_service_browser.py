@@ -3,7 +3,7 @@
 A uvicorn server runs in a thread on 127.0.0.1 (a free port); the browser uploads a real corpus clip, the test
 reads the label and the probability bars off the page, checks them against the Recognizer, and saves a
 screenshot (``tmp_path/serve.png``; also to ``$SERKIT_SCREENSHOT`` when set). ``$SERKIT_SERVE_MODEL`` and
-``$SERKIT_SERVE_CLIP`` replace the tiny test model and the clip (how docs/serve.png is made, see README).
+``$SERKIT_SERVE_CLIP`` replace the tiny test model and the clip (how docs/serve.png is made: docs/export-and-serve.md).
 Skips, saying why, only where chromium, chromedriver or selenium is missing (scripts/setup.sh installs them).
 """
 

@@ -17,3 +17,7 @@ def __getattr__(name: str):
 
         return Recognizer
     raise AttributeError(f"module 'serkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

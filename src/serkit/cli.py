@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -84,7 +86,16 @@ LAZY_COMMANDS = {
     "ablate-hcld": ("serkit.recipes.hcld_ablation", "HCLD Table II: extractor x variant + table"),
     "ablate-gmp-atl": ("serkit.recipes.gmp_atl_ablation", "GMP-ATL Tables 3/4: stages, loss, clustering layer"),
     "mvse": ("serkit.recipes.if_mvse", "IF-MVSE (alias of `serkit cv` for recipe: if_mvse)"),
+    "results": ("serkit.results_page", "results pages that regenerate: summaries of run folders, docs/results.md"),
 }
+
+
+def _corpus_sources() -> str:
+    """``serkit prepare --help``'s list of corpora and where each comes from."""
+    from serkit.corpora import available, get_reader
+
+    lines = [f"  {name:12} {get_reader(name).SOURCE}" for name in available()]
+    return "corpora and where to get them (serkit reads each from its download layout):\n" + "\n".join(lines)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -95,7 +106,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"serkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="read a corpus into a manifest (CSV or Parquet by suffix)")
+    p = sub.add_parser("prepare", help="read a corpus into a manifest (CSV or Parquet by suffix)",
+                       epilog=_corpus_sources() if command == "prepare" else None,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("corpus", help="ravdess, emodb, tava, iemocap, msp-podcast, msp-improv, savee, crema-d, tess, csv, folder")
     p.add_argument("--root", help="corpus folder (csv: the table); default $SERKIT_DATA/corpora/<corpus>")
     p.add_argument("--out", required=True, help="manifest file (.csv or .parquet)")
@@ -133,6 +146,29 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``serkit`` command; returns the exit status. A closed stdout (``serkit info --json | head -1``) ends it
+    quietly, as it does other command-line tools."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here at the latest, not at interpreter exit
+    except BrokenPipeError:
+        try:  # nothing more can reach the reader: send the rest (and the flush at exit) nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141  # 128 + SIGPIPE, the status of a shell tool that a closed pipe ended
+
+
+def _quiet_third_party() -> None:
+    """Warnings of other libraries that say nothing to a serkit user: torch's ONNX exporter names every torchvision
+    operator it skips when torchvision is not installed."""
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    _quiet_third_party()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)

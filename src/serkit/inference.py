@@ -557,15 +557,18 @@ class Recognizer:
                 for r in self._results(inputs, None, abstain=abstain)]
 
     def predict(self, audio, sample_rate: int | None = None, name: str | None = None, enroll=None,
-                same_speaker: bool = False, abstain: bool = False) -> dict:
+                same_speaker: bool = False, abstain: bool = False) -> dict | list[dict]:
         """``audio``: a path, or an array ``(samples,)`` / ``(samples, channels)`` with ``sample_rate``.
 
         ``enroll``: audio of the same speaker (paths or 16 kHz arrays) or ready statistics from
         :meth:`speaker_statistics`, for the speaker-normalised head; ``same_speaker``: the input itself is
         enrolment (needs ``MIN_ENROLL_SECONDS``). Otherwise the global head answers. ``abstain``: the label is
         ``"unknown"`` when the top probability is below the head's threshold chosen on the validation speakers
-        (:func:`serkit.calibration.abstain_threshold`). Raises :class:`SerkitError` for a bad input.
+        (:func:`serkit.calibration.abstain_threshold`). Raises :class:`SerkitError` for a bad input. A list of
+        inputs gives a list of results (see :meth:`predict_many`).
         """
+        if isinstance(audio, list):
+            return self.predict_many(audio, sample_rate, enroll, same_speaker, abstain=abstain)
         if isinstance(audio, (str, Path)):
             item = _Input(str(audio), lambda: _usable(read_audio(audio, allow_silent=False), str(audio)))
         else:
@@ -678,6 +681,97 @@ class Recognizer:
         if self.model_dir is None:
             raise SerkitError("push_to_hub: this Recognizer was not loaded from a model folder")
         return push_model(self.model_dir, repo_id, private=private, token=token)
+
+    # -- batch calls and embeddings ---------------------------------------------------------------------------
+
+    def _list_inputs(self, items: list, sample_rate: int | None = None) -> list[_Input]:
+        """``items``: paths, arrays (with the shared ``sample_rate``) or ``(array, sample_rate)`` pairs."""
+        out = []
+        for k, x in enumerate(items):
+            if isinstance(x, (str, Path)):
+                out.append(_Input(str(x), (lambda x=x: _usable(read_audio(x, allow_silent=False), str(x)))))
+                continue
+            rate = sample_rate
+            if isinstance(x, tuple) and len(x) == 2 and np.isscalar(x[1]):
+                x, rate = x
+            name = f"<array {k}>"
+            signal = _usable(self._signal(x, rate, name)[0], name)
+            out.append(_Input(name, (lambda signal=signal: signal)))
+        return out
+
+    def predict_many(self, items: list, sample_rate: int | None = None, enroll=None,
+                     same_speaker: bool = False, abstain: bool = False) -> list[dict]:
+        """:meth:`predict` for a list of paths and / or arrays (arrays share ``sample_rate``, or come as
+        ``(array, sample_rate)`` pairs); one result per input, in order. Raises :class:`SerkitError` naming every
+        input that could not be scored (:meth:`predict_files` reports them per row instead)."""
+        results = self._predict_inputs(self._list_inputs(list(items), sample_rate), enroll, same_speaker,
+                                       abstain=abstain)
+        failed = [r["error"] if r["file"] in r["error"] else f"{r['file']}: {r['error']}" for r in results
+                  if "error" in r]
+        if failed:
+            raise SerkitError("; ".join(failed))
+        return results
+
+    def __call__(self, inputs, sample_rate: int | None = None, batch_size: int | None = None,
+                 top_k: int | None = None, enroll=None, same_speaker: bool = False) -> list[dict]:
+        """Predict one input or a list of them and return a list of results (one per input).
+
+        ``batch_size``: windows per encoder and head batch for this call (default: the Recognizer's);
+        ``top_k``: add ``"top_k": [{"label", "score"}, ...]``, the ``top_k`` most probable labels, most probable
+        first (classification models). Other arguments as for :meth:`predict`.
+        """
+        if top_k is not None and (self.labels.task != "classification" or int(top_k) < 1):
+            raise SerkitError(f"top_k={top_k!r}: give a positive number, for a classification model "
+                              f"(this model's task: {self.labels.task})")
+        if batch_size is not None and int(batch_size) < 1:
+            raise SerkitError(f"batch_size={batch_size!r}: give a positive number")
+        before = self.batch_size
+        self.batch_size = int(batch_size) if batch_size is not None else before
+        try:
+            results = self.predict_many(inputs if isinstance(inputs, list) else [inputs], sample_rate, enroll,
+                                        same_speaker)
+        finally:
+            self.batch_size = before
+        if top_k is not None:
+            for r in results:
+                ranked = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:int(top_k)]
+                r["top_k"] = [{"label": label, "score": score} for label, score in ranked]
+        return results
+
+    def embed(self, audio, sample_rate: int | None = None, enroll=None) -> np.ndarray:
+        """The pooled feature vector the model's head receives, as float32 numpy ``(layers, 2 * dim)``: per layer
+        the mean over frames, then the standard deviation, of the layers the model uses (16 kHz input).
+
+        ``audio``: a path, an array with ``sample_rate``, or a list of either (then ``(inputs, layers, 2 * dim)``).
+        With ``enroll`` (see :meth:`predict`) and a speaker-normalised head, the statistics of the speaker-normalised
+        frames; otherwise of the encoder's frames. Inputs longer than ``predict.window_seconds``: the
+        length-weighted mean over their windows. Raises :class:`SerkitError` for models that run the encoder
+        inside the model (``features.source: waveform``) and for inputs that cannot be read.
+        """
+        from serkit.cache import pooled_statistics
+        from serkit.data.normalize import normalize_pooled
+
+        if self._waveform_model:
+            raise SerkitError("embed: this model runs its encoder inside the model (features.source: waveform); "
+                              "it has no pooled feature vector")
+        single = not isinstance(audio, list)
+        inputs = self._list_inputs([audio] if single else audio, sample_rate)
+        stats = self._enrolment(enroll)
+        self._encode_inputs(inputs, keep_own=False)
+        out = []
+        for x in inputs:
+            if x.error is not None:
+                raise SerkitError(x.error if x.name in x.error else f"{x.name}: {x.error}")
+            per_window = []
+            for h in x.head_inputs:
+                pooled = (h if h.dim() == 2 else pooled_statistics(h.float())).float().numpy()
+                if stats is not None:
+                    pooled = normalize_pooled(pooled, *stats)
+                per_window.append(pooled if self.layer_index is None else pooled[self.layer_index])
+            weights = np.array([e - s for s, e in x.windows], dtype=float)
+            out.append(np.average(np.stack(per_window), axis=0, weights=weights).astype(np.float32))
+            x.head_inputs = []
+        return out[0] if single else np.stack(out)
 
 
 def push_model(model_dir: str | Path, repo_id: str, private: bool = True, token: str | None = None) -> str:

@@ -80,7 +80,7 @@ def section_class(name: str, defaults: dict) -> type:
 @dataclasses.dataclass(frozen=True)
 class ExperimentOptions:
     """``load_config``'s dict resolved once: ``train``, ``features``, ``predict`` and (one view) ``encoder`` sections
-    as typed objects; ``raw`` is the dict itself (what modules that predate this layer read)."""
+    as typed objects; ``raw`` is the dict itself (for modules that read the raw config)."""
 
     train: typing.Any
     features: typing.Any

@@ -30,6 +30,8 @@ class CorpusReader:
 
     name: str = ""
     description: str = ""
+    #: where the corpus comes from (its official download page), named by `serkit prepare` help and errors
+    SOURCE: str = ""
     class_sets: dict[str, ClassSet] = {}
     default_protocol: dict = {}
     #: ``features.normalize`` for configs that do not name it (user layouts: ``auto``, chosen on validation)
@@ -43,10 +45,11 @@ class CorpusReader:
         """Read the corpus under ``root`` into a validated manifest (absolute paths, sorted by id)."""
         root = Path(root).expanduser().resolve()
         if not root.is_dir():
-            raise CorpusError(f"{self.name}: root {root} is not a folder")
+            raise CorpusError(f"{self.name}: root {root} is not a folder{self._from_source()}")
         rows = list(self.rows(root))
         if not rows:
-            raise CorpusError(f"{self.name}: no utterances found under {root} (expected layout: {self.description})")
+            raise CorpusError(f"{self.name}: no utterances found under {root} (expected layout: {self.description})"
+                              f"{self._from_source()}")
         df = pd.DataFrame(rows)
         df["path"] = [str(Path(p).resolve()) for p in df["path"]]
         if with_duration and "duration" not in df.columns:
@@ -56,6 +59,11 @@ class CorpusReader:
         front = ["id", "path", "duration", "emotion", "speaker", "gender"]
         df = df[front + [c for c in df.columns if c not in front]]
         return validate_manifest(df, f"{self.name} reader")
+
+
+    def _from_source(self) -> str:
+        """``"; the corpus comes from URL"`` for error messages (empty for user layouts)."""
+        return f"; the corpus comes from {self.SOURCE}" if self.SOURCE.startswith("http") else ""
 
 
 def _duration_or_nan(path: str) -> float:
@@ -79,7 +87,8 @@ def get_reader(name: str) -> CorpusReader:
 
     key = name.lower().replace("_", "-")
     if key not in _REGISTRY:
-        raise CorpusError(f"unknown corpus {name!r}; known: {sorted(_REGISTRY)}")
+        raise CorpusError(f"unknown corpus {name!r}; known: {sorted(_REGISTRY)} (`serkit prepare --help` says where "
+                          f"each comes from)")
     return _REGISTRY[key]
 
 
@@ -104,7 +113,8 @@ def prepare(name: str, root: str | Path | None = None) -> pd.DataFrame:
     if root is None:
         root = default_root(reader.name)
         if root is None:
-            raise CorpusError(f"{name}: give --root DIR (or set {DATA_ENV} so that $SERKIT_DATA/corpora/{name} exists)")
+            raise CorpusError(f"{name}: give --root DIR (or set {DATA_ENV} so that $SERKIT_DATA/corpora/{name} "
+                              f"exists){reader._from_source()}")
     return reader.read(root)
 
 

@@ -22,6 +22,7 @@ SENTENCES = {
 @register
 class CremaD(CorpusReader):
     name = "crema-d"
+    SOURCE = "https://github.com/CheyneyComputerScience/CREMA-D"
     description = "AudioWAV/<actor>_<sentence>_<EMO>_<level>.wav and VideoDemographics.csv"
     class_sets = {
         "6class": {e: e for e in EMOTIONS.values()},

@@ -26,6 +26,7 @@ TEXTS = {
 @register
 class EmoDB(CorpusReader):
     name = "emodb"
+    SOURCE = "http://emodb.bilderbar.info/download/"
     description = "wav/SSTTTEv.wav (or .flac)"
     class_sets = {
         "7class": {e: e for e in EMOTIONS.values()},

@@ -24,6 +24,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 @register
 class CsvCorpus(CorpusReader):
     name = "csv"
+    SOURCE = "your own data"
     description = "a CSV with columns path, emotion [, id, speaker, gender, session, valence, arousal, dominance]"
     default_protocol = {"name": "speaker_kfold", "k": 5}
     default_normalize = "auto"
@@ -65,6 +66,7 @@ class CsvCorpus(CorpusReader):
 @register
 class FolderCorpus(CorpusReader):
     name = "folder"
+    SOURCE = "your own data"
     description = "DIR/<class>/[<speaker>/]*.wav"
     default_protocol = {"name": "random", "test_fraction": 0.2}
     default_normalize = "auto"

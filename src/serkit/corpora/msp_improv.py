@@ -2,8 +2,8 @@
 
 Evaluation lines that name an utterance look like ``UTD-IMPROV-S01A-F01-S-FM01.avi; A; A:3.0; V:2.4; D:2.6; N:4.2``
 (consensus class A angry, H happy, S sad, N neutral, O other, X none; then mean Activation, Valence, Dominance).
-The name's fields: sentence + target emotion (S01A), speaker (F01 = female of session 1), scenario (R read,
-S target sentence, P natural interaction, T ...). 6 sessions, 12 actors.
+The name's fields: sentence + target emotion (S01A), speaker (F01 = the female speaker of the first dyad),
+scenario (R read, S target sentence, P natural interaction, T ...). 6 sessions, 12 actors.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ NAME = re.compile(r"^(?P<sent>S\d+[A-Z])-(?P<spk>[FM])(?P<ses>\d+)-(?P<scen>[A-Z
 @register
 class MspImprov(CorpusReader):
     name = "msp-improv"
+    SOURCE = "https://ecs.utdallas.edu/research/researchlabs/msp-lab/MSP-Improv.html (licence request)"
     description = "Evaluation.txt and **/MSP-IMPROV-<sentence>-<speaker>-<scenario>-<id>.wav"
     class_sets = {"4class": {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"}}
     default_protocol = {"name": "leave_one_session_out"}

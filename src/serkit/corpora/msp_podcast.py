@@ -23,6 +23,7 @@ SPLITS = {"train": "train", "development": "validation", "dev": "validation", "t
 @register
 class MspPodcast(CorpusReader):
     name = "msp-podcast"
+    SOURCE = "https://ecs.utdallas.edu/research/researchlabs/msp-lab/MSP-Podcast.html (licence request)"
     description = "Labels/labels_consensus.csv and Audios/<FileName>"
     class_sets = {
         "8class": {e: e for e in ("angry", "sad", "happy", "surprised", "fearful", "disgust", "contempt", "neutral")},

@@ -21,6 +21,7 @@ NAME = re.compile(r"^s(\d+)_(.+)_audio$")
 @register
 class Tava(CorpusReader):
     name = "tava"
+    SOURCE = "https://github.com/juansgomez87/tava-data"
     description = "recordings/sSS_AFFECT_audio.wav + SummaryData.csv"
     class_sets = {}
     default_protocol = {"name": "speaker_kfold", "k": 5, "grouping": "sorted", "classes": None}  # dimensional

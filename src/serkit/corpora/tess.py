@@ -13,6 +13,7 @@ EMOTIONS = {"angry": "angry", "disgust": "disgust", "fear": "fearful", "happy": 
 @register
 class Tess(CorpusReader):
     name = "tess"
+    SOURCE = "https://doi.org/10.5683/SP2/E8H2MF"
     description = "**/<OAF|YAF>_<word>_<emotion>.wav"
     class_sets = {"7class": {e: e for e in set(EMOTIONS.values())},
                   "4class": {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"}}

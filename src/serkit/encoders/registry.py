@@ -148,6 +148,7 @@ def _load_hf(source: str, *, mode: str, config, revision: str | None) -> Encoder
     model_type = config.model_type
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the unused Whisper decoder / heads warn when absent
+    bars = _hide_loading_bar(transformers)
     try:
         if model_type == "whisper":
             cls = (
@@ -176,9 +177,20 @@ def _load_hf(source: str, *, mode: str, config, revision: str | None) -> Encoder
             )
     finally:
         transformers.logging.set_verbosity(verbosity)
+        _hide_loading_bar(transformers, bars)
     raise ConfigError(
         f"encoder {source!r}: model_type {model_type!r} is not supported; expected whisper or one of {SSL_MODEL_TYPES}"
     )
+
+
+def _hide_loading_bar(transformers, restore: bool | None = None) -> bool | None:
+    """Turn transformers' own progress bars (the "Loading weights" bar of every load) off, or back to ``restore``;
+    returns the setting before. The hub's download bars are left alone."""
+    hf_logging = transformers.utils.logging
+    before = getattr(hf_logging, "_tqdm_active", None)
+    if before is not None:
+        hf_logging._tqdm_active = False if restore is None else restore
+    return before
 
 
 def _do_normalize(source: str | None, config) -> bool:

@@ -8,10 +8,12 @@ from pathlib import Path
 
 
 def _precision_overrides(args) -> list[str]:
-    """``--precision P``: ``encoder.precision=P`` and ``train.precision=P`` after the ``--set`` overrides."""
+    """``--precision P``: ``encoder.precision=P`` and ``train.precision=P`` after the ``--set`` overrides;
+    ``--root DIR``: ``root=DIR``."""
+    root = [f"root={args.root}"] if getattr(args, "root", None) else []
     if args.precision is None:
-        return list(args.set)
-    return [*args.set, f"encoder.precision={args.precision}", f"train.precision={args.precision}"]
+        return [*args.set, *root]
+    return [*args.set, *root, f"encoder.precision={args.precision}", f"train.precision={args.precision}"]
 
 
 def experiment(args):
@@ -25,6 +27,8 @@ def experiment(args):
             raise ConfigError("--recipe / --layout / --task apply to a table or folder, not to a config file "
                               f"({args.config}); change the config or use --set")
         return args.config
+    if getattr(args, "root", None):
+        raise ConfigError(f"--root names a config's corpus folder; {args.config} is data itself (give it alone)")
     return table_config(args.config, layout=args.layout, recipe=args.recipe, task=args.task or "classification")
 
 
@@ -104,6 +108,8 @@ def _add_data_options(p) -> None:
     p.add_argument("--recipe", help="with a table: the recipe whose default settings to use (default baseline)")
     p.add_argument("--layout", choices=("csv", "folder"), help="with a table or folder: how to read it")
     p.add_argument("--task", choices=("classification", "regression"), help="with a table (default classification)")
+    p.add_argument("--root", metavar="DIR", help="with a config: the corpus folder (same as --set root=DIR; default "
+                                                 "$SERKIT_DATA/corpora/<corpus>)")
 
 
 def split_model_argument(args: list[str]) -> tuple[str | None, list[str]]:

@@ -25,6 +25,7 @@ from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
 from serkit.metrics import mean_std
 from serkit.protocols import load_folds, make_folds, save_folds, summary_text
+from serkit.provenance import provenance
 from serkit.report import format_table, write_report  # noqa: F401  (format_table: importable from here too)
 from serkit.train.feature_stage import NORMALISATION_TEXT, applied_normalisation
 
@@ -153,6 +154,7 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
     summary = summarise(cfg, folds, results, protocol)
     summary["precision"] = precision
     summary["threads"] = sorted({r["threads"] for r in results if "threads" in r})  # torch CPU threads per fold
+    summary.update(provenance())  # serkit_version, git_commit, machine
     if protocol["name"] == "cross_corpus":
         from serkit.train.cross_corpus import cross_table
 

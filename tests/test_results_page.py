@@ -1,0 +1,103 @@
+"""docs/results.md is generated from the committed summaries; `serkit results add` summarises a run folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serkit.cli import main
+from serkit.errors import ConfigError
+from serkit.results_page import (
+    SINGLE_CLIP,
+    SPEAKER_ADAPTIVE,
+    load_summaries,
+    render,
+    summarise_run,
+    track_of,
+    wall_seconds_from_log,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_results_page_is_what_the_committed_summaries_render():
+    summaries = load_summaries(ROOT / "docs" / "results")
+    assert summaries, "docs/results/ holds no summaries"
+    page = (ROOT / "docs" / "results.md").read_text()
+    assert render(summaries) == page, "docs/results.md is stale: run `serkit results page`"
+
+
+def _fake_run(tmp_path: Path, name: str, normalisation: str, ua: list[float], corpus="emodb", extra=None) -> Path:
+    run = tmp_path / name
+    run.mkdir()
+    (run / "config.yaml").write_text(f"name: {name}\ncorpus: {corpus}\n")
+    mean = sum(ua) / len(ua)
+    results = {
+        "name": f"{corpus}-{name}", "recipe": "baseline", "task": "classification",
+        "protocol": {"name": "speaker_kfold", "k": len(ua), "grouping": "sorted"}, "speaker_independent": True,
+        "encoder": {"id": "openai/whisper-base"}, "feature_normalisation": normalisation,
+        "folds": [{"fold": i, "metrics": {"ua": v, "wa": v}, "normalisation": {"mode": "none",
+                                                                              "fallback_speakers": []}}
+                  for i, v in enumerate(ua)],
+        "mean": {"ua": mean, "wa": mean}, "std": {"ua": 0.01, "wa": 0.02},
+        "precision": {"features": "fp32", "train": "32-true"}, "threads": [1], "wall_seconds": 12.5,
+        **(extra or {}),
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def test_track_follows_test_speaker_statistics_then_normalisation():
+    assert track_of({"feature_normalisation": "speaker: each speaker's frames ..."}) == SPEAKER_ADAPTIVE
+    assert track_of({"feature_normalisation": "none"}) == SINGLE_CLIP
+    assert track_of({"feature_normalisation": "speaker: ...", "test_speaker_statistics": "none"}) == SINGLE_CLIP
+    auto = {"feature_normalisation": "auto: per fold ...",
+            "folds": [{"normalisation": {"mode": "none", "fallback_speakers": []}}]}
+    assert track_of(auto) == SINGLE_CLIP
+    auto["folds"].append({"normalisation": {"mode": "speaker", "fallback_speakers": []}})
+    assert track_of(auto) == SPEAKER_ADAPTIVE
+
+
+def test_wall_time_comes_from_usr_bin_time_log(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("fold 0 ...\n\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.5\n")
+    assert wall_seconds_from_log(log) == 3723.5
+    log.write_text("\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:29.91\n")
+    assert wall_seconds_from_log(log) == 89.9
+
+
+def test_summary_of_a_run_folder(tmp_path):
+    run = _fake_run(tmp_path, "spk", "speaker: z-scored per speaker", [0.9, 0.8, 0.7],
+                    extra={"serkit_version": "9.9", "git_commit": "a" * 40, "machine": {"cpu": "X", "cores": 4}})
+    (tmp_path / "spk.log").write_text("\tElapsed (wall clock) time (h:mm:ss or m:ss): 0:42.00\n")
+    s = summarise_run(run, "serkit cv configs/emodb/baseline.yaml")
+    assert s["track"] == SPEAKER_ADAPTIVE and s["corpus"] == "emodb" and s["metric"] == "ua"
+    assert s["per_fold"] == [0.9, 0.8, 0.7] and s["mean"] == pytest.approx(0.8)
+    assert (s["wall_seconds"], s["wall_of"]) == (42.0, "command")
+    assert (s["serkit_version"], s["git_commit"], s["provenance_from"]) == ("9.9", "a" * 40, "results.json")
+    (tmp_path / "spk.log").unlink()
+    s = summarise_run(run, "serkit cv x.yaml")
+    assert (s["wall_seconds"], s["wall_of"]) == (12.5, "folds")
+
+
+def test_both_tracks_share_a_row_and_the_cli_writes_summaries_and_page(tmp_path, capsys):
+    spk = _fake_run(tmp_path, "spk", "speaker: z-scored per speaker", [0.9, 0.8])
+    glob = _fake_run(tmp_path, "glob", "none", [0.6, 0.5])
+    out = tmp_path / "summaries"
+    for run in (spk, glob):
+        assert main(["results", "add", str(run), "--command", f"serkit cv {run.name}.yaml",
+                     "--results-dir", str(out)]) == 0
+    page = tmp_path / "results.md"
+    assert main(["results", "page", "--results-dir", str(out), "--page", str(page)]) == 0
+    text = page.read_text()
+    assert "| recipe | single clip: UA | speaker-adaptive: UA |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| baseline |"))
+    assert row.index("0.5500") < row.index("0.8500")  # single clip first, speaker-adaptive beside it
+    assert "`serkit cv glob.yaml`" in text and "`serkit cv spk.yaml`" in text
+
+
+def test_a_folder_without_results_is_one_line_error(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="results.json"):
+        summarise_run(tmp_path, "serkit cv x.yaml")
+    assert main(["results", "add", str(tmp_path), "--command", "x"]) == 2
+    assert "results.json" in capsys.readouterr().err
