@@ -145,7 +145,8 @@ def graph_module(rec) -> RecognizerGraph:
         first = next(iter(heads.values()))
         encoder, layers = first.encoder, first.layers
         heads = {h: m.downstream for h, m in heads.items()}
-        transform = FeatureTransform("frames", half_frames=False)  # the model's own layers, as predict feeds it
+        # the model's own layers, as predict feeds it (frames, or their pooled statistics for a pooled head)
+        transform = FeatureTransform(cfg["features"].get("level") or "frames", half_frames=False)
     else:
         encoder, layers = rec.encoder, rec.encoder_info["layers"]
     return RecognizerGraph(encoder.eval(), {h: m.eval() for h, m in heads.items()}, layers,

@@ -260,7 +260,8 @@ def test_lora_model_exports_to_onnx_within_tolerance(tiny_corpus, whisper_dir, t
     cfg = _ft_config(tiny_corpus, whisper_dir, finetune, epochs=1)
     if level == "pooled":
         cfg["features"]["level"] = "pooled"
-        cfg["model"] = {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.0, "input_norm": "batchnorm"}
+        cfg["model"] = {"name": "pooled_mlp", "hidden": [], "dropout": 0.0, "input_norm": "batchnorm"}
+        cfg["features"]["layers"] = "all"
     model_dir = train_final(cfg, tmp_path / "model", log=lambda *a: None)
     assert main(["export", str(model_dir), "--format", "onnx"]) == 0
     files = sorted((tiny_corpus / "spk4").glob("*.wav"))
