@@ -108,3 +108,32 @@ def test_a_trained_model_applies_its_temperature_and_can_abstain(tiny_corpus, tm
     assert rec.predict(clip, abstain=True)["label"] == "unknown"
     rec.calibration["global"]["abstain_threshold"] = 0.0
     assert rec.predict(clip, abstain=True)["label"] == got["label"]
+
+
+def test_calibration_reads_the_validation_outputs_of_the_model_before_its_refit(tiny_corpus, tmp_path, monkeypatch):
+    """With train.refit the refit trains on the validation utterances: the temperature and the validation ECE come
+    from the selected model's outputs on them, computed before the refit starts."""
+    from serkit.train import fit
+    from serkit.train.cv import run_cv
+    from tests.train.conftest import tiny_config
+
+    events = []
+    train_module, predict_outputs = fit.train_module, fit.predict_outputs
+
+    def spy_train(cfg, manifest, fold, source, fold_dir, *a, **k):
+        events.append(("refit" if fold_dir.name == "refit" else "train", None))
+        return train_module(cfg, manifest, fold, source, fold_dir, *a, **k)
+
+    def spy_predict(module, loader, *a, **k):
+        events.append(("predict", len(loader.dataset)))
+        return predict_outputs(module, loader, *a, **k)
+
+    monkeypatch.setattr(fit, "train_module", spy_train)
+    monkeypatch.setattr(fit, "predict_outputs", spy_predict)
+    cfg = tiny_config(tiny_corpus, features={"level": "pooled", "layers": "all"}, train={"epochs": 2, "refit": True})
+    cfg["model"] = {"name": "pooled_mlp", "hidden": [], "dropout": 0.0}
+    res = run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
+    n_val = res["folds"][0]["n_val"]
+    refit_at = events.index(("refit", None))
+    assert ("predict", n_val) in events[:refit_at]  # validation scored by the selected model, before the refit
+    assert [e for e in events[refit_at:] if e[0] == "predict"] == [("predict", res["folds"][0]["n_test"])]

@@ -510,6 +510,11 @@ def _run_train_stage(ctx: StageContext, stage: TrainStage, in_fold_dir: bool, up
         marker["normalisation"]["fallback_speakers"] = list(train_ds.normalizer.fallback_speakers)
     if selection is not None:
         marker["selection"] = selection
+    val_before_refit = None
+    if stage.refit and stage.score and len(val_ds):
+        # the validation outputs of the model validation selected: the refit trains on these utterances, so its
+        # own outputs on them would say nothing (calibration and validation figures read these)
+        val_before_refit = predict_outputs(module, DataLoader(val_ds, **eval_kw), inference_device(cfg["train"]))
     if stage.refit:
         # Refit on train + validation for the epoch count that validation chose (as GridSearchCV's refit);
         # the test part is still never looked at before scoring.
@@ -530,7 +535,10 @@ def _run_train_stage(ctx: StageContext, stage: TrainStage, in_fold_dir: bool, up
     if stage.score:
         device = inference_device(cfg["train"])
         outputs = {part: predict_outputs(module, DataLoader(ds, **eval_kw), device)
-                   for part, ds in (("val", val_ds), ("test", test_ds)) if len(ds)}
+                   for part, ds in (("val", val_ds), ("test", test_ds)) if len(ds)
+                   and not (part == "val" and val_before_refit is not None)}
+        if val_before_refit is not None:
+            outputs["val"] = val_before_refit
     marker["seconds"] = round(time.time() - t0, 1)
     marker["features"] = _feature_record(ctx, n0)
     if selection is not None and ctx.cfg["features"].get("normalize") == "auto":
