@@ -110,3 +110,13 @@ def test_no_speech_gives_no_segments(tmp_path):
     sf.write(str(tmp_path / "quiet.wav"), 1e-4 * np.random.default_rng(1).standard_normal(16000 * 3), 16000)
     segs, duration = speech_segments(tmp_path / "quiet.wav")
     assert segs == [] and duration == pytest.approx(3.0)
+
+
+def test_speech_time_summary_tells_a_recording_of_several_emotions_by_time():
+    from serkit.timeline import speech_time_summary
+
+    segs = [{"start": 0.0, "end": 30.0, "label": "sad"}, {"start": 31.0, "end": 41.0, "label": "angry"},
+            {"start": 42.0, "end": 62.0, "label": "sad"}, {"start": 63.0, "end": 83.0, "label": "happy"}]
+    out = speech_time_summary(segs, ["angry", "happy", "sad", "neutral"])
+    assert out["speech_share"] == {"angry": 0.125, "happy": 0.25, "sad": 0.625, "neutral": 0.0}
+    assert out["longest"]["sad"] == {"start": 0.0, "end": 30.0, "seconds": 30.0} and "neutral" not in out["longest"]

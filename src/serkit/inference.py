@@ -633,7 +633,7 @@ class Recognizer:
         "label", "probabilities", "segments": [{"start", "end", "label", "probabilities"}, ...]}`` (times in
         seconds; ``values`` instead of a label for regression models).
         """
-        from serkit.timeline import merge_segments
+        from serkit.timeline import merge_segments, speech_time_summary
         from serkit.vad import speech_segments
 
         path = str(path)
@@ -671,6 +671,7 @@ class Recognizer:
         result.update(self._describe(np.average(scores, axis=0, weights=lengths)))
         if self.labels.task == "classification":
             result["segments"] = merge_segments([(s, e, v) for (s, e), v in scored], self.labels.classes, merge_gap)
+            result.update(speech_time_summary(result["segments"], self.labels.classes))
         else:
             result["segments"] = [{"start": round(s, 3), "end": round(e, 3), **self._describe(v)}
                                   for (s, e), v in scored]

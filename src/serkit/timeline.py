@@ -38,6 +38,22 @@ def merge_segments(pieces: list[tuple[float, float, np.ndarray]], classes: list[
     return out
 
 
+def speech_time_summary(segments: list[dict], classes: list[str]) -> dict:
+    """What a long recording holds, told by time: ``{"speech_share": {label: share of the scored speech time},
+    "longest": {label: {"start", "end", "seconds"}}}`` from merged segments (each segment's time counts for its
+    label). A plain average of the windows' probabilities hides a recording of several emotions; this does not."""
+    seconds = dict.fromkeys(classes, 0.0)
+    longest: dict = {}
+    for seg in segments:
+        d = float(seg["end"]) - float(seg["start"])
+        seconds[seg["label"]] = seconds.get(seg["label"], 0.0) + d
+        if d > longest.get(seg["label"], {}).get("seconds", -1.0):
+            longest[seg["label"]] = {"start": seg["start"], "end": seg["end"], "seconds": round(d, 3)}
+    total = sum(seconds.values())
+    share = {c: round(v / total, 4) if total > 0 else 0.0 for c, v in seconds.items()}
+    return {"speech_share": share, "longest": longest}
+
+
 def segments_table(result: dict) -> pd.DataFrame:
     """One row per segment of a :meth:`serkit.Recognizer.predict_segments` result."""
     rows = []
