@@ -179,6 +179,8 @@ def _main(argv: list[str] | None = None) -> int:
     except SerkitError as exc:
         print(f"serkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # a reader that went away: main() ends quietly
     except OSError as exc:  # a read-only, full or forbidden place to write: one line naming the path
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"serkit {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
