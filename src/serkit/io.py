@@ -178,9 +178,12 @@ def load_tensors(path: str | Path, map_location="cpu"):
             why = "it holds objects other than tensors and plain values" + (f" ({detail})" if detail else "")
         else:
             why = f"not a readable torch file ({lines[0].split('. ')[0]})"
-        raise CheckpointError(
+        err = CheckpointError(
             f"{path}: refused to load: {why}; serkit reads torch files with weights_only=True and never runs code "
-            f"from them. Delete the file (or use a new --out folder) if it is not yours") from None
+            f"from them. Delete the file (or use a new --out folder) if it is not yours")
+        #: the file is cut short or garbled (e.g. a kill while it was written), not a file of foreign objects
+        err.torn = not lines[0].startswith("Weights only load failed")
+        raise err from None
 
 
 def _default(o):

@@ -78,7 +78,14 @@ class OnnxRecognizer(Recognizer):
                                   f"{', '.join(ort.get_available_providers())})")
             providers.insert(0, "CUDAExecutionProvider")
         with model_folder_part(d, path.name):
-            session = ort.InferenceSession(str(path), options, providers=providers)
+            try:
+                session = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as exc:  # onnxruntime's own errors (InvalidProtobuf, Fail, ...) derive from Exception
+                if not type(exc).__module__.startswith("onnxruntime"):
+                    raise
+                why = " ".join(str(exc).split())[:300]
+                raise SerkitError(f"{path}: onnxruntime cannot load this graph ({type(exc).__name__}: {why})"
+                                  ) from None
             props = session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:
             raise SerkitError(f"{path}: not a graph written by `serkit export` (no {METADATA_KEY!r} metadata)")

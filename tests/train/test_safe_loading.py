@@ -9,10 +9,10 @@ import torch
 import yaml
 
 from serkit.cli import main
-from serkit.errors import CheckpointError
+from serkit.errors import CheckpointError, SerkitError
 from serkit.io import load_tensors
 from serkit.train.cv import run_cv
-from tests.train.conftest import tiny_config
+from tests.train.conftest import model_dir, tiny_config  # noqa: F401  (fixture)
 
 
 class _Payload:
@@ -98,3 +98,27 @@ def test_load_tensors_refuses_pickles_and_reads_plain_checkpoints(tmp_path):
     assert not marker.exists()
     torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3, "loops": {"a": [1, 2.0, "x", None]}}, tmp_path / "ok.pt")
     assert load_tensors(tmp_path / "ok.pt")["epoch"] == 3
+
+
+def test_torn_last_checkpoint_is_moved_aside_and_the_fold_ends_as_uninterrupted(finished_run, tmp_path, capsys):
+    """A last.ckpt cut short (a kill while it was written) is set aside with a note; the phase trains from its
+    start and the fold ends with the uninterrupted run's predictions."""
+    out, cfg_path = finished_run
+    want = (out / "fold0" / "predictions.csv").read_text()
+    (out / "fold0" / "result.json").unlink()
+    (out / "fold0" / "finished.json").unlink(missing_ok=True)
+    last = out / "fold0" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])  # torn
+    assert main(["cv", str(cfg_path), "--out", str(out), "--folds", "0"]) == 0
+    assert list((out / "fold0" / "checkpoints").glob("last.torn-*.ckpt"))
+    assert (out / "fold0" / "predictions.csv").read_text() == want
+
+
+def test_garbage_onnx_graph_is_one_line(model_dir, tmp_path, capsys):  # noqa: F811
+    pytest.importorskip("onnxruntime")
+    (model_dir / "model.onnx").write_bytes(b"not a graph at all")
+    from serkit.onnx_backend import OnnxRecognizer
+
+    with pytest.raises(SerkitError, match="onnxruntime cannot load this graph") as e:
+        OnnxRecognizer.from_folder(model_dir)
+    assert "\n" not in str(e.value) and "model.onnx" in str(e.value)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from serkit.data.features import collate, loader_workers, to_device
 from serkit.data.labels import LabelMap
-from serkit.errors import ConfigError
+from serkit.errors import ConfigError, SerkitError
 from serkit.io import atomic_path, atomic_write, atomic_write_json, atomic_write_text, load_tensors
 from serkit.metrics import classification_metrics, confusion, regression_metrics
 from serkit.models.registry import ModelSpec
@@ -150,8 +150,18 @@ def fit_resumable(trainer: L.Trainer, module: L.LightningModule, train_dl, val_d
     module gets the final weights from ``last.ckpt``, as after the uninterrupted call.
     """
     last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = None
     if last.exists():
-        ckpt = load_tensors(last)
+        try:
+            ckpt = load_tensors(last)
+        except SerkitError as exc:  # torn (killed while written) or garbled: set it aside, train from the start
+            if not getattr(exc, "torn", False):
+                raise  # foreign objects (e.g. a planted pickle): refused, never touched
+            aside = last.with_name(f"last.torn-{int(time.time())}.ckpt")
+            last.rename(aside)
+            log.warning("%s; moved aside to %s, training this phase from its start", exc, aside.name)
+            ckpt = None
+    if ckpt is not None:
         if (run_dir / FINISHED_FILE).exists():
             module.load_state_dict(ckpt["state_dict"])
             return
