@@ -790,3 +790,15 @@ def test_replacing_a_linked_model_folder_keeps_what_the_link_pointed_to(tmp_path
     replace_folder(new, tmp_path / "model")
     assert (tmp_path / "model" / "meta.json").read_text() == "2" and not (tmp_path / "model").is_symlink()
     assert (real / "meta.json").read_text() == "1" and not new.exists() and not new.is_symlink()
+
+
+def test_an_encoder_of_another_width_is_one_line(model_dir, tiny_corpus):  # noqa: F811
+    """encoder.json naming an encoder whose features have another width than the heads read: a one-line error,
+    not a matrix-shape traceback."""
+    from serkit.inference import Recognizer
+
+    (model_dir / "encoder.json").write_text(json.dumps({"encoder": "fbank-80", "mode": "native", "layers": [0]}))
+    rec = Recognizer.from_pretrained(model_dir, device="cpu")
+    with pytest.raises(SerkitError, match="gives 80-dim features, but this model's heads read 40-dim") as e:
+        rec.predict(tiny_corpus / "spk0" / "high_0.wav")
+    assert "\n" not in str(e.value)

@@ -186,6 +186,8 @@ class Recognizer:
         #: the encoder's precision (fp32 / bf16): as the model's features were extracted unless asked otherwise
         self.precision = resolve_precision(precision or encoder_info.get("precision", "fp32"), self.device)
         self.model_dir = model_dir
+        #: the feature width the heads were trained on (meta.json ``spec.hidden_size``; None: not checked)
+        self.feature_width: int | None = None
         #: per head ``{temperature, abstain_threshold, abstain_target}`` fitted on the validation speakers
         #: (meta.json ``calibration``; :mod:`serkit.calibration`): probabilities are ``softmax(logits / T)``
         self.calibration = dict(calibration or {})
@@ -282,8 +284,11 @@ class Recognizer:
 
             return MultiViewRecognizer(heads, cfg, labels, enc, device, batch_size, model_dir=d, precision=precision,
                                        calibration=calibration)
-        return cls(heads, cfg, labels, enc, device, batch_size, model_dir=d, precision=precision,
-                   calibration=calibration)
+        rec = cls(heads, cfg, labels, enc, device, batch_size, model_dir=d, precision=precision,
+                  calibration=calibration)
+        if source != "waveform":
+            rec.feature_width = int(meta["spec"]["hidden_size"])
+        return rec
 
     # -- features -------------------------------------------------------------------------------------------
 
@@ -292,7 +297,13 @@ class Recognizer:
         if self._encoder is None:
             from serkit.precision import torch_dtype
 
-            self._encoder = load_recorded_encoder(self.encoder_info, self.device, torch_dtype(self.precision))
+            encoder = load_recorded_encoder(self.encoder_info, self.device, torch_dtype(self.precision))
+            width = getattr(encoder, "hidden_size", None)
+            if self.feature_width and width and int(width) != int(self.feature_width):
+                raise SerkitError(f"encoder {self.encoder_info.get('encoder')!r} gives {width}-dim features, but this "
+                                  f"model's heads read {self.feature_width}-dim ones (meta.json spec.hidden_size): "
+                                  f"encoder.json names another encoder than the model was trained on")
+            self._encoder = encoder
         return self._encoder
 
     @property
