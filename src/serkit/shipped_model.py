@@ -77,7 +77,10 @@ def card(meta: dict, labels: dict, cv: dict | None) -> str:
     if isinstance(table, dict):
         metric = table.get("metric", "ua")
         lines += ["## Figures (single-clip track: `serkit cv configs/cross/ravdess-emodb-single-clip.yaml`)", "",
-                  f"Six classes, global features, the same head settings; {metric.upper()} on the test part.", "",
+                  (f"The same head and features on the six classes, {metric.upper()} on test speakers never heard "
+                   "in training: within each corpus (speaker-independent folds) and trained on one corpus, tested "
+                   "on the other (how far a model of this kind carries to new recording conditions; the shipped "
+                   "model itself is trained on both corpora)."), "",
                   f"| trained on | tested on | {metric.upper()} |", "|---|---|---|"]
         for corpus, r in (table.get("in_corpus") or {}).items():
             lines.append(f"| {corpus} (speaker-independent folds) | {corpus} | {r[metric]:.3f} ± {r['std']:.3f} "
