@@ -122,3 +122,24 @@ def test_garbage_onnx_graph_is_one_line(model_dir, tmp_path, capsys):  # noqa: F
     with pytest.raises(SerkitError, match="onnxruntime cannot load this graph") as e:
         OnnxRecognizer.from_folder(model_dir)
     assert "\n" not in str(e.value) and "model.onnx" in str(e.value)
+
+
+def test_onnx_graph_reading_data_outside_its_folder_is_one_line(model_dir):  # noqa: F811
+    """A crafted graph whose external-data path leaves the model folder: refused by onnxruntime, one line here."""
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from serkit.onnx_backend import OnnxRecognizer
+
+    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w])
+    model = helper.make_model(graph)
+    onnx.external_data_helper.convert_model_to_external_data(model, location="../outside.bin", size_threshold=0)
+    (model_dir.parent / "outside.bin").write_bytes(np.ones((2, 2), np.float32).tobytes())
+    (model_dir / "model.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(SerkitError, match="onnxruntime cannot load this graph") as e:
+        OnnxRecognizer.from_folder(model_dir)
+    assert "\n" not in str(e.value)
