@@ -19,6 +19,8 @@ HISTORY = [re.compile(p, re.IGNORECASE) for p in (
 def _product_files() -> list[Path]:
     files = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
     files += sorted((ROOT / "src").rglob("*.py")) + sorted((ROOT / "src").rglob("*.html"))
+    files += sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "bench").glob("*.py"))
+    files += sorted((ROOT / "scripts").rglob("*.sh")) + sorted((ROOT / "scripts").rglob("*.py"))
     return [f for f in files if f.exists()]
 
 
