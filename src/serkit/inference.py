@@ -761,7 +761,7 @@ class Recognizer:
         inside the model (``features.source: waveform``) and for inputs that cannot be read.
         """
         from serkit.cache import pooled_statistics
-        from serkit.data.normalize import normalize_pooled
+        from serkit.data.feature_transform import FeatureTransform
 
         if self._waveform_model:
             raise SerkitError("embed: this model runs its encoder inside the model (features.source: waveform); "
@@ -769,6 +769,9 @@ class Recognizer:
         single = not isinstance(audio, list)
         inputs = self._list_inputs([audio] if single else audio, sample_rate)
         stats = self._enrolment(enroll)
+        stats_t = None if stats is None else [torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in stats]
+        # the feature stage's layer choice and speaker normalisation, on the pooled statistics of each window
+        pooled_stage = FeatureTransform("pooled", self.transform.layers)
         self._encode_inputs(inputs, keep_own=False)
         out = []
         for x in inputs:
@@ -776,10 +779,8 @@ class Recognizer:
                 raise SerkitError(x.error if x.name in x.error else f"{x.name}: {x.error}")
             per_window = []
             for h in x.head_inputs:
-                pooled = (h if h.dim() == 2 else pooled_statistics(h.float())).float().numpy()
-                if stats is not None:
-                    pooled = normalize_pooled(pooled, *stats)
-                per_window.append(pooled if self.layer_index is None else pooled[self.layer_index])
+                pooled = (h if h.dim() == 2 else pooled_statistics(h.float())).float()
+                per_window.append(pooled_stage(pooled[None], *(stats_t or (None, None)))[0].numpy())
             weights = np.array([e - s for s, e in x.windows], dtype=float)
             out.append(np.average(np.stack(per_window), axis=0, weights=weights).astype(np.float32))
             x.head_inputs = []

@@ -198,17 +198,6 @@ def item_lengths(dataset) -> np.ndarray | None:
     return fn() if callable(fn) else None
 
 
-def process_frames(x: np.ndarray, frame_norm: str = "none", pool: int = 1) -> np.ndarray:
-    """The feature stage's per-frame steps on ``(layers, T, dim)`` frames (after speaker normalisation and layer
-    choice), float32: :meth:`serkit.data.feature_transform.FeatureTransform.frames` on one item."""
-    from serkit.data.feature_transform import FeatureTransform
-
-    t = FeatureTransform("frames", None, frame_norm, pool, half_frames=False)
-    if not t.frame_steps:
-        return x
-    return t.frames(torch.from_numpy(np.asarray(x, dtype=np.float32))[None])[0].numpy()
-
-
 def pool_frames(x: np.ndarray, k: int) -> np.ndarray:
     """Average non-overlapping windows of ``k`` frames: ``(layers, T, dim)`` -> ``(layers, ceil(T/k), dim)`` (the
     last window averages the frames it has; :func:`serkit.data.feature_transform.pool_frames`)."""
