@@ -49,7 +49,7 @@ def run_one(args) -> dict:
     from serkit.models.encoder_model import EncoderDownstream
     from serkit.recipes.base import get_recipe
     from serkit.train.cv import load_experiment_manifest
-    from serkit.train.fit import load_loop_encoder, model_spec
+    from serkit.train.datasets import load_loop_encoder, model_spec
 
     torch.manual_seed(0)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)

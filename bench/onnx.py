@@ -50,9 +50,10 @@ def main(argv=None) -> int:
 
     from serkit.audio import read_audio
     from serkit.constants import SAMPLE_RATE
-    from serkit.export import ONNX_FILE, export_onnx
+    from serkit.export import export_onnx
     from serkit.inference import Recognizer
-    from serkit.onnx_backend import OnnxRecognizer
+    from serkit.inference.onnx import OnnxRecognizer
+    from serkit.model_folder import ONNX_FILE
 
     files = sorted(glob.glob(args.audio))[: args.limit]
     if not files:

@@ -98,7 +98,8 @@ def test_export_whisper_model_and_onnxruntime_matches_torch(tiny_corpus, tmp_pat
     import onnxruntime as ort
     import torch
 
-    from serkit.export import METADATA_KEY, TOLERANCE, graph_inputs, graph_module
+    from serkit.export import TOLERANCE, graph_inputs, graph_module
+    from serkit.model_folder import METADATA_KEY
 
     enc = _tiny_whisper_dir(tmp_path / "tiny-whisper")
     cfg = tiny_config(tiny_corpus, encoder={"id": str(enc), "layers": "all"},
@@ -164,7 +165,7 @@ def test_export_whisper_model_and_onnxruntime_matches_torch(tiny_corpus, tmp_pat
 def test_export_global_head_model_and_errors(tiny_corpus, tmp_path, capsys):  # noqa: F811
     """A filterbank frame-level model with a global head (no speaker inputs); the errors a user can meet."""
     from serkit.errors import SerkitError
-    from serkit.onnx_backend import OnnxRecognizer
+    from serkit.inference.onnx import OnnxRecognizer
 
     capsys.readouterr()
     assert main(["export", str(tmp_path), "--format", "onnx"]) == 2

@@ -1,4 +1,5 @@
-"""Blocks below recipes: the import rules of docs/developing.md, checked on the source."""
+"""The architecture rules of docs/developing.md, checked on the source: blocks below recipes, an import graph without
+circles (every import counts, function-local ones included), modules and functions of a readable size."""
 
 import ast
 from pathlib import Path
@@ -30,7 +31,78 @@ def test_recipes_never_import_private_names_of_train():
                 assert not any(part.startswith("_") for part in module.split(".")), (p, module)
 
 
-def test_report_and_cv_do_not_import_each_other():
-    assert not any(m == "serkit.train.cv" for m, _ in _imports(SRC / "report.py"))
-    cv = _imports(SRC / "train" / "cv.py")
-    assert any(m == "serkit.report" for m, _ in cv)  # one direction only
+#: The project's limits: lines per module and per function (``def`` line to last line).
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 80
+
+
+def _module_name(path: Path, src: Path = SRC) -> str:
+    parts = path.relative_to(src.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(src: Path = SRC) -> dict[str, set[str]]:
+    """``{module: modules of serkit it imports}`` over every ``import`` statement of every module, at any depth
+    (function-local imports too); ``from package import name`` points at ``package.name`` when that is a module.
+    A module whose import runs a package's ``__init__`` only through the import system is not an edge: the edges
+    are what the code names."""
+    modules = {_module_name(p, src): p for p in src.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                targets.add(base)
+                targets.update(f"{base}.{a.name}" for a in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of ``graph`` as a path ``[a, b, ..., a]``, or None (depth-first search, colours)."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 finished
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def test_the_import_graph_has_no_circle():
+    graph = import_graph()
+    assert len(graph) > 100 and sum(map(len, graph.values())) > 200  # the walk sees the package
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_circle_through_a_function_local_import(tmp_path):
+    pkg = tmp_path / "serkit"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from serkit.sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from serkit import c\n")
+    (pkg / "c.py").write_text("import serkit.a\n")
+    cycle = find_cycle(import_graph(pkg))
+    assert cycle is not None and set(cycle) == {"serkit.a", "serkit.sub.b", "serkit.c"}
+    (pkg / "c.py").write_text("import serkit.sub\n")
+    assert find_cycle(import_graph(pkg)) is None

@@ -13,37 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from serkit.config_defaults import DEFAULTS
 from serkit.errors import ConfigError
-
-DEFAULTS: dict = {
-    "name": "experiment",
-    "recipe": "baseline",
-    "corpus": None,
-    "root": None,
-    "manifest": None,
-    "class_set": None,
-    "task": "classification",
-    "targets": ["arousal", "valence", "dominance"],
-    "protocol": None,
-    "encoder": {"id": "openai/whisper-base", "mode": "native", "layers": "all", "device": "auto",
-                "batch_seconds": 120.0, "precision": "fp32"},
-    # the feature stage (serkit.train.feature_stage): what every model sees of the encoder's hidden states
-    "features": {"source": "cache", "cache_dir": None, "crop": "none", "level": "frames", "preload": True,
-                 "normalize": None, "speaker_min_seconds": 10.0, "speaker_min_utterances": 5, "layers": None,
-                 "pool_frames": 1, "max_frames": None, "frame_norm": "none"},
-    "model": {"name": "baseline"},
-    "objective": None,
-    "augment": None,
-    "train": {"epochs": 30, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw",
-              "scheduler": "none", "warmup_epochs": 0, "lr_decay": 1.0, "patience": 8, "seed": 0,
-              "monitor": "auto", "precision": "fp32", "accelerator": "auto", "devices": 1, "strategy": "auto",
-              "num_workers": 0, "grad_clip": 1.0, "deterministic": True,
-              "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True, "refit": False,
-              "num_nodes": 1, "logger": "csv", "select": None, "solver": "gradient", "ridge_alpha": 100.0,
-              "group_by_length": 0, "fused_optimizer": False},
-    "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
-    "recipe_options": {},
-}
 
 TYPES = {
     "name": str, "recipe": str, "corpus": (str, list, type(None)), "root": (str, dict, type(None)),

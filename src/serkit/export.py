@@ -28,11 +28,8 @@ from torch import nn
 
 from serkit.constants import SAMPLE_RATE
 from serkit.errors import SerkitError
+from serkit.model_folder import METADATA_KEY, ONNX_FILE
 
-#: File name of the exported graph inside a model folder.
-ONNX_FILE = "model.onnx"
-#: Metadata key (``metadata_props``) holding the graph's description as JSON.
-METADATA_KEY = "serkit"
 #: Largest max-abs difference of ``scores`` between onnxruntime and torch that an export may show.
 TOLERANCE = 1e-3
 #: Shortest input (samples) the exported graph accepts (0.1 s); the onnx backend refuses shorter windows.

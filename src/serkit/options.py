@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+from serkit.config_defaults import DEFAULTS
 from serkit.errors import ConfigError
 
 
@@ -59,7 +60,7 @@ def as_dict(options) -> dict:
     return dataclasses.asdict(options)
 
 
-# -- the config's sections as typed, frozen objects (built from serkit.config.DEFAULTS: one source of defaults) -----
+# -- the config's sections as typed, frozen objects (built from serkit.config_defaults: one source of defaults) -----
 def _field_type(default):
     if isinstance(default, bool):
         return bool
@@ -91,8 +92,6 @@ class ExperimentOptions:
 
 def resolve(cfg: dict) -> ExperimentOptions:
     """Typed sections of a loaded config; a value of the wrong type is a :class:`ConfigError` naming its key."""
-    from serkit.config import DEFAULTS
-
     sections = {}
     for name in ("train", "features", "predict", "encoder"):
         value = cfg[name]

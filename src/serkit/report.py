@@ -203,8 +203,6 @@ def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
         lines.append(text)
     lines += ["", "## Test scores per fold", "", format_table(summary), ""]
     if summary.get("cross_corpus"):
-        from serkit.train.cross_corpus import format_cross_table
-
         lines += ["## Cross-corpus table", "", format_cross_table(summary["cross_corpus"], cfg), ""]
     if summary.get("stages"):
         lines += ["## Stages (test mean ± std over folds; the last is the result)", "", format_stages(summary), ""]
@@ -228,3 +226,28 @@ def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def format_cross_table(entry: dict, cfg: dict) -> str:
+    """Markdown: one row per training set, one column per test corpus; in-corpus figures on the diagonal."""
+    key = entry["metric"]
+    tests = sorted({r["test"] for r in entry["rows"]} | set(entry["in_corpus"]))
+    trains = sorted({"+".join(r["train"]) for r in entry["rows"]} | set(entry["in_corpus"]))
+    cell = {("+".join(r["train"]), r["test"]): r[key] for r in entry["rows"]}
+    title = (f"Cross-corpus {key.upper()} (rows: training corpora, columns: test corpus; diagonal: in-corpus "
+             f"speaker-independent cross-validation). Classes: {cfg['class_set']}; feature normalisation: "
+             f"{cfg['features']['normalize']}.")
+    lines = [title, "",
+             "| train \\ test | " + " | ".join(tests) + " |", "|---|" + "---|" * len(tests)]
+    for tr in trains:
+        vals = []
+        for te in tests:
+            if tr == te and te in entry["in_corpus"]:
+                ic = entry["in_corpus"][te]
+                vals.append(f"({ic[key]:.3f} ± {ic['std']:.3f}, in-corpus, {ic['folds']} folds)")
+            elif (tr, te) in cell:
+                vals.append(f"**{cell[(tr, te)]:.3f}**")
+            else:
+                vals.append("-")
+        lines.append(f"| {tr} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"

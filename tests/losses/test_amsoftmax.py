@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from serkit.errors import ConfigError
-from serkit.losses.base import build_loss
+from serkit.losses import build_loss
 from serkit.models.heads_am import AMSoftmaxHead
 
 

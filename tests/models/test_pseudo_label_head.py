@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serkit.losses.base import build_loss
+from serkit.losses import build_loss
 from serkit.models.pseudo_label_head import PseudoLabelHead
 
 

@@ -81,7 +81,7 @@ def _by_hand(model_dir, head: str, pooled: dict, stats: dict | None = None) -> n
 
 
 def test_classification_predict_is_the_saved_combination(cls_model, tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
-    from serkit import Recognizer, inference
+    from serkit import Recognizer
     from serkit.data.normalize import frame_stats
 
     cfg, d = cls_model
@@ -124,7 +124,7 @@ def test_classification_predict_is_the_saved_combination(cls_model, tiny_corpus,
     np.testing.assert_allclose([r["probabilities"][c] for c in rec.labels.classes], hand, atol=2e-4)
     assert not np.allclose(raw, _by_hand(d, "global", pooled))  # the heads differ: the check can fail
     # several files of one speaker (about 6 s here): the statistics come from their encoded windows, per view
-    monkeypatch.setattr(inference, "MIN_ENROLL_SECONDS", 3.0)
+    monkeypatch.setattr(rec, "min_enroll_seconds", 3.0)
     files = [manifest.set_index("id").loc[u, "path"] for u in ids]
     rs = rec.predict_files(files, same_speaker=True)
     assert {x["head"] for x in rs} == {"speaker"}

@@ -113,12 +113,12 @@ def test_a_trained_model_applies_its_temperature_and_can_abstain(tiny_corpus, tm
 def test_calibration_reads_the_validation_outputs_of_the_model_before_its_refit(tiny_corpus, tmp_path, monkeypatch):
     """With train.refit the refit trains on the validation utterances: the temperature and the validation ECE come
     from the selected model's outputs on them, computed before the refit starts."""
-    from serkit.train import fit
+    from serkit.train import fit, scoring
     from serkit.train.cv import run_cv
     from tests.train.conftest import tiny_config
 
     events = []
-    train_module, predict_outputs = fit.train_module, fit.predict_outputs
+    train_module, predict_outputs = fit.train_module, scoring.predict_outputs
 
     def spy_train(cfg, manifest, fold, source, fold_dir, *a, **k):
         events.append(("refit" if fold_dir.name == "refit" else "train", None))

@@ -80,7 +80,7 @@ def test_killed_run_resumes_to_identical_results(tiny_corpus, tmp_path, monkeypa
     ref_pred = (tmp_path / "ref" / "fold1" / "predictions.csv").read_text()
     res_pred = (tmp_path / "killed" / "fold1" / "predictions.csv").read_text()
     assert ref_pred == res_pred
-    from serkit.train.fit import read_fold_metrics
+    from serkit.train.logs import read_fold_metrics
 
     curve = read_fold_metrics(tmp_path / "killed" / "fold1")
     ref_curve = read_fold_metrics(tmp_path / "ref" / "fold1")
@@ -113,7 +113,7 @@ def test_refit_on_train_and_validation_uses_the_validated_epoch_count(tiny_corpu
     res = run_cv(cfg, tmp_path / "refit", folds_only=[0], log=lambda *a: None)
     fold = json.loads((tmp_path / "refit" / "fold0" / "result.json").read_text())
     assert fold["refit_epochs"] == fold["best_epoch"] + 1
-    from serkit.train.fit import read_fold_metrics
+    from serkit.train.logs import read_fold_metrics
 
     refit_log = read_fold_metrics(tmp_path / "refit" / "fold0" / "refit")
     assert refit_log["epoch"].max() == fold["refit_epochs"] - 1

@@ -253,7 +253,7 @@ def test_lora_model_exports_to_onnx_within_tolerance(tiny_corpus, whisper_dir, t
     """A frame-level head, and the pooled head of the baselines (its statistics computed in the loop)."""
     pytest.importorskip("onnxruntime")
     from serkit.inference import Recognizer
-    from serkit.onnx_backend import OnnxRecognizer
+    from serkit.inference.onnx import OnnxRecognizer
     from serkit.train.final import train_final
 
     finetune = {"mode": "lora", "lora": {"r": 4, "alpha": 8}}

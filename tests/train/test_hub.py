@@ -6,7 +6,8 @@ import huggingface_hub
 import pytest
 
 from serkit.errors import SerkitError
-from serkit.inference import Recognizer, push_model
+from serkit.inference import Recognizer
+from serkit.model_folder import push_model
 
 
 def test_a_hub_id_offline_is_one_clear_line(monkeypatch):

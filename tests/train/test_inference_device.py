@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from serkit.train.fit import inference_device, predict_outputs
+from serkit.train.scoring import inference_device, predict_outputs
 
 
 class _Tiny(nn.Module):

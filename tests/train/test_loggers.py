@@ -8,7 +8,7 @@ import pytest
 
 from serkit.config import load_config
 from serkit.errors import ConfigError
-from serkit.train.fit import LOGGER_PACKAGES, make_loggers
+from serkit.train.trainer import LOGGER_PACKAGES, make_loggers
 
 BASE = {"corpus": "csv", "root": "x.csv", "name": "exp"}
 

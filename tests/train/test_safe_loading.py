@@ -117,7 +117,7 @@ def test_torn_last_checkpoint_is_moved_aside_and_the_fold_ends_as_uninterrupted(
 def test_garbage_onnx_graph_is_one_line(model_dir, tmp_path, capsys):  # noqa: F811
     pytest.importorskip("onnxruntime")
     (model_dir / "model.onnx").write_bytes(b"not a graph at all")
-    from serkit.onnx_backend import OnnxRecognizer
+    from serkit.inference.onnx import OnnxRecognizer
 
     with pytest.raises(SerkitError, match="onnxruntime cannot load this graph") as e:
         OnnxRecognizer.from_folder(model_dir)
@@ -130,7 +130,7 @@ def test_onnx_graph_reading_data_outside_its_folder_is_one_line(model_dir):  # n
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from serkit.onnx_backend import OnnxRecognizer
+    from serkit.inference.onnx import OnnxRecognizer
 
     w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",

@@ -77,7 +77,7 @@ def test_auto_normalisation_is_chosen_on_validation(tmp_path):
 
 
 def test_cross_corpus_table_format():
-    from serkit.train.cross_corpus import format_cross_table
+    from serkit.report import format_cross_table
 
     entry = {"metric": "ua", "in_corpus": {"a": {"ua": 0.8, "std": 0.05, "folds": 6}, "b": {"ua": 0.9, "std": 0.04,
                                                                                               "folds": 5}},

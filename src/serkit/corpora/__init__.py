@@ -1,25 +1,6 @@
-"""Corpus readers. Importing this package registers every reader."""
+"""Corpus readers. Importing this package registers every reader (through :mod:`serkit.corpora.catalog`)."""
 
-from serkit.corpora import (  # noqa: F401
-    cremad,
-    emodb,
-    generic,
-    iemocap,
-    msp_improv,
-    msp_podcast,
-    ravdess,
-    savee,
-    tava,
-    tess,
-)
-from serkit.corpora.base import (
-    CorpusReader,
-    apply_class_set,
-    available,
-    default_root,
-    get_reader,
-    prepare,
-    register,
-)
+from serkit.corpora.base import CorpusReader, register
+from serkit.corpora.catalog import apply_class_set, available, default_root, get_reader, prepare
 
 __all__ = ["CorpusReader", "apply_class_set", "available", "default_root", "get_reader", "prepare", "register"]

@@ -33,7 +33,7 @@ import torch
 
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
-from serkit.losses.base import Objective, loss_class
+from serkit.losses.objective import Objective, loss_class
 from serkit.models.registry import ModelSpec, build_model
 
 _RECIPES: dict[str, type] = {}
@@ -91,7 +91,7 @@ class Recipe:
     def build_datasets(self, cfg: dict, manifest, fold, labels: LabelMap, features) -> tuple:
         """``(train, val, test)`` datasets from the runner's feature stage ``features``
         (:class:`~serkit.train.feature_stage.FeatureStage`). Recipes that add items wrap these."""
-        from serkit.train.fit import build_datasets
+        from serkit.train.datasets import build_datasets
 
         return build_datasets(cfg, manifest, fold, labels, features)
 
@@ -104,8 +104,7 @@ class Recipe:
         :class:`~serkit.train.stages.StageContext`): ``(model, spec)``, where :meth:`build_model` ``(cfg, spec)``
         rebuilds ``model`` for prediction (``spec.extra`` beside ``encoder`` is saved in ``meta.json``, so it must be
         JSON). Default: the last training stage's model; a list that ends in a step must say how it is replayed."""
-        from serkit.train.fit import final_module
-        from serkit.train.stages import Step
+        from serkit.train.stages import Step, final_module
 
         if isinstance(stages[-1], Step):
             raise ConfigError(f"recipe {self.name!r} ends in the step {stages[-1].name!r}, which a single saved model "

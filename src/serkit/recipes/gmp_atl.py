@@ -467,7 +467,7 @@ class GMPATLRecipe(Recipe):
     def _model_frames(self, ctx, o: GMPOptions, layer: int, ids: list[str]) -> list[np.ndarray]:
         """Hidden state ``layer`` (normalised) of the stage-1 encoder for every training utterance, (T_i, D)."""
         from serkit.data.features import collate, to_device
-        from serkit.train.fit import inference_device
+        from serkit.train.scoring import inference_device
 
         cfg = ctx.cfg
         model = self._model(cfg, 1, ctx.labels.num_outputs, o.stage1.finetune, o.stage1)

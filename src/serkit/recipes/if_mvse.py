@@ -49,12 +49,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from serkit.config_defaults import DEFAULTS
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
 from serkit.models.registry import ModelSpec
 from serkit.recipes.base import Recipe, register_recipe
 
-VIEW_DEFAULTS = {"mode": "native", "layers": "all", "device": "auto", "batch_seconds": 120.0, "precision": "fp32"}
+# a view's encoder settings default to the config's encoder section (its id is the view's own)
+VIEW_DEFAULTS = {k: v for k, v in DEFAULTS["encoder"].items() if k != "id"}
 VIEW_KEYS = {"name", "pooling", "features"}  # view settings beside the encoder's own keys
 MODEL_KEYS = {"hidden", "dropout", "input_proj", "num_paths", "fuse_dim", "gate_dim", "bias", "project_all"}
 
@@ -317,7 +319,7 @@ def combine_step(ctx, names: list[str]) -> dict:
     import torch
 
     from serkit.fusion_weights import combine, mean_ccc, search_weights, unweighted_accuracy
-    from serkit.train.fit import task_metrics
+    from serkit.train.scoring import task_metrics
 
     cfg, labels, fold = ctx.cfg, ctx.labels, ctx.fold
     opts = options(cfg)

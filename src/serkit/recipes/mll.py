@@ -118,7 +118,7 @@ class MLLRecipe(Recipe):
     def build_datasets(self, cfg: dict, manifest, fold, labels, source):
         """The stage's datasets; in ``variants`` mode the training set gains the fold's valid pre-mixed variants,
         read through the same feature stage (each variant normalised with its parent speaker's statistics)."""
-        from serkit.train.fit import as_feature_stage, build_datasets
+        from serkit.train.datasets import as_feature_stage, build_datasets
 
         check_recipe_options(cfg)
         train, val, test = build_datasets(cfg, manifest, fold, labels, source)

@@ -240,8 +240,8 @@ def _write_results(results: list[dict], args, segments: bool) -> None:
 
 
 def _info(args) -> int:
-    from serkit.inference import resolve_model_dir
     from serkit.model_card import describe_model, format_info
+    from serkit.model_folder import resolve_model_dir
 
     d = resolve_model_dir(args.model)
     info = describe_model(d)

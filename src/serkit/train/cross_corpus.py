@@ -13,6 +13,7 @@ import copy
 from pathlib import Path
 
 from serkit.io import atomic_write_text
+from serkit.report import format_cross_table
 
 
 def in_corpus_config(cfg: dict, corpus: str, protocol: dict) -> dict:
@@ -30,10 +31,9 @@ def in_corpus_config(cfg: dict, corpus: str, protocol: dict) -> dict:
     return sub
 
 
-def cross_table(cfg: dict, folds, results: list[dict], protocol: dict, out: Path, log=print) -> dict:
-    """Run the in-corpus cross-validations (resumable) and write the table; returns results.json's entry."""
-    from serkit.train.cv import run_cv
-
+def cross_table(cfg: dict, folds, results: list[dict], protocol: dict, out: Path, run_cv, log=print) -> dict:
+    """Run the in-corpus cross-validations (resumable, each ``run_cv(cfg, out_dir, log=log)``: the runner's own
+    cross-validation) and write the table; returns results.json's entry."""
     key = "ua" if cfg["task"] == "classification" else "ccc_mean"
     by_fold = {r["fold"]: r for r in results}
     corpora = sorted({f.test_corpus for f in folds} | {c for f in folds for c in f.train_corpora})
@@ -54,28 +54,3 @@ def cross_table(cfg: dict, folds, results: list[dict], protocol: dict, out: Path
     entry = {"metric": key, "rows": rows, "in_corpus": in_corpus}
     atomic_write_text(out / "cross_corpus.md", format_cross_table(entry, cfg))
     return entry
-
-
-def format_cross_table(entry: dict, cfg: dict) -> str:
-    """Markdown: one row per training set, one column per test corpus; in-corpus figures on the diagonal."""
-    key = entry["metric"]
-    tests = sorted({r["test"] for r in entry["rows"]} | set(entry["in_corpus"]))
-    trains = sorted({"+".join(r["train"]) for r in entry["rows"]} | set(entry["in_corpus"]))
-    cell = {("+".join(r["train"]), r["test"]): r[key] for r in entry["rows"]}
-    title = (f"Cross-corpus {key.upper()} (rows: training corpora, columns: test corpus; diagonal: in-corpus "
-             f"speaker-independent cross-validation). Classes: {cfg['class_set']}; feature normalisation: "
-             f"{cfg['features']['normalize']}.")
-    lines = [title, "",
-             "| train \\ test | " + " | ".join(tests) + " |", "|---|" + "---|" * len(tests)]
-    for tr in trains:
-        vals = []
-        for te in tests:
-            if tr == te and te in entry["in_corpus"]:
-                ic = entry["in_corpus"][te]
-                vals.append(f"({ic[key]:.3f} ± {ic['std']:.3f}, in-corpus, {ic['folds']} folds)")
-            elif (tr, te) in cell:
-                vals.append(f"**{cell[(tr, te)]:.3f}**")
-            else:
-                vals.append("-")
-        lines.append(f"| {tr} | " + " | ".join(vals) + " |")
-    return "\n".join(lines) + "\n"

@@ -158,7 +158,7 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
     if protocol["name"] == "cross_corpus":
         from serkit.train.cross_corpus import cross_table
 
-        summary["cross_corpus"] = cross_table(cfg, folds, results, protocol, out, log)
+        summary["cross_corpus"] = cross_table(cfg, folds, results, protocol, out, run_cv, log)
     summary["wall_seconds"] = round(time.time() - t0, 1)
     known = [r["seconds"] for r in results if r.get("seconds") is not None]
     if len(known) == len(results) and results:

@@ -62,7 +62,7 @@ def validation_split(cfg: dict, manifest: pd.DataFrame) -> tuple[list[str], list
 
 
 def _metric_curve(fold_dir: Path, monitor: str) -> list[dict]:
-    from serkit.train.fit import read_fold_metrics
+    from serkit.train.logs import read_fold_metrics
 
     df = read_fold_metrics(fold_dir)
     if df is None or monitor not in df:
@@ -114,7 +114,7 @@ def _train_head(cfg: dict, manifest: pd.DataFrame, split, source, work: Path, re
     if cfg["task"] == "classification" and len(datasets[1]):  # temperature + abstain threshold, validation only
         from torch.utils.data import DataLoader
 
-        from serkit.train.fit import inference_device, predict_outputs
+        from serkit.train.scoring import inference_device, predict_outputs
 
         out = predict_outputs(module, DataLoader(datasets[1], **eval_kw), inference_device(cfg["train"]))
         calibration = _calibration(out, labels, manifest, val)

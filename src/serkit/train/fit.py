@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -19,18 +18,23 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from serkit.data.features import collate, loader_workers, to_device
+from serkit.data.features import collate, loader_workers
 from serkit.data.labels import LabelMap
-from serkit.errors import ConfigError, SerkitError
-from serkit.io import atomic_path, atomic_write, atomic_write_json, atomic_write_text, load_tensors
-from serkit.metrics import classification_metrics, confusion, regression_metrics
-from serkit.models.registry import ModelSpec
-from serkit.precision import lightning_precision, run_precision
+from serkit.errors import ConfigError
+from serkit.io import atomic_path, atomic_write_json, load_tensors
+from serkit.precision import run_precision
 from serkit.protocols import Fold, check_leakage
 from serkit.recipes.base import get_recipe
 from serkit.train import select as choose
-from serkit.train.logs import _best_epoch, _best_val, _keep_old_metrics, read_fold_metrics  # noqa: F401
+from serkit.train.datasets import (
+    as_feature_stage,
+    load_loop_encoder,
+    model_spec,
+)
+from serkit.train.fold_result import check_features, feature_record, fold_result, normalised_state
+from serkit.train.logs import _best_epoch, _best_val
 from serkit.train.module import SERModule
+from serkit.train.scoring import inference_device, predict_outputs
 from serkit.train.stages import (
     StageContext,
     StageResult,
@@ -43,250 +47,13 @@ from serkit.train.stages import (
     stable_hash,
     trained_state,
 )
+from serkit.train.trainer import (
+    _quiet_lightning,
+    fit_resumable,
+    make_trainer,
+)
 
 log = logging.getLogger("serkit")
-
-
-def _quiet_lightning():
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*sync_dist.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*")
-    warnings.filterwarnings("ignore", ".*treespec.*")
-    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-
-
-class RunFolderCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
-    """Lightning's ModelCheckpoint whose state survives moving the run folder.
-
-    Lightning forgets the best score when the checkpoint folder's path changed since the save (a run folder that
-    was copied or downloaded), so a resumed run would take its next epoch as the best; here the saved paths are
-    re-based onto the current folder instead."""
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        old = state_dict.get("dirpath")
-        if old and self.dirpath and old != self.dirpath:
-            def rebase(p):
-                return str(Path(self.dirpath) / Path(p).name) if isinstance(p, str) and p.startswith(old) else p
-
-            state_dict = {**state_dict, "dirpath": self.dirpath,
-                          **{k: rebase(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
-                                                                    "last_model_path") if k in state_dict},
-                          "best_k_models": {rebase(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
-        super().load_state_dict(state_dict)
-
-
-#: ``train.logger`` -> the package Lightning's logger needs (None: always there)
-LOGGER_PACKAGES = {"csv": None, "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
-
-
-def make_loggers(cfg: dict, fold_dir: Path) -> list:
-    """Lightning loggers of ``train.logger``: always the CSV logger (``fold_dir/logs/metrics.csv``, which epoch
-    selection and the reports read), plus TensorBoard (``fold_dir/tensorboard``) or MLflow (``$MLFLOW_TRACKING_URI``,
-    default a file store ``mlruns`` beside the run's folds; experiment = the config's name, run = the fold)."""
-    import importlib.util
-    import os
-
-    kind = cfg["train"].get("logger", "csv")
-    if kind not in LOGGER_PACKAGES:
-        raise ConfigError(f"config: train.logger={kind!r} is not one of {tuple(LOGGER_PACKAGES)}")
-    need = LOGGER_PACKAGES[kind]
-    if need and not any(importlib.util.find_spec(m) for m in need):
-        raise ConfigError(f"config: train.logger={kind!r} needs the {need[0]} package, which is not installed: "
-                          f"pip install 'serkit[tracking]' (or use train.logger=csv)")
-    # CSV rows are written at once: a killed run keeps the epochs it logged (selection and refit read them)
-    loggers = [L.pytorch.loggers.CSVLogger(str(fold_dir), name="logs", version="", flush_logs_every_n_steps=1)]
-    if kind == "tensorboard":
-        loggers.append(L.pytorch.loggers.TensorBoardLogger(str(fold_dir), name="tensorboard", version=""))
-    elif kind == "mlflow":
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(fold_dir).resolve().parent / "mlruns").as_uri()
-        loggers.append(L.pytorch.loggers.MLFlowLogger(experiment_name=str(cfg.get("name", "serkit")),
-                                                      run_name=Path(fold_dir).name, tracking_uri=uri))
-    return loggers
-
-
-def make_trainer(cfg: dict, fold_dir: Path, extra_callbacks=()) -> L.Trainer:
-    """A Trainer writing ``fold_dir/checkpoints/best.ckpt`` (best validation ``train.monitor``) and ``last.ckpt``
-    (every epoch's end: what a killed run resumes from), early stopping on the monitor, and ``fold_dir/logs``."""
-    t = cfg["train"]
-    monitor = t["monitor"]
-    ckpt_dir = fold_dir / "checkpoints"
-    best = RunFolderCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
-                               enable_version_counter=False)
-    # Lightning's save_last writes last.ckpt only when a monitored checkpoint is saved (i.e. at the best epoch);
-    # a checkpoint without a monitor is written at every epoch's end
-    last = RunFolderCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
-                               enable_version_counter=False)
-    early = L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=int(t["patience"]))
-    precision = lightning_precision(t["precision"], t["accelerator"])
-    logger = make_loggers(cfg, fold_dir)
-    return L.Trainer(
-        # train.solver: ridge is fitted in closed form at the start: one epoch (its validation) is the whole run
-        max_epochs=1 if t.get("solver") == "ridge" else int(t["epochs"]),
-        min_epochs=1 if t.get("solver") == "ridge" else int(t["min_epochs"]), accelerator=t["accelerator"],
-        devices=t["devices"], num_nodes=int(t.get("num_nodes", 1)), strategy=t["strategy"], precision=precision,
-        callbacks=[best, last, early, *extra_callbacks],
-        logger=logger, deterministic=bool(t["deterministic"]) and not torch.cuda.is_available(),
-        gradient_clip_val=t["grad_clip"] or None, enable_progress_bar=bool(t["progress"]),
-        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10,
-    )
-
-
-#: Written into a run folder when its ``trainer.fit`` returned: a rerun then loads the final weights instead of
-#: resuming (Lightning would run another epoch past an early stop).
-FINISHED_FILE = "finished.json"
-#: Where :func:`fit_resumable` records each resume of a run folder: ``[{"epoch": e, "step": s}, ...]``.
-RESUMED_FILE = "resumed.json"
-
-
-def fit_resumable(trainer: L.Trainer, module: L.LightningModule, train_dl, val_dl, run_dir: Path) -> None:
-    """``trainer.fit``, resumed from ``run_dir/checkpoints/last.ckpt`` when a killed run left one.
-
-    Checkpoints are read with ``weights_only=True`` (first by :func:`serkit.io.load_tensors`, which refuses
-    anything but tensors and plain values with one line naming the file, then by Lightning), so a planted file
-    never runs code. A resume is recorded in ``run_dir/resumed.json`` (the epoch and step it continued after);
-    the epochs logged before the kill are kept. A finished run (``finished.json``) is not trained again: the
-    module gets the final weights from ``last.ckpt``, as after the uninterrupted call.
-    """
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt = None
-    if last.exists():
-        try:
-            ckpt = load_tensors(last)
-        except SerkitError as exc:  # torn (killed while written) or garbled: set it aside, train from the start
-            if not getattr(exc, "torn", False):
-                raise  # foreign objects (e.g. a planted pickle): refused, never touched
-            aside = last.with_name(f"last.torn-{int(time.time())}.ckpt")
-            last.rename(aside)
-            log.warning("%s; moved aside to %s, training this phase from its start", exc, aside.name)
-            ckpt = None
-    if ckpt is not None:
-        if (run_dir / FINISHED_FILE).exists():
-            module.load_state_dict(ckpt["state_dict"])
-            return
-        resumed = read_resumes(run_dir) + [{"epoch": int(ckpt["epoch"]), "step": int(ckpt["global_step"])}]
-        atomic_write_json(run_dir / RESUMED_FILE, resumed)
-        del ckpt
-        _keep_old_metrics(run_dir)
-        trainer.fit(module, train_dl, val_dl, ckpt_path=str(last), weights_only=True)
-    else:
-        trainer.fit(module, train_dl, val_dl)
-    if trainer.state.finished:  # not interrupted
-        atomic_write_json(run_dir / FINISHED_FILE, {"epochs": int(trainer.current_epoch),
-                                                    "step": int(trainer.global_step)})
-
-
-def read_resumes(run_dir: Path) -> list[dict]:
-    """The resumes :func:`fit_resumable` recorded in ``run_dir`` (empty when it ran uninterrupted)."""
-    p = Path(run_dir) / RESUMED_FILE
-    return json.loads(p.read_text()) if p.exists() else []
-
-
-def build_datasets(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: LabelMap, source):
-    """The fold's ``(train, val, test)`` datasets with the feature stage applied.
-
-    ``source``: a :class:`~serkit.train.feature_stage.FeatureStage` (what the runner passes), a feature store, or
-    None (waveforms, no cache)."""
-    from serkit.data.features import WaveformDataset
-
-    f = cfg["features"]
-    features = as_feature_stage(cfg, manifest, fold, source)
-    if f["source"] == "waveform" or features.store is None:
-        from serkit.audio import CropPad
-
-        crop = CropPad(**f["crop"]) if isinstance(f["crop"], dict) else None
-        mk = lambda ids, train: features.with_speaker_stats(WaveformDataset(manifest, ids, labels, crop=crop,
-                                                                            train=train))
-        return mk(fold.train, True), mk(fold.val, False), mk(fold.test, False)
-    return features.datasets(fold, labels)
-
-
-def as_feature_stage(cfg: dict, manifest: pd.DataFrame, fold: Fold, source):
-    """``source`` as a :class:`~serkit.train.feature_stage.FeatureStage` (built over the fold when it is a store)."""
-    from serkit.train.feature_stage import FeatureStage
-
-    f = cfg["features"]
-    if isinstance(source, FeatureStage):
-        if source.mode == f.get("normalize", "none") and source.layer_spec == f.get("layers"):
-            return source
-        source = source.store  # a selection candidate with another normalisation: its own stage
-    return FeatureStage(f, source, manifest, fold.train + fold.val + fold.test, reference_ids=fold.train)
-
-
-def speaker_normalizer(cfg: dict, manifest: pd.DataFrame, fold: Fold, source):
-    """The fold's :class:`~serkit.data.normalize.SpeakerNormalizer` when the config asks for one
-    (``features.normalize: speaker``), else None: the feature stage's (``source`` a FeatureStage) or a new one over
-    the fold's speakers. Features only: each speaker's statistics use that speaker's own utterances (a test
-    speaker's come from its test utterances, never from a label)."""
-    if cfg["features"].get("normalize", "none") == "none":
-        return None
-    return as_feature_stage(cfg, manifest, fold, source).normalizer
-
-
-def load_loop_encoder(cfg: dict):
-    """The encoder that runs inside the model when ``features.source: waveform``; returns (encoder, layers)."""
-    from serkit.encoders import load_encoder, parse_layers
-
-    enc = cfg["encoder"]
-    encoder = load_encoder(enc["id"], mode=enc.get("mode", "native"), eval_mode=True, revision=enc.get("revision"))
-    layers, _ = parse_layers(enc.get("layers", "all"), encoder.num_layers)
-    chosen = cfg["features"].get("layers")
-    if chosen is not None:
-        idx, _ = parse_layers(chosen, len(layers))
-        layers = [layers[i] for i in idx]
-    return encoder, layers
-
-
-def model_spec(cfg: dict, labels: LabelMap, source, encoder=None, layers=None, extra: dict | None = None) -> ModelSpec:
-    """What the model is told: task, outputs, the layers / width the feature stage hands it, speakers, classes."""
-    from serkit.train.feature_stage import FeatureStage
-
-    if isinstance(source, FeatureStage) and source.store is not None and encoder is None:
-        num_layers, hidden, mix = source.num_layers, source.hidden_size, source.model_layers
-    elif source is not None and not isinstance(source, FeatureStage):
-        num_layers, hidden, mix = len(source.layers), int(source.hidden_size), None
-    else:
-        num_layers, hidden = len(layers or []), int(getattr(encoder, "hidden_size", 0))
-        mix = source.model_layers if isinstance(source, FeatureStage) else None
-    return ModelSpec(task=cfg["task"], num_outputs=labels.num_outputs, num_layers=num_layers, hidden_size=hidden,
-                     num_speakers=len(labels.speakers), class_names=list(labels.classes),
-                     extra={"encoder": cfg["encoder"], **(extra or {})}, layers=mix)
-
-
-def inference_device(train_cfg: dict | None = None) -> torch.device:
-    """Where no-grad passes outside Lightning run (test scoring, frame extraction): the GPU when training would use
-    one (``train.accelerator`` auto / gpu / cuda and CUDA available), else the CPU."""
-    acc = str((train_cfg or {}).get("accelerator", "auto"))
-    if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-@torch.no_grad()
-def predict_outputs(module: SERModule, loader: DataLoader, device: torch.device | str | None = None
-                    ) -> dict[str, np.ndarray]:
-    """Run the model over ``loader``; concatenate every per-utterance output (batch-first tensors).
-
-    ``device``: where to run (default :func:`inference_device`); Lightning hands a trained module back on the CPU,
-    so without this a GPU run would score its test set on the CPU. The module goes back where it was afterwards.
-    """
-    module.eval()
-    home = next(module.parameters()).device
-    device = torch.device(device) if device is not None else inference_device()
-    module.to(device)
-    outs: dict[str, list] = {}
-    try:
-        for batch in loader:
-            batch = to_device(batch, device)
-            out = module.model(batch)
-            n = len(batch["emotion"])
-            for k, v in out.items():
-                if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == n and v.ndim <= 2 and k != "frame_mask":
-                    outs.setdefault(k, []).append(v.float().cpu().numpy())
-    finally:
-        module.to(home)
-    return {k: np.concatenate(v) for k, v in outs.items()}
 
 
 def train_module(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path, select: bool = True,
@@ -411,7 +178,7 @@ def fold_context(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
 def _fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path) -> dict:
     check_leakage(fold, manifest)
     ctx, stages, records = fit_stages(cfg, manifest, fold, source, fold_dir)
-    return _fold_result(ctx, stages, records)
+    return fold_result(ctx, stages, records)
 
 
 def fit_stages(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path):
@@ -432,22 +199,8 @@ def fit_stages(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: 
         records[stage.name] = result.marker["features"]
         ctx.results[stage.name] = result
         before.append(result.key)
-    _check_features(cfg, stages, records)
+    check_features(cfg, stages, records)
     return ctx, stages, records
-
-
-def final_module(ctx: StageContext, stages: list):
-    """The trained module of the last training stage (rebuilt from its saved state when it was reused)."""
-    last = [s for s in stages if isinstance(s, TrainStage)][-1]
-    r = ctx.results[last.name]
-    if r.module is not None:
-        return r.module, last
-    spec = model_spec(ctx.cfg, ctx.labels, next(iter(ctx.features.values())))
-    model = last.model(ctx, spec) if last.model is not None else ctx.recipe.build_model(ctx.cfg, spec)
-    model.load_state_dict(r.state(), strict=False)
-    module = SERModule(model, None, ctx.labels, ctx.cfg["train"])
-    module.spec = spec
-    return module, last
 
 
 def select_on_validation(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: Path,
@@ -498,7 +251,7 @@ def _run_train_stage(ctx: StageContext, stage: TrainStage, in_fold_dir: bool, up
         if marker is not None:
             outputs = load_outputs(stage_dir / "outputs.npz") if (stage_dir / "outputs.npz").exists() else None
             return StageResult(stage.name, stage_dir, key, marker, outputs)
-    t0, n0 = time.time(), _normalised(ctx)
+    t0, n0 = time.time(), normalised_state(ctx)
     features = next(iter(ctx.features.values()))
     selection = None
     if in_fold_dir:  # the one training of a single-stage recipe: candidates chosen on validation (train.select)
@@ -526,21 +279,7 @@ def _run_train_stage(ctx: StageContext, stage: TrainStage, in_fold_dir: bool, up
         # own outputs on them would say nothing (calibration and validation figures read these)
         val_before_refit = predict_outputs(module, DataLoader(val_ds, **eval_kw), inference_device(cfg["train"]))
     if stage.refit:
-        # Refit on train + validation for the epoch count that validation chose (as GridSearchCV's refit);
-        # the test part is still never looked at before scoring.
-        import copy
-
-        refit_epochs = (marker["best_epoch"] or 0) + 1
-        rstage = copy.copy(stage)
-        rstage.train = {**stage.train, "epochs": refit_epochs, "min_epochs": refit_epochs,
-                        "patience": refit_epochs + 1}
-        fold = ctx.fold
-        whole = Fold(fold.index, fold.protocol, fold.speaker_independent, fold.train + fold.val, fold.val, fold.test,
-                     fold.test_speakers, fold.val_speakers)
-        module, _, _, (_, _, test_ds), eval_kw = train_module(
-            cfg, ctx.manifest, whole, as_feature_stage(cfg, ctx.manifest, whole, features), work_dir / "refit",
-            select=False, stage=rstage, ctx=ctx)
-        marker["refit_epochs"] = refit_epochs
+        module, test_ds, eval_kw = refit_on_train_and_val(ctx, cfg, stage, features, work_dir, marker)
     outputs = None
     if stage.score:
         device = inference_device(cfg["train"])
@@ -550,25 +289,13 @@ def _run_train_stage(ctx: StageContext, stage: TrainStage, in_fold_dir: bool, up
         if val_before_refit is not None:
             outputs["val"] = val_before_refit
     marker["seconds"] = round(time.time() - t0, 1)
-    marker["features"] = _feature_record(ctx, n0)
+    marker["features"] = feature_record(ctx, n0)
     if selection is not None and ctx.cfg["features"].get("normalize") == "auto":
         for v in marker["features"].values():  # the chosen candidate's own feature stage applied it
             v["normalize"] = cfg["features"].get("normalize", "none")
     result = StageResult(stage.name, stage_dir, key, marker, outputs, module=module)
     if not in_fold_dir:
-        from safetensors.torch import save_file
-
-        files = ["state.safetensors"]
-        with atomic_path(stage_dir / "state.safetensors") as tmp:  # whole or absent; the umask's mode, not 0600
-            save_file(trained_state(module.model), str(tmp))
-        if outputs is not None:
-            save_outputs(stage_dir / "outputs.npz", outputs)
-            files.append("outputs.npz")
-        marker["files"] = files
-        atomic_write_json(stage_dir / "stage.json", marker)
-        import shutil
-
-        shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the saved state replaces them
+        save_stage(stage_dir, module, outputs, marker)
     return result
 
 
@@ -580,7 +307,7 @@ def _run_step(ctx: StageContext, step: Step, upstream: list) -> StageResult:
         arrays = dict(np.load(stage_dir / "arrays.npz")) if (stage_dir / "arrays.npz").exists() else None
         outputs = load_outputs(stage_dir / "outputs.npz") if (stage_dir / "outputs.npz").exists() else None
         return StageResult(step.name, stage_dir, key, marker, outputs, arrays)
-    t0, n0 = time.time(), _normalised(ctx)
+    t0, n0 = time.time(), normalised_state(ctx)
     stage_dir.mkdir(parents=True, exist_ok=True)
     ctx.stage_dir = stage_dir
     out = dict(step.run(ctx) or {})
@@ -593,133 +320,44 @@ def _run_step(ctx: StageContext, step: Step, upstream: list) -> StageResult:
         save_outputs(stage_dir / "outputs.npz", outputs)
         files.append("outputs.npz")
     marker = {"stage": step.name, "key": key, **out, "seconds": round(time.time() - t0, 1), "files": files,
-              "features": _feature_record(ctx, n0)}
+              "features": feature_record(ctx, n0)}
     atomic_write_json(stage_dir / "stage.json", marker)
     return StageResult(step.name, stage_dir, key, marker, outputs, arrays)
 
 
-def _normalised(ctx: StageContext) -> dict:
-    return {v: f.normalised for v, f in ctx.features.items()}
+def refit_on_train_and_val(ctx: StageContext, cfg: dict, stage: TrainStage, features, work_dir: Path,
+                           marker: dict) -> tuple:
+    """Refit ``stage`` on train + validation for the epoch count that validation chose (as GridSearchCV's refit;
+    the test part is still never looked at before scoring), in ``work_dir/refit``. Records ``refit_epochs`` in
+    ``marker``; returns ``(module, test dataset, eval loader kwargs)``."""
+    import copy
+
+    refit_epochs = (marker["best_epoch"] or 0) + 1
+    rstage = copy.copy(stage)
+    rstage.train = {**stage.train, "epochs": refit_epochs, "min_epochs": refit_epochs, "patience": refit_epochs + 1}
+    fold = ctx.fold
+    whole = Fold(fold.index, fold.protocol, fold.speaker_independent, fold.train + fold.val, fold.val, fold.test,
+                 fold.test_speakers, fold.val_speakers)
+    module, _, _, (_, _, test_ds), eval_kw = train_module(
+        cfg, ctx.manifest, whole, as_feature_stage(cfg, ctx.manifest, whole, features), work_dir / "refit",
+        select=False, stage=rstage, ctx=ctx)
+    marker["refit_epochs"] = refit_epochs
+    return module, test_ds, eval_kw
 
 
-def _feature_record(ctx: StageContext, before: dict) -> dict:
-    """Per view, what the feature stage applied since ``before`` (normalised-item counts)."""
-    out = {}
-    for v, f in ctx.features.items():
-        n = f.normalised - before[v]
-        out[v] = {**f.record(), "normalised_items": n, "normalize": f.mode if n > 0 else "none"}
-    return out
+def save_stage(stage_dir: Path, module, outputs: dict | None, marker: dict) -> None:
+    """A finished stage of a multi-stage recipe, kept for reuse: its trained state, its outputs and (last, so that
+    a killed save leaves no marker) ``stage.json``; the checkpoints it replaces go."""
+    import shutil
 
+    from safetensors.torch import save_file
 
-def task_metrics(task: str, labels: LabelMap, outputs: dict, enc: dict) -> dict:
-    """Metrics of ``outputs`` (``probs`` or ``logits``; ``prediction``) against encoded labels ``enc``."""
-    if task == "classification":
-        return classification_metrics(enc["emotion"], class_probabilities(outputs).argmax(-1), labels.classes)
-    return regression_metrics(outputs["prediction"], enc["targets"], labels.targets)
-
-
-def class_probabilities(outputs: dict) -> np.ndarray:
-    """``outputs["probs"]``, or the softmax of ``outputs["logits"]``."""
-    if "probs" in outputs:
-        return np.asarray(outputs["probs"])
-    return torch.softmax(torch.from_numpy(np.asarray(outputs["logits"], dtype=np.float32)), -1).numpy()
-
-
-def _fold_result(ctx: StageContext, stages: list, records: dict) -> dict:
-    cfg, fold, labels, manifest = ctx.cfg, ctx.fold, ctx.labels, ctx.manifest
-    scored = [s.name for s in stages if ctx.results[s.name].outputs is not None
-              and "test" in ctx.results[s.name].outputs]
-    if not scored:
-        raise ConfigError(f"recipe {cfg['recipe']!r}: no stage produced test outputs to score")
-    final = ctx.results[scored[-1]]
-    rows = manifest.set_index("id").loc[[str(i) for i in fold.test]].reset_index()
-    enc = {"test": labels.encode(rows),
-           "val": labels.encode(manifest.set_index("id").loc[[str(i) for i in fold.val]].reset_index())}
-    test = final.outputs["test"]
-    res = {"fold": fold.index, "test_speakers": fold.test_speakers, "val_speakers": fold.val_speakers,
-           "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-           "best_epoch": final.marker.get("best_epoch"), "best_val": final.marker.get("best_val")}
-    pred_table = pd.DataFrame({"id": rows["id"], "speaker": rows["speaker"]})
-    if cfg["task"] == "classification":
-        y_true = enc["test"]["emotion"]
-        probs = class_probabilities(test)
-        y_pred = probs.argmax(-1)
-        res["metrics"] = classification_metrics(y_true, y_pred, labels.classes)
-        # UA and macro-F1 average over the classes the test part holds; say which, and which it lacks
-        train_rows = manifest.set_index("id").loc[[str(i) for i in fold.train]].reset_index()
-        seen = set(labels.encode(train_rows)["emotion"].tolist())
-        res["ua_classes"] = [c for i, c in enumerate(labels.classes) if i in set(y_true.tolist())]
-        res["absent_from_test"] = [c for i, c in enumerate(labels.classes) if i in seen and c not in res["ua_classes"]]
-        res["unseen_in_training"] = [c for i, c in enumerate(labels.classes) if c in res["ua_classes"] and i not in seen]
-        res["confusion"] = confusion(y_true, y_pred, len(labels.classes)).tolist()
-        pred_table["true"] = [labels.classes[i] for i in y_true]
-        pred_table["pred"] = [labels.classes[i] for i in y_pred]
-        for i, c in enumerate(labels.classes):
-            pred_table[f"p_{c}"] = probs[:, i]
-        if "val" in final.outputs and len(fold.val):  # temperature and abstain threshold from validation only
-            from serkit.calibration import calibration_record
-
-            res["calibration"] = calibration_record(final.outputs["val"], enc["val"]["emotion"], test, y_true)
-    else:
-        y_true = enc["test"]["targets"]
-        res["metrics"] = regression_metrics(test["prediction"], y_true, labels.targets)
-        for i, a in enumerate(labels.targets):
-            pred_table[f"true_{a}"] = y_true[:, i]
-            pred_table[f"pred_{a}"] = test["prediction"][:, i]
-    res["metrics"].update(ctx.recipe.extra_test_metrics(test, rows, labels, fold))
-    res["classes"] = labels.classes
-    res["normalisation"] = final.marker.get("normalisation", {"mode": cfg["features"].get("normalize", "none")})
-    if final.marker.get("selection") is not None:
-        res["selection"] = final.marker["selection"]
-    if "refit_epochs" in final.marker:
-        res["refit_epochs"] = final.marker["refit_epochs"]
-    res["batching"] = {s.name: ctx.results[s.name].marker.get("batching") for s in stages if isinstance(s, TrainStage)}
-    if len(stages) > 1:
-        res["stages"] = [s.name for s in stages]
-        res["stage_dirs"] = str(ctx.root)
-        res["final_stage"] = final.name
-        res["stage_metrics"] = {
-            n: {"test": task_metrics(cfg["task"], labels, ctx.results[n].outputs["test"], enc["test"]),
-                "val": task_metrics(cfg["task"], labels, ctx.results[n].outputs["val"], enc["val"])
-                if "val" in ctx.results[n].outputs else None}
-            for n in scored}
-        res["stage_seconds"] = {s.name: ctx.results[s.name].marker.get("seconds") for s in stages}
-        res["stage_work_dirs"] = {s.name: str(ctx.results[s.name].marker.get("work_dir") or ctx.results[s.name].dir)
-                                  for s in stages if isinstance(s, TrainStage)}  # their logs (learning curves)
-    res["resumed"] = []
-    for s in stages:
-        if isinstance(s, TrainStage):
-            d = Path(ctx.results[s.name].marker.get("work_dir") or ctx.results[s.name].dir)
-            phase = "search" if ctx.results[s.name].dir == ctx.fold_dir else s.name
-            res["resumed"] += [{"phase": phase, **r} for r in read_resumes(d)] + \
-                [{"phase": f"{phase}-refit" if phase != "search" else "refit", **r} for r in read_resumes(d / "refit")]
-    res.update(ctx.recipe.fold_extras(ctx))
-    res["features"] = _check_features(cfg, stages, records)
-    atomic_write_text(ctx.fold_dir / "predictions.csv", pred_table.to_csv(index=False))
-    if "embedding" in test:
-        embeddings = np.asarray(test["embedding"], dtype=np.float32)
-        atomic_write(ctx.fold_dir / "test_embeddings.npy", lambda fh: np.save(fh, embeddings))
-    return res  # fit_fold writes result.json (the fold's resume marker) with its time
-
-
-def _check_features(cfg: dict, stages: list, records: dict) -> dict:
-    """The fold's feature-stage record: per view, what every training stage received. A config that asks for speaker
-    normalisation whose models did not all receive normalised features is an error (never reported as applied)."""
-    trained = [s.name for s in stages if isinstance(s, TrainStage)]
-    views: dict[str, dict] = {}
-    for name in trained:
-        for view, r in records[name].items():
-            v = views.setdefault(view, {**r, "normalize": r["normalize"], "stages": {}})
-            v["stages"][name] = r["normalize"]
-    for view, v in views.items():
-        modes = set(v["stages"].values())
-        v["normalize"] = modes.pop() if len(modes) == 1 else "partial"
-        v.pop("normalised_items", None)
-        asked = cfg["features"].get("normalize", "none")
-        if asked not in ("none", "auto") and v["normalize"] != asked:  # auto: the chosen candidate's (selection)
-            raise ConfigError(
-                f"recipe {cfg['recipe']!r}: features.normalize: {asked!r} was asked for, but the feature stage of view "
-                f"{view!r} served normalised features to these stages only: "
-                f"{[n for n, m in v['stages'].items() if m == asked]} (of {list(v['stages'])}); the recipe builds "
-                f"datasets or models past the feature stage")
-    return views
+    files = ["state.safetensors"]
+    with atomic_path(stage_dir / "state.safetensors") as tmp:  # whole or absent; the umask's mode, not 0600
+        save_file(trained_state(module.model), str(tmp))
+    if outputs is not None:
+        save_outputs(stage_dir / "outputs.npz", outputs)
+        files.append("outputs.npz")
+    marker["files"] = files
+    atomic_write_json(stage_dir / "stage.json", marker)
+    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the saved state replaces them

@@ -10,7 +10,7 @@ import torch
 
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
-from serkit.losses.base import Objective
+from serkit.losses.objective import Objective
 from serkit.metrics import classification_metrics, regression_metrics
 
 

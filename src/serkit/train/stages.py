@@ -31,6 +31,9 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from serkit.train.datasets import model_spec
+from serkit.train.module import SERModule
+
 #: ``train`` settings that cannot change a stage's result (data-loading processes, progress bars): left out of the
 #: stage keys, so a rerun with another worker count reuses the stages
 RESULT_NEUTRAL_TRAIN_KEYS = ("num_workers", "progress")
@@ -159,3 +162,17 @@ def trained_state(model: nn.Module) -> dict:
     are left out (they are rebuilt from the pretrained encoder)."""
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     return {n: t.detach().cpu().contiguous().clone() for n, t in model.state_dict().items() if n not in frozen}
+
+
+def final_module(ctx: StageContext, stages: list):
+    """The trained module of the last training stage (rebuilt from its saved state when it was reused)."""
+    last = [s for s in stages if isinstance(s, TrainStage)][-1]
+    r = ctx.results[last.name]
+    if r.module is not None:
+        return r.module, last
+    spec = model_spec(ctx.cfg, ctx.labels, next(iter(ctx.features.values())))
+    model = last.model(ctx, spec) if last.model is not None else ctx.recipe.build_model(ctx.cfg, spec)
+    model.load_state_dict(r.state(), strict=False)
+    module = SERModule(model, None, ctx.labels, ctx.cfg["train"])
+    module.spec = spec
+    return module, last

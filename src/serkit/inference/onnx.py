@@ -18,7 +18,8 @@ import numpy as np
 
 from serkit.constants import SAMPLE_RATE
 from serkit.errors import SerkitError
-from serkit.inference import Recognizer, model_folder_part
+from serkit.inference.recognizer import Recognizer
+from serkit.model_folder import METADATA_KEY, ONNX_FILE, ModelFolder, model_folder_part
 
 
 @dataclass
@@ -48,23 +49,25 @@ class OnnxRecognizer(Recognizer):
         self._stats_shape = tuple(stats) if stats else None
 
     @classmethod
-    def from_folder(cls, model_dir: str | Path, device: str = "cpu", path: str | Path | None = None,
+    def loads(cls, model_dir: Path, backend: str) -> bool:
+        """Any model folder on the ``onnx`` backend (the graph itself is checked when it opens)."""
+        return backend == "onnx"
+
+    @classmethod
+    def from_folder(cls, model_dir: str | Path, device: str = "cpu", batch_size: int = 16,
+                    precision: str | None = None, path: str | Path | None = None,
                     threads: int | None = None) -> OnnxRecognizer:
         """Open ``path`` (default ``model_dir/model.onnx``) with onnxruntime: on CUDA when ``device`` is cuda and
-        this onnxruntime has it; ``threads``: intra-op threads (default onnxruntime's: all cores)."""
+        this onnxruntime has it (``auto``: the CPU); ``threads``: intra-op threads (default onnxruntime's: all
+        cores). The graph runs in float32: ``batch_size`` and ``precision`` are the torch predictor's."""
         try:
             import onnxruntime as ort
         except ImportError:
             raise SerkitError("the onnx backend needs onnxruntime: pip install 'serkit[export]'") from None
-        import yaml
 
-        from serkit.data.labels import LabelMap
-        from serkit.export import METADATA_KEY, ONNX_FILE
-
+        device = "cpu" if str(device) == "auto" else str(device)
         d = Path(model_dir)
-        for name in ("config.yaml", "labels.json", "encoder.json"):
-            if not (d / name).exists():
-                raise SerkitError(f"{d}: not a serkit model folder (missing {name}); make one with `serkit train`")
+        folder = ModelFolder.read(d, required=("config.yaml", "labels.json", "encoder.json"))
         path = Path(path) if path is not None else d / ONNX_FILE
         if not path.exists():
             raise SerkitError(f"{path}: no exported graph; make it with `serkit export {d} --format onnx`")
@@ -89,18 +92,9 @@ class OnnxRecognizer(Recognizer):
             props = session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:
             raise SerkitError(f"{path}: not a graph written by `serkit export` (no {METADATA_KEY!r} metadata)")
-        with model_folder_part(d, "config.yaml"):
-            cfg = yaml.safe_load((d / "config.yaml").read_text())
-        with model_folder_part(d, "labels.json"):
-            labels = LabelMap.from_dict(json.loads((d / "labels.json").read_text()))
-        with model_folder_part(d, "encoder.json"):
-            enc = json.loads((d / "encoder.json").read_text())
-        rec = cls(session, json.loads(props[METADATA_KEY]), cfg, labels, enc, model_dir=d)
-        if (d / "meta.json").exists():  # the abstain thresholds (the graph applies the temperatures itself)
-            from serkit.inference import read_calibration
-
-            with model_folder_part(d, "meta.json"):
-                rec.calibration = read_calibration(json.loads((d / "meta.json").read_text()), rec.heads)
+        rec = cls(session, json.loads(props[METADATA_KEY]), folder.cfg, folder.labels, folder.encoder, model_dir=d)
+        # the abstain thresholds (the graph applies the temperatures itself)
+        rec.calibration = {h: c for h, c in folder.calibration.items() if h in rec.heads}
         return rec
 
     @property

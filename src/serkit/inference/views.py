@@ -1,6 +1,6 @@
 """Prediction with a multi-view model (IF-MVSE): several encoders, each view with its own feature stage.
 
-:class:`MultiViewRecognizer` is the :class:`serkit.inference.Recognizer` of a model folder whose ``encoder.json``
+:class:`MultiViewRecognizer` is the :class:`~serkit.inference.recognizer.Recognizer` of a model folder whose ``encoder.json``
 lists ``views`` (``{view: {encoder, revision, mode, layers, ...}}``); everything else (windows, heads, enrolment,
 files, manifests, segments) is the Recognizer's. It replaces only the seams that assume one encoder:
 
@@ -13,18 +13,31 @@ files, manifests, segments) is the Recognizer's. It replaces only the seams that
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from serkit.errors import SerkitError
-from serkit.inference import MIN_ENROLL_SECONDS, Recognizer, owned_statistics
+from serkit.inference.recognizer import Recognizer
+from serkit.inference.windows import load_recorded_encoder, owned_statistics
+from serkit.model_folder import model_folder_part
 
 
 class MultiViewRecognizer(Recognizer):
-    """A :class:`~serkit.inference.Recognizer` over several encoders (views); build it with
+    """A :class:`~serkit.inference.recognizer.Recognizer` over several encoders (views); build it with
     :meth:`Recognizer.from_pretrained`."""
+
+    @classmethod
+    def loads(cls, model_dir: Path, backend: str) -> bool:
+        """A torch model folder whose ``encoder.json`` lists ``views``."""
+        if backend != "torch" or not (Path(model_dir) / "encoder.json").exists():
+            return False
+        with model_folder_part(Path(model_dir), "encoder.json"):
+            enc = json.loads((Path(model_dir) / "encoder.json").read_text())
+        return isinstance(enc, dict) and "views" in enc
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -34,7 +47,6 @@ class MultiViewRecognizer(Recognizer):
     @property
     def encoders(self) -> dict:
         """``{view: Encoder}``, loaded on first use in the features' precision."""
-        from serkit.inference import load_recorded_encoder
         from serkit.precision import torch_dtype
 
         for view, info in self.views.items():
@@ -83,7 +95,7 @@ class MultiViewRecognizer(Recognizer):
         speaker_views = [v for v, mode in model.normalize.items() if mode == "speaker"]
         if speaker_views and stats is None:
             raise SerkitError(f"the {head} head normalises view(s) {', '.join(speaker_views)} per speaker and needs "
-                              f"at least {MIN_ENROLL_SECONDS:.0f} s of the speaker's audio (--enroll / --same-speaker)")
+                              f"at least {self.min_enroll_seconds:.0f} s of the speaker's audio (--enroll / --same-speaker)")
         key = "probs" if self.labels.task == "classification" else "prediction"
         out = []
         for i in range(0, len(inputs), self.batch_size):
