@@ -33,3 +33,13 @@ DEFAULTS: dict = {
     "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
     "recipe_options": {},
 }
+
+
+def with_defaults(cfg: dict) -> dict:
+    """``cfg`` with every key it leaves out at its default, section by section (a copy; nothing is checked: a saved
+    config from :func:`serkit.config.load_config` is already valid). A list of encoders (views) is kept as given."""
+    out = {**DEFAULTS, **cfg}
+    for section, defaults in DEFAULTS.items():
+        if isinstance(defaults, dict) and defaults and isinstance(cfg.get(section), dict):
+            out[section] = {**defaults, **cfg[section]}
+    return out

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from serkit.config_defaults import with_defaults
 from serkit.data.labels import LabelMap
 from serkit.errors import SerkitError
 
@@ -65,8 +66,8 @@ class ModelFolder:
             if not (d / name).exists():
                 raise SerkitError(f"{d}: not a serkit model folder (missing {name}); make one with `serkit train`")
         with model_folder_part(d, "config.yaml"):
-            cfg = yaml.safe_load((d / "config.yaml").read_text())
-            normalize = cfg["features"].get("normalize", "none")
+            cfg = with_defaults(yaml.safe_load((d / "config.yaml").read_text()))
+            normalize = cfg["features"]["normalize"]
         with model_folder_part(d, "labels.json"):
             labels = LabelMap.from_dict(json.loads((d / "labels.json").read_text()))
         with model_folder_part(d, "encoder.json"):

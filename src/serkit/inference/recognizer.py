@@ -362,8 +362,8 @@ def build_heads(folder: ModelFolder) -> dict[str, torch.nn.Module]:
             from serkit.models.encoder_model import EncoderDownstream
 
             e = cfg["encoder"]
-            encoder = load_encoder(e["id"], mode=e.get("mode", "native"), eval_mode=True)
-            layers, _ = parse_layers(e.get("layers", "all"), encoder.num_layers)
+            encoder = load_encoder(e["id"], mode=e["mode"], eval_mode=True)
+            layers, _ = parse_layers(e["layers"], encoder.num_layers)
             module = EncoderDownstream(encoder, module, layers, e.get("finetune", False))
         with model_folder_part(d, file):
             module.load_state_dict(load_file(str(d / file)))

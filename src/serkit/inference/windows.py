@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from serkit.audio import prepare_signal, read_audio, unusable
+from serkit.config_defaults import with_defaults
 from serkit.constants import SAMPLE_RATE
 from serkit.data.labels import LabelMap
 from serkit.errors import AudioError, SerkitError
@@ -121,7 +122,8 @@ class WindowScorer:
                  model_dir: Path | None = None, precision: str | None = None, calibration: dict | None = None):
         from serkit.precision import resolve_precision
 
-        normalize = cfg.get("features", {}).get("normalize", "none")
+        cfg = with_defaults(cfg)
+        normalize = cfg["features"]["normalize"] or "none"
         if isinstance(heads, torch.nn.Module):
             heads = {"speaker" if normalize == "speaker" else "global": heads}
         self.device = resolve_device(device)
@@ -137,21 +139,20 @@ class WindowScorer:
         #: (meta.json ``calibration``; :mod:`serkit.calibration`): probabilities are ``softmax(logits / T)``
         self.calibration = dict(calibration or {})
         self._encoder = None
-        p = cfg.get("predict", {})
-        self.window = float(p.get("window_seconds", 10.0))
-        self.hop = float(p.get("hop_seconds", 5.0))
+        self.window = float(cfg["predict"]["window_seconds"])
+        self.hop = float(cfg["predict"]["hop_seconds"])
         #: "speaker" when the model was trained on speaker-normalised features (see serkit.data.normalize)
         self.normalize = normalize
         #: the model normalises encoder outputs itself (encoder blocks in the loop): it gets raw features plus the
         #: speaker statistics (``speaker_mean`` / ``speaker_std``) instead of normalised features
         self.stats_in_batch = any(bool(getattr(m, "takes_speaker_stats", False)) for m in self.heads.values()) or \
-            cfg.get("features", {}).get("source") == "waveform"
+            cfg["features"]["source"] == "waveform"
         #: the feature stage (layer choice, speaker normalisation, frame steps) as the training datasets applied it;
         #: a model with encoder blocks in the loop gets every stored layer and normalises them itself
         from serkit.data.feature_transform import FeatureTransform
 
         stored = len(encoder_info["layers"]) if "layers" in encoder_info and not self.stats_in_batch else None
-        self.transform = FeatureTransform.from_options(cfg.get("features", {}), stored)
+        self.transform = FeatureTransform.from_options(cfg["features"], stored)
 
     @property
     def layer_index(self) -> list[int] | None:
@@ -201,7 +202,7 @@ class WindowScorer:
                 owned[key] = (own, len(signal))
                 yield key, signal
 
-        pooled_level = self.cfg["features"].get("level") == "pooled"
+        pooled_level = self.cfg["features"]["level"] == "pooled"
         for key, feats in encode_signals(self.encoder, items(), self.encoder_info["layers"],
                                          max_batch_size=self.batch_size):
             own, n = owned.pop(key)

@@ -80,7 +80,7 @@ def feature_source(cfg: dict, manifest: pd.DataFrame, out_dir: Path, log=print):
     normalisation; with it the store gives the speakers' statistics)."""
     from serkit.recipes.base import get_recipe
 
-    if cfg["features"]["source"] != "cache" and cfg["features"].get("normalize", "none") == "none":
+    if cfg["features"]["source"] != "cache" and cfg["features"]["normalize"] == "none":
         return None
     from serkit.train.features import ensure_features
 

@@ -50,7 +50,7 @@ def speaker_normalizer(cfg: dict, manifest: pd.DataFrame, fold: Fold, source):
     (``features.normalize: speaker``), else None: the feature stage's (``source`` a FeatureStage) or a new one over
     the fold's speakers. Features only: each speaker's statistics use that speaker's own utterances (a test
     speaker's come from its test utterances, never from a label)."""
-    if cfg["features"].get("normalize", "none") == "none":
+    if cfg["features"]["normalize"] == "none":
         return None
     return as_feature_stage(cfg, manifest, fold, source).normalizer
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from serkit.config_defaults import DEFAULTS
 from serkit.data.features import ItemsWithExtras
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
@@ -55,12 +56,14 @@ class FeatureStage:
 
     def __init__(self, options: dict, store, manifest: pd.DataFrame, ids: Sequence[str] | None = None,
                  name: str = "main", reference_ids: Sequence[str] | None = None):
-        self.options, self.store, self.manifest, self.name = dict(options), store, manifest, name
-        self.level = self.options.get("level", "frames")
-        self.pool = int(self.options.get("pool_frames", 1) or 1)
-        self.frame_norm = self.options.get("frame_norm") or "none"
-        self.max_frames = self.options.get("max_frames")
-        self.mode = self.options.get("normalize") or "none"
+        # the config's features section, each key the config leaves out at its one default (serkit.config_defaults)
+        self.options = {**DEFAULTS["features"], **options}
+        self.store, self.manifest, self.name = store, manifest, name
+        self.level = self.options["level"]
+        self.pool = int(self.options["pool_frames"] or 1)
+        self.frame_norm = self.options["frame_norm"] or "none"
+        self.max_frames = self.options["max_frames"]
+        self.mode = self.options["normalize"] or "none"
         self.normalizer = None
         if self.mode == "speaker":  # ("auto" is resolved per selection candidate, each with its own stage)
             if store is None:
@@ -70,9 +73,9 @@ class FeatureStage:
 
             # a speaker with too little speech gets the reference (training fold's) global statistics
             self.normalizer = SpeakerNormalizer.from_store(
-                store, manifest, ids, min_seconds=float(self.options.get("speaker_min_seconds", 0.0) or 0.0),
-                min_utterances=int(self.options.get("speaker_min_utterances", 1) or 1), reference_ids=reference_ids)
-        spec = self.options.get("layers")
+                store, manifest, ids, min_seconds=float(self.options["speaker_min_seconds"] or 0.0),
+                min_utterances=int(self.options["speaker_min_utterances"] or 1), reference_ids=reference_ids)
+        spec = self.options["layers"]
         self.layer_spec = spec
         self.indices: list[int] | None = None
         self.weighted = False
@@ -136,7 +139,7 @@ class FeatureStage:
         return FeatureDataset(
             self.store if store is None else store, self.manifest if manifest is None else manifest, ids, labels,
             level=level or self.level, frame_norm=self.frame_norm,
-            preload=self.options.get("preload", True) if preload is None else preload,
+            preload=self.options["preload"] if preload is None else preload,
             max_frames=self.max_frames if max_frames == "stage" else max_frames, train=train,
             layers=self.indices if layers is None else layers, normalizer=self.normalizer, pool_frames=self.pool,
             speaker_stats=speaker_stats)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from serkit.config_defaults import DEFAULTS
+
 #: Where feature stores live unless the config says otherwise (``features.cache_dir``).
 CACHE_ENV = "SERKIT_CACHE"
 
@@ -17,21 +19,27 @@ def default_cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "serkit" / "features"))
 
 
+def encoder_options(enc: dict) -> dict:
+    """A config's ``encoder`` section (or a view's) with every key it leaves out at its one default."""
+    return {**DEFAULTS["encoder"], **enc}
+
+
 def feature_precision(enc: dict) -> str:
     """The resolved precision (``fp32`` / ``bf16``) the config's encoder runs in for extraction."""
     from serkit.precision import resolve_precision
 
-    return resolve_precision(enc.get("precision", "auto"), _device(enc.get("device", "auto")))
+    enc = encoder_options(enc)
+    return resolve_precision(enc["precision"], _device(enc["device"]))
 
 
 def store_dir(cfg: dict, manifest: pd.DataFrame, encoder: dict | None = None) -> Path:
     """``<root>/<corpus>/<encoder>-<mode>-<layers>[-bf16]``: fp32 stores keep the name they had before precisions."""
     from serkit.precision import store_suffix
 
-    enc = encoder or cfg["encoder"]
+    enc = encoder_options(encoder or cfg["encoder"])
     corpus = str(manifest["corpus"].iloc[0]) if "corpus" in manifest.columns else "custom"
     rev = f"-rev{enc['revision']}" if enc.get("revision") else ""  # another revision: another store
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{enc['id']}{rev}-{enc.get('mode', 'native')}-{enc.get('layers', 'all')}")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{enc['id']}{rev}-{enc['mode']}-{enc['layers']}")
     slug += store_suffix(feature_precision(enc))
     root = Path(cfg["features"]["cache_dir"]) if cfg["features"]["cache_dir"] else default_cache_root()
     return root / corpus / slug
@@ -47,8 +55,9 @@ def _device(name: str) -> str:
 
 def extraction_options(enc: dict) -> dict:
     """Keyword arguments of :func:`~serkit.cache.extract_to_cache` from a config's ``encoder`` section."""
-    return {"mode": enc.get("mode", "native"), "device": _device(enc.get("device", "auto")),
-            "precision": feature_precision(enc), "batch_seconds": float(enc.get("batch_seconds", 120.0))}
+    enc = encoder_options(enc)
+    return {"mode": enc["mode"], "device": _device(enc["device"]), "precision": feature_precision(enc),
+            "batch_seconds": float(enc["batch_seconds"])}
 
 
 class StoreUnion:
@@ -98,7 +107,7 @@ def ensure_features(manifest: pd.DataFrame, cfg: dict, out_dir: Path | None = No
         return StoreUnion({c: ensure_features(m.reset_index(drop=True), cfg, out_dir, encoder, log)
                            for c, m in manifest.groupby(manifest["corpus"].astype(str))})
 
-    enc = encoder or cfg["encoder"]
+    enc = encoder_options(encoder or cfg["encoder"])
     path = store_dir(cfg, manifest, enc)
     todo = True
     if (path / "store.json").exists():
@@ -106,16 +115,16 @@ def ensure_features(manifest: pd.DataFrame, cfg: dict, out_dir: Path | None = No
         todo = bool(store.verify(manifest))
     if todo:
         opts = extraction_options(enc)
-        log(f"extracting {enc['id']} ({opts['mode']}, layers {enc.get('layers', 'all')}, {opts['precision']}) "
+        log(f"extracting {enc['id']} ({opts['mode']}, layers {enc['layers']}, {opts['precision']}) "
             f"-> {path}")
         encoder = enc["id"]
         if enc.get("revision"):  # a pinned hub revision (branch, tag or commit)
             from serkit.encoders import load_encoder
 
             encoder = load_encoder(enc["id"], mode=opts["mode"], revision=str(enc["revision"]), device=opts["device"])
-        extract_to_cache(manifest, encoder, enc.get("layers", "all"), path, **opts,
+        extract_to_cache(manifest, encoder, enc["layers"], path, **opts,
                          chunk_seconds=float(enc.get("chunk_seconds", 30.0)),
-                         progress=bool(cfg["train"].get("progress", True)))
+                         progress=bool(cfg["train"]["progress"]))
     return FeatureStore(path)
 
 

@@ -267,7 +267,7 @@ def _run_train_stage(ctx: StageContext, stage: TrainStage, in_fold_dir: bool, up
     monitor = t_cfg["monitor"]
     marker = {"stage": stage.name, "key": key, "best_epoch": _best_epoch(work_dir, monitor),
               "best_val": _best_val(work_dir, monitor), "work_dir": str(work_dir),
-              "normalisation": {"mode": cfg["features"].get("normalize", "none")},
+              "normalisation": {"mode": cfg["features"]["normalize"]},
               "batching": getattr(module, "batching", None)}
     if getattr(train_ds, "normalizer", None) is not None:
         marker["normalisation"]["fallback_speakers"] = list(train_ds.normalizer.fallback_speakers)
@@ -290,9 +290,9 @@ def _run_train_stage(ctx: StageContext, stage: TrainStage, in_fold_dir: bool, up
             outputs["val"] = val_before_refit
     marker["seconds"] = round(time.time() - t0, 1)
     marker["features"] = feature_record(ctx, n0)
-    if selection is not None and ctx.cfg["features"].get("normalize") == "auto":
+    if selection is not None and ctx.cfg["features"]["normalize"] == "auto":
         for v in marker["features"].values():  # the chosen candidate's own feature stage applied it
-            v["normalize"] = cfg["features"].get("normalize", "none")
+            v["normalize"] = cfg["features"]["normalize"]
     result = StageResult(stage.name, stage_dir, key, marker, outputs, module=module)
     if not in_fold_dir:
         save_stage(stage_dir, module, outputs, marker)

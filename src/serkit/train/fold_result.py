@@ -78,7 +78,7 @@ def fold_result(ctx: StageContext, stages: list, records: dict) -> dict:
             pred_table[f"pred_{a}"] = test["prediction"][:, i]
     res["metrics"].update(ctx.recipe.extra_test_metrics(test, rows, labels, fold))
     res["classes"] = labels.classes
-    res["normalisation"] = final.marker.get("normalisation", {"mode": cfg["features"].get("normalize", "none")})
+    res["normalisation"] = final.marker.get("normalisation", {"mode": cfg["features"]["normalize"]})
     if final.marker.get("selection") is not None:
         res["selection"] = final.marker["selection"]
     if "refit_epochs" in final.marker:
@@ -125,7 +125,7 @@ def check_features(cfg: dict, stages: list, records: dict) -> dict:
         modes = set(v["stages"].values())
         v["normalize"] = modes.pop() if len(modes) == 1 else "partial"
         v.pop("normalised_items", None)
-        asked = cfg["features"].get("normalize", "none")
+        asked = cfg["features"]["normalize"]
         if asked not in ("none", "auto") and v["normalize"] != asked:  # auto: the chosen candidate's (selection)
             raise ConfigError(
                 f"recipe {cfg['recipe']!r}: features.normalize: {asked!r} was asked for, but the feature stage of view "

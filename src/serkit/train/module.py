@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from serkit.config_defaults import DEFAULTS
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
 from serkit.losses.objective import Objective
@@ -42,7 +43,7 @@ class SERModule(L.LightningModule):
         self.model = model
         self.objective = objective
         self.labels = labels
-        self.cfg = train_cfg
+        self.cfg = {**DEFAULTS["train"], **train_cfg}  # keys the caller leaves out at their one default
         self.batch_hook = batch_hook  # e.g. waveform mixup: (batch, module) -> batch
         self._val: list[tuple[np.ndarray, np.ndarray]] = []
         self.history: list[dict] = []
@@ -64,21 +65,21 @@ class SERModule(L.LightningModule):
             self.model.set_epoch(self.current_epoch)
 
     def on_train_start(self) -> None:
-        if self.cfg.get("solver", "gradient") == "ridge":  # closed form on the whole training set, then no steps
+        if self.cfg["solver"] == "ridge":  # closed form on the whole training set, then no steps
             from serkit.data.features import collate
 
             ds = self.trainer.train_dataloader.dataset
             batch = collate([ds[i] for i in range(len(ds))])
-            self.model.fit_ridge(batch["pooled"], batch["targets"], float(self.cfg.get("ridge_alpha", 100.0)))
+            self.model.fit_ridge(batch["pooled"], batch["targets"], float(self.cfg["ridge_alpha"]))
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        seed = step_seed(int(self.cfg.get("seed", 0)), self.current_epoch, batch_idx)
+        seed = step_seed(int(self.cfg["seed"]), self.current_epoch, batch_idx)
         torch.manual_seed(seed)  # also every CUDA device
         np.random.seed(seed)
         random.seed(seed)
 
     def training_step(self, batch: dict, batch_idx: int):
-        if self.cfg.get("solver", "gradient") == "ridge":
+        if self.cfg["solver"] == "ridge":
             return None  # the closed-form fit (on_train_start) is the whole training: no step
         if self.batch_hook is not None:
             batch = self.batch_hook(batch, self)
@@ -151,25 +152,25 @@ class SERModule(L.LightningModule):
             params = [p for p in term.parameters() if p.requires_grad]
             if params:  # e.g. center-loss centres, with their own learning rate
                 groups.append({"params": params, "lr": float(getattr(term, "lr", lr)), "weight_decay": 0.0})
-        name = cfg.get("optimizer", "adamw")
+        name = cfg["optimizer"]
         # train.fused_optimizer: PyTorch's fused update (one kernel over every parameter instead of ~10 passes per
         # tensor; the same arithmetic up to float rounding); on this CPU Adam's step over a Whisper block took 6x less
-        kw = {"fused": True} if cfg.get("fused_optimizer") else {}
+        kw = {"fused": True} if cfg["fused_optimizer"] else {}
         if name == "adamw":
             opt = torch.optim.AdamW(groups, **kw)
         elif name == "adam":
             opt = torch.optim.Adam(groups, **kw)
         else:
             opt = torch.optim.SGD(groups, momentum=0.9, **kw)
-        sched = cfg.get("scheduler", "none")
+        sched = cfg["scheduler"]
         epochs = int(cfg["epochs"])
         if sched == "cosine":
             s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
         elif sched == "exponential":  # MLL: x decay per epoch (e.g. 7/8) for the first `decay_epochs`
-            decay, until = float(cfg.get("lr_decay", 1.0)), int(cfg.get("decay_epochs", epochs) or epochs)
+            decay, until = float(cfg["lr_decay"]), int(cfg["decay_epochs"] or epochs)
             s = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: decay ** min(e, until))
         elif sched == "warmup_linear":  # HCLD: linear warm-up then constant
-            w = max(1, int(cfg.get("warmup_epochs", 1)))
+            w = max(1, int(cfg["warmup_epochs"]))
             s = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: min(1.0, (e + 1) / w))
         else:
             return opt
