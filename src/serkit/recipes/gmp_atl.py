@@ -467,12 +467,11 @@ class GMPATLRecipe(Recipe):
     def _model_frames(self, ctx, o: GMPOptions, layer: int, ids: list[str]) -> list[np.ndarray]:
         """Hidden state ``layer`` (normalised) of the stage-1 encoder for every training utterance, (T_i, D)."""
         from serkit.data.features import collate, to_device
-        from serkit.train.scoring import inference_device
 
         cfg = ctx.cfg
         model = self._model(cfg, 1, ctx.labels.num_outputs, o.stage1.finetune, o.stage1)
         self._load(ctx, model, ["stage1"], heads=False)
-        device = inference_device(cfg["train"])
+        device = ctx.device
         model.to(device).eval()
         keep = set(ids)
         train = self.build_datasets(cfg, ctx.manifest, ctx.fold, ctx.labels, ctx.feature())[0]

@@ -246,12 +246,12 @@ class IFMVSERecipe(Recipe):
             def build(ctx, spec: ModelSpec, s=s) -> nn.Module:
                 from serkit.models.fusion import ScoreSetModel
 
-                dims = {v: int(ctx.stage_views[v]) for v in s["views"]}
+                dims = {v: int(ctx.passed["view_widths"][v]) for v in s["views"]}
                 return ScoreSetModel(dims, s, spec.task, spec.num_outputs, **defaults)
 
             def datasets(ctx, labels, s=s):
                 sets_ = fold_views(ctx, labels)
-                ctx.stage_views = {n: t.shape[1] for n, t in sets_[0].views.items()}
+                ctx.passed["view_widths"] = {n: t.shape[1] for n, t in sets_[0].views.items()}
                 return tuple(_only(d, s["views"]) for d in sets_)
 
             safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", s["name"])

@@ -127,10 +127,19 @@ class StageContext:
     stage: TrainStage | Step | None = None
     #: the running step's folder (its own files besides the marker)
     stage_dir: Path | None = None
+    #: values a stage hands to the stages after it in this fold (e.g. the feature widths its datasets found)
+    passed: dict[str, Any] = field(default_factory=dict)
 
     def feature(self, view: str = "main"):
         """The feature stage of ``view`` (``main`` for single-encoder configs)."""
         return self.features[view]
+
+    @property
+    def device(self):
+        """Where no-grad passes of a stage run (:func:`serkit.train.scoring.inference_device`)."""
+        from serkit.train.scoring import inference_device
+
+        return inference_device(self.cfg["train"])
 
 
 # -- saving and reusing stages ---------------------------------------------------------------------------------
