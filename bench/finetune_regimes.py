@@ -47,9 +47,9 @@ def run_one(args) -> dict:
     from serkit.data.features import WaveformDataset, collate, to_device
     from serkit.data.labels import LabelMap
     from serkit.models.encoder_model import EncoderDownstream
-    from serkit.recipes.base import get_recipe
-    from serkit.train.cv import load_experiment_manifest
+    from serkit.recipes.catalog import get_recipe
     from serkit.train.datasets import load_loop_encoder, model_spec
+    from serkit.train.experiment import load_experiment_manifest
 
     torch.manual_seed(0)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     from serkit.encoders.registry import load_encoder
     from serkit.models.staged_encoder import StagedEncoder
     from serkit.recipes.gmp_atl import GMPStageModel
-    from serkit.train.cv import load_experiment_manifest
+    from serkit.train.experiment import load_experiment_manifest
 
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and dev.type == "cuda")

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
 def config_frames(config: str, layer: int) -> tuple[np.ndarray, str]:
     """Every utterance's frames of hidden state ``layer`` for the config's corpus and encoder: (N, d), label."""
     from serkit.config import load_config
-    from serkit.train.cv import load_experiment_manifest
+    from serkit.train.experiment import load_experiment_manifest
     from serkit.train.features import ensure_features, usable_ids
 
     cfg = load_config(config)

@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from serkit.config import load_config
 from serkit.metrics import classification_metrics, mean_std, regression_metrics
 from serkit.protocols import make_folds
-from serkit.train.cv import experiment_protocol, load_experiment_manifest
+from serkit.train.experiment import experiment_protocol, load_experiment_manifest
 from serkit.train.features import ensure_features, usable_ids
 
 

@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from serkit.config import load_config
 from serkit.protocols import make_folds
-from serkit.train.cv import experiment_protocol, load_experiment_manifest
+from serkit.train.experiment import experiment_protocol, load_experiment_manifest
 from serkit.train.features import ensure_features, usable_ids
 
 cfg = load_config(sys.argv[1], ["features.normalize=none"])

@@ -38,7 +38,7 @@ def build(cfg: dict, layers: int, dim: int, classes: int, speakers: int):
     """The recipe's model and objective for a whisper-base-shaped cache (``layers`` x ``dim``)."""
     from serkit.data.labels import LabelMap
     from serkit.models.registry import ModelSpec
-    from serkit.recipes.base import get_recipe
+    from serkit.recipes.catalog import get_recipe
 
     names = [f"c{i}" for i in range(classes)]
     labels = LabelMap("classification", names, [], [f"s{i}" for i in range(speakers)])

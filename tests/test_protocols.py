@@ -180,7 +180,7 @@ EMODB_VAL2 = [["10", "16"], ["11", "16"], ["09", "15"], ["08", "15"], ["12", "13
 def test_named_protocols_keep_todays_folds_on_shared_corpora(config, test, val, monkeypatch):
     from serkit.config import load_config
     from serkit.corpora import get_reader
-    from serkit.train.cv import experiment_protocol, load_experiment_manifest
+    from serkit.train.experiment import experiment_protocol, load_experiment_manifest
 
     monkeypatch.setenv("SERKIT_DATA", str(CORPORA.parent))
     cfg = load_config(config)

@@ -350,7 +350,7 @@ def test_a_run_folder_in_use_is_refused_naming_the_holder(command, tiny_corpus, 
     assert main(args) == 0
 
 
-@pytest.mark.parametrize("command", ["mvse", "ablate-mll", "ablate-hcld"])
+@pytest.mark.parametrize("command", ["ablate-mll", "ablate-hcld"])
 def test_the_other_run_commands_take_the_lock_too(command, tmp_path, capsys):
     from serkit.cli import main
     from serkit.run_lock import LOCK_NAME
@@ -719,7 +719,7 @@ def test_speaker_eer_on_a_one_speaker_test_part_is_null_with_a_note():
     from types import SimpleNamespace
 
     from serkit.data.labels import LabelMap
-    from serkit.recipes.base import get_recipe
+    from serkit.recipes.catalog import get_recipe
     from serkit.report import format_table
 
     rng = np.random.default_rng(0)

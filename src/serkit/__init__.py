@@ -4,8 +4,7 @@ Data flows one way: corpus -> manifest -> folds -> encoder -> cache -> model -> 
 """
 
 from serkit.constants import SAMPLE_RATE
-
-__version__ = "0.1.0"
+from serkit.version import __version__
 
 __all__ = ["SAMPLE_RATE", "Recognizer", "__version__"]
 

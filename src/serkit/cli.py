@@ -85,7 +85,6 @@ LAZY_COMMANDS = {
     "ablate-mll": ("serkit.recipes.mll_ablation", "MLL ablation table (mixup x pooling x losses)"),
     "ablate-hcld": ("serkit.recipes.hcld_ablation", "HCLD Table II: extractor x variant + table"),
     "ablate-gmp-atl": ("serkit.recipes.gmp_atl_ablation", "GMP-ATL Tables 3/4: stages, loss, clustering layer"),
-    "mvse": ("serkit.recipes.if_mvse", "IF-MVSE (alias of `serkit cv` for recipe: if_mvse)"),
     "results": ("serkit.results_page", "results pages that regenerate: summaries of run folders, docs/results.md"),
 }
 
@@ -100,7 +99,7 @@ def _corpus_sources() -> str:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``serkit`` parser; ``command`` (the first argument) selects which heavy sub-command to import."""
-    from serkit import __version__
+    from serkit.version import __version__
 
     parser = argparse.ArgumentParser(prog="serkit", description="Speech emotion recognition toolkit")
     parser.add_argument("--version", action="version", version=f"serkit {__version__}")

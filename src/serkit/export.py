@@ -28,6 +28,7 @@ from torch import nn
 
 from serkit.constants import SAMPLE_RATE
 from serkit.errors import SerkitError
+from serkit.export_views import MultiViewGraph, multi_view_graph, owned_pooled
 from serkit.model_folder import METADATA_KEY, ONNX_FILE
 
 #: Largest max-abs difference of ``scores`` between onnxruntime and torch that an export may show.
@@ -50,6 +51,8 @@ class RecognizerGraph(nn.Module):
         level: ``"frames"`` or ``"pooled"``: what the heads read.
         cached: the heads were trained on cached features (frames rounded to float16 before use).
         task: ``"classification"`` (scores are softmax probabilities) or ``"regression"``.
+        stats_in_batch: the speaker head normalises what its own encoder blocks compute: it gets the raw features
+            and the speaker's statistics as ``speaker_mean`` / ``speaker_std`` in its batch.
 
     ``forward(waveform (1, samples), own (2,) int64, [speaker_mean, speaker_std (layers, dim)])`` returns the
     scores ``(outputs,)`` of each head (in :attr:`head_names` order), then ``pooled`` ``(layers, 2*dim)`` and
@@ -59,7 +62,7 @@ class RecognizerGraph(nn.Module):
 
     def __init__(self, encoder: nn.Module, heads: dict[str, nn.Module], layers: list[int], *, level: str,
                  cached: bool, task: str, transform: nn.Module | None = None,
-                 temperatures: dict[str, float] | None = None):
+                 temperatures: dict[str, float] | None = None, stats_in_batch: bool = False):
         super().__init__()
         unknown = set(heads) - {"speaker", "global"}
         if unknown or not heads:
@@ -68,7 +71,7 @@ class RecognizerGraph(nn.Module):
         self.head_names = [h for h in ("speaker", "global") if h in heads]
         # keys that are not Python keywords ("global" is one): torch.export generates code with them as attributes
         self.heads = nn.ModuleDict({f"head_{h}": heads[h] for h in self.head_names})
-        self.level, self.cached, self.task = level, cached, task
+        self.level, self.cached, self.task, self.stats_in_batch = level, cached, task, stats_in_batch
         #: per head, the temperature of its probabilities (fitted on validation; 1.0 without calibration)
         self.temperatures = {h: float((temperatures or {}).get(h, 1.0)) for h in self.head_names}
         from serkit.data.feature_transform import FeatureTransform
@@ -94,47 +97,35 @@ class RecognizerGraph(nn.Module):
 
         out = self.encoder(waveform)  # no lengths: one unpadded signal
         feats = torch.stack([out.hidden_states[i][0] for i in self.layers]).float()  # (layers, frames, dim)
-        index = torch.arange(feats.shape[1], device=feats.device)
-        t = (index >= 0).sum()  # frame count as a tensor
         scores = []
         for head in self.head_names:
             stats = (speaker_mean, speaker_std) if head == "speaker" else None
             y = self.heads[f"head_{head}"](self._batch(feats, pooled_statistics(feats), stats))
             scores.append(torch.softmax(y["logits"].float() / self.temperatures[head], -1)[0]
                           if self.task == "classification" else y["prediction"].float()[0])
-        # the owned frames: [round(a / n * t), max(round(b / n * t), that + 1)) within the window's frames
-        n = waveform.shape[1]
-        first = torch.round(own[0].double() / n * t.double()).long()
-        last = torch.maximum(torch.round(own[1].double() / n * t.double()).long(), first + 1)
-        mask = ((index >= first) & (index < last)).to(feats.dtype)[None, :, None]
-        count = mask.sum()
-        mean = (feats * mask).sum(1, keepdim=True) / count
-        std = (((feats - mean) ** 2) * mask).sum(1) / count
-        pooled_own = torch.cat([mean[:, 0], std.sqrt()], dim=-1)
-        return (*scores, pooled_own, count.long())
+        return (*scores, *owned_pooled(feats, own, waveform.shape[1]))
 
     def _batch(self, feats: torch.Tensor, pooled: torch.Tensor, stats) -> dict:
         """A head's batch of one, as :class:`serkit.Recognizer` builds it: the feature stage module on the stored
         layers' pooled statistics ``(layers, 2*dim)`` or frames ``(layers, frames, dim)``."""
         mean, std = stats if stats is not None else (None, None)
+        inner = {"speaker_mean": mean[None], "speaker_std": std[None]} if self.stats_in_batch and stats else {}
+        if inner:
+            mean = std = None  # the model normalises its own blocks' outputs with them
         if self.level == "pooled":
-            return {"pooled": self.transform(pooled[None], mean, std)}
+            return {"pooled": self.transform(pooled[None], mean, std), **inner}
         x = feats.half() if self.cached else feats  # the cache stores frames in float16
         x = self.transform(x[None], mean, std).float()
-        return {"features": x, "frame_mask": torch.ones_like(x[:, 0, :, 0], dtype=torch.bool)}
+        return {"features": x, "frame_mask": torch.ones_like(x[:, 0, :, 0], dtype=torch.bool), **inner}
 
 
 def graph_module(rec) -> RecognizerGraph:
     """The :class:`RecognizerGraph` of a torch :class:`serkit.Recognizer` (its encoder is loaded if needed)."""
     cfg = rec.cfg
-    if "views" in rec.encoder_info:
-        raise SerkitError("export: models with several encoders (IF-MVSE's views and score sets) are not exportable "
-                          "to ONNX; predict with the torch backend")
+    if "views" in rec.encoder_info:  # several encoders (IF-MVSE)
+        return multi_view_graph(rec)
     heads = dict(getattr(rec, "heads", None) or {("speaker" if rec.normalize != "none" else "global"): rec.model})
     waveform_model = cfg["features"]["source"] == "waveform"
-    if rec.stats_in_batch and rec.normalize != "none":
-        raise SerkitError("export: models that apply speaker statistics inside the model (encoder blocks in the "
-                          "loop) are not exportable yet; predict with the torch backend")
     transform = rec.transform
     if waveform_model:  # encoder inside the model (fine-tuned): take it from there
         from serkit.data.feature_transform import FeatureTransform
@@ -148,14 +139,17 @@ def graph_module(rec) -> RecognizerGraph:
         encoder, layers = rec.encoder, rec.encoder_info["layers"]
     return RecognizerGraph(encoder.eval(), {h: m.eval() for h, m in heads.items()}, layers,
                            level=transform.level, cached=not waveform_model, task=rec.labels.task,
-                           transform=transform, temperatures={h: rec.temperature(h) for h in heads}).eval()
+                           transform=transform, temperatures={h: rec.temperature(h) for h in heads},
+                           stats_in_batch=rec.stats_in_batch).eval()
 
 
-def graph_inputs(graph: RecognizerGraph, signal: np.ndarray, own: tuple[int, int] | None = None,
+def graph_inputs(graph: RecognizerGraph | MultiViewGraph, signal: np.ndarray, own: tuple[int, int] | None = None,
                  stats: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The graph's inputs by name for one window ``signal`` (16 kHz float32). ``own``: the samples whose frames
-    count for the speaker statistics (default all); ``stats``: the speaker's ``(mean, std)`` (default: some
-    speaker's, for a graph with a speaker head whose scores are not wanted)."""
+    count for the speaker statistics (default all); ``stats``: the speaker's ``(mean, std)`` (``{view: (mean,
+    std)}`` for a multi-view graph; default: some speaker's, for a graph whose speaker scores are not wanted)."""
+    if isinstance(graph, MultiViewGraph):
+        return graph.inputs(signal, own, stats)
     feed = {"waveform": np.ascontiguousarray(signal, dtype=np.float32)[None],
             "own": np.array(own if own is not None else (0, len(signal)), dtype=np.int64)}
     if graph.normalize:
@@ -165,6 +159,15 @@ def graph_inputs(graph: RecognizerGraph, signal: np.ndarray, own: tuple[int, int
             stats = rng.normal(0, 0.1, shape).astype(np.float32), rng.uniform(0.5, 2.0, shape).astype(np.float32)
         feed["speaker_mean"], feed["speaker_std"] = (np.asarray(x, dtype=np.float32) for x in stats)
     return feed
+
+
+def _arguments(graph: RecognizerGraph | MultiViewGraph, feed: dict[str, np.ndarray]) -> tuple:
+    """The torch call arguments of ``graph`` for the inputs ``feed`` (by name): tensors by position, a multi-view
+    graph's speaker statistics as one list."""
+    tensors = [torch.from_numpy(feed[k]) for k in graph.input_names()]
+    if isinstance(graph, MultiViewGraph):
+        return (tensors[0], tensors[1], tensors[2:])
+    return tuple(tensors)
 
 
 def _test_signal(seconds: float, seed: int) -> np.ndarray:
@@ -194,23 +197,26 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, opset: 
 
     rec = Recognizer.from_pretrained(model_dir, precision="fp32")  # the graph computes in float32
     graph = graph_module(rec)
-    enc = graph.encoder
+    encoders = list(graph.encoders.values()) if isinstance(graph, MultiViewGraph) else [graph.encoder]
     window = int(rec.window * SAMPLE_RATE)
-    max_samples = enc.max_samples
+    limits = [e.max_samples for e in encoders if e.max_samples is not None]
+    max_samples = min(limits) if limits else None
     if max_samples is not None and window > max_samples:
         raise SerkitError(f"{model_dir}: predict.window_seconds={rec.window:g} exceeds the encoder's limit of "
                           f"{max_samples / SAMPLE_RATE:g} s; export scores one window per run")
     out = Path(out) if out is not None else Path(model_dir) / ONNX_FILE
     names, outputs = graph.input_names(), graph.output_names()
     samples = torch.export.Dim("samples", min=MIN_SAMPLES, max=max_samples or 2**31 - 1)
-    dynamic = {name: ({1: samples} if name == "waveform" else None) for name in names}
+    extra = [None] * (len(names) - 2)  # the speaker statistics: fixed shapes
+    # by position; a multi-view graph takes its statistics as one list argument
+    dynamic = [{1: samples}, None] + ([extra] if isinstance(graph, MultiViewGraph) else extra)
     t0 = time.time()
     import warnings
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         feed = graph_inputs(graph, _test_signal(TRACE_SECONDS, 0))
-        program = torch.onnx.export(graph, tuple(torch.from_numpy(feed[k]) for k in names), dynamo=True,
+        program = torch.onnx.export(graph, _arguments(graph, feed), dynamo=True,
                                     input_names=names, output_names=outputs,
                                     dynamic_shapes=dynamic, opset_version=opset, optimize=True, verbose=False)
     proto = program.model_proto
@@ -224,8 +230,10 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, opset: 
         "format": 1, "task": labels.task, "classes": list(labels.classes) if labels.task == "classification" else [],
         "targets": list(labels.targets) if labels.task != "classification" else [],
         "inputs": names, "outputs": outputs, "heads": graph.head_names, "sample_rate": SAMPLE_RATE,
-        "min_samples": MIN_SAMPLES, "max_samples": max_samples, "layers": list(graph.layers),
-        "level": graph.level, "encoder": rec.encoder_info.get("encoder"),
+        "min_samples": MIN_SAMPLES, "max_samples": max_samples,
+        "layers": dict(graph.layers) if isinstance(graph, MultiViewGraph) else list(graph.layers),
+        "views": list(graph.views) if isinstance(graph, MultiViewGraph) else None,
+        "level": getattr(graph, "level", "pooled"), "encoder": rec.encoder_info.get("encoder"),
         "encoder_mode": rec.encoder_info.get("mode"), "precision": "fp32", "torch": torch.__version__, "onnx": onnx.__version__,
         "check": check, "export_seconds": round(export_seconds, 1),
     }
@@ -246,7 +254,7 @@ def _check(model_bytes: bytes, graph: RecognizerGraph) -> dict:
     signal = _test_signal(CHECK_SECONDS, 1)
     feed = graph_inputs(graph, signal, own=(len(signal) // 5, len(signal) - len(signal) // 7))
     with torch.no_grad():
-        ref = graph(*(torch.from_numpy(feed[k]) for k in graph.input_names()))
+        ref = graph(*_arguments(graph, feed))
     got = session.run(graph.output_names(), feed)
     diffs = {name: float(np.abs(g - r.numpy()).max()) for name, g, r in zip(graph.output_names(), got, ref, strict=True)}
     scores = max(v for k, v in diffs.items() if k.startswith("scores_"))

@@ -23,7 +23,7 @@ def _read(d: Path, name: str):
 
 def describe_model(model_dir: str | Path) -> dict:
     """Facts of a model folder as a dict (every key present; None where the folder does not say)."""
-    from serkit import __version__
+    from serkit.version import __version__
 
     d = Path(model_dir)
     cfg, meta, val = _read(d, "config.yaml"), _read(d, "meta.json"), _read(d, "validation.json")

@@ -44,6 +44,6 @@ def machine() -> dict:
 def provenance() -> dict:
     """The fields every results.json carries: ``serkit_version``, ``git_commit`` (``None`` outside a checkout) and
     ``machine``."""
-    from serkit import __version__
+    from serkit.version import __version__
 
     return {"serkit_version": __version__, "git_commit": git_commit(), "machine": machine()}

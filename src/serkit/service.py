@@ -176,8 +176,8 @@ def create_app(recognizer, *, max_bytes: int = DEFAULT_MAX_BYTES, model_name: st
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.concurrency import run_in_threadpool
 
-    from serkit import __version__
     from serkit.constants import SAMPLE_RATE
+    from serkit.version import __version__
 
     app = FastAPI(title="serkit", description="speech emotion recognition", version=__version__)
     lock = threading.Lock()

@@ -8,7 +8,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from serkit.errors import ConfigError
-from serkit.models.registry import ModelSpec, build_model
+from serkit.models.catalog import build_model
+from serkit.models.registry import ModelSpec
 
 SPEC = ModelSpec(task="regression", num_outputs=2, num_layers=3, hidden_size=5)
 

@@ -2,8 +2,9 @@
 
 import torch
 
+from serkit.models.catalog import build_model
 from serkit.models.encoder_model import EncoderDownstream
-from serkit.models.registry import ModelSpec, build_model
+from serkit.models.registry import ModelSpec
 from tests.encoders.tiny import tiny_encoder
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from serkit.models.registry import ModelSpec, build_model
+from serkit.models.catalog import build_model
+from serkit.models.registry import ModelSpec
 
 SMALL = {"cnn": {"channels": [8]}, "lstm": {"hidden_size": 4, "num_layers": 1},
          "transformer": {"d_model": 8, "num_heads": 2, "num_layers": 1, "ff_dim": 16}}

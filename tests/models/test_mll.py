@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from serkit.models.catalog import available_models
 from serkit.models.mll import MLLModel
-from serkit.models.registry import ModelSpec, available_models
+from serkit.models.registry import ModelSpec
 
 
 def _spec(classes=3):
@@ -28,7 +29,7 @@ def test_registered_without_importing_recipes():
     import subprocess
     import sys
 
-    code = ("import sys; from serkit.models.registry import available_models; names = available_models(); "
+    code = ("import sys; from serkit.models.catalog import available_models; names = available_models(); "
             "assert {'mll', 'hcld'} <= set(names), names; "
             "assert not [m for m in sys.modules if m.startswith('serkit.recipes')], 'recipes imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

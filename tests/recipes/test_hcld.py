@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from serkit.models.registry import ModelSpec
-from serkit.recipes.base import get_recipe
+from serkit.recipes.catalog import get_recipe
 from serkit.recipes.hcld_ablation import VARIANT_TERMS, variant_config
 from tests.models.test_hcld import SMALL, _batch
 from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
@@ -22,7 +22,7 @@ def test_sampler_batches_contain_pairs_and_objective_terms(tiny_corpus):  # noqa
     from serkit.config import load_config
     from serkit.data.labels import LabelMap
     from serkit.data.pairs import count_pairs
-    from serkit.train.cv import load_experiment_manifest
+    from serkit.train.experiment import load_experiment_manifest
 
     cfg = load_config(variant_config(load_config(_tiny(tiny_corpus)), "cnn", "hcld"))
     manifest = load_experiment_manifest(cfg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 import serkit.recipes.if_mvse as mvse
 from serkit.config import load_config
 from serkit.errors import ConfigError
+from serkit.train.cv import run_cv
 from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
 
 SETS = [{"name": "S1", "views": ["fb40"]}, {"name": "S2", "views": ["fb40", "fb80"]}, {"name": "S3", "views": ["fb80"]}]
@@ -36,9 +36,8 @@ def quiet(*a):
 
 def test_regression_end_to_end_schema(tiny_corpus, tmp_path):  # noqa: F811
     from serkit.train.cv import run_cv
-
     out = tmp_path / "reg"
-    summary = run_cv(_cfg(tiny_corpus), out, log=quiet)  # the one runner (`serkit mvse` is an alias)
+    summary = run_cv(_cfg(tiny_corpus), out, log=quiet)  # the one runner
     res = json.loads((out / "results.json").read_text())
     assert {"name", "recipe", "task", "protocol", "speaker_independent", "encoder", "folds", "mean", "std"} <= set(res)
     assert res["recipe"] == "if_mvse" and res["speaker_independent"] and len(res["folds"]) == 3
@@ -59,7 +58,7 @@ def test_regression_end_to_end_schema(tiny_corpus, tmp_path):  # noqa: F811
     assert res["mean"]["ccc_mean"] == pytest.approx(np.mean([f["metrics"]["ccc_mean"] for f in res["folds"]]))
     assert "Stages" in (out / "report.md").read_text()
     assert summary["mean"] == res["mean"]
-    again = mvse.run_mvse(_cfg(tiny_corpus), out, log=quiet)  # resumed: every fold reused
+    again = run_cv(_cfg(tiny_corpus), out, log=quiet)  # resumed: every fold reused
     assert again["mean"] == summary["mean"]
 
 
@@ -113,7 +112,7 @@ def test_weights_never_read_test_data(tiny_corpus, tmp_path, monkeypatch):  # no
 def test_classification_variant(tiny_corpus, tmp_path):  # noqa: F811
     cfg = _cfg(tiny_corpus, task="classification")
     cfg["recipe_options"] = {"score_sets": SETS[:2]}  # pooling auto: stats for fbank views
-    res = mvse.run_mvse(cfg, tmp_path / "cls", folds_only=[1], log=quiet)
+    res = run_cv(cfg, tmp_path / "cls", folds_only=[1], log=quiet)
     f = res["folds"][0]
     assert f["fold"] == 1 and {"ua", "wa", "macro_f1"} <= set(f["metrics"]) and "confusion" in f
     assert np.asarray(f["confusion"]).sum() == f["n_test"]
@@ -133,7 +132,3 @@ def test_config_errors_and_cli(tiny_corpus):  # noqa: F811
     cfg["recipe_options"] = {"bogus": 1}
     with pytest.raises(ConfigError, match="bogus"):
         mvse.options(cfg)
-    parser = argparse.ArgumentParser()
-    mvse.add_parsers(parser.add_subparsers())
-    args = parser.parse_args(["mvse", "c.yaml", "--out", "d", "--folds", "0,2"])
-    assert args.out == "d" and args.folds == "0,2" and args.func is mvse._main_args

@@ -41,7 +41,8 @@ def reg_model(tiny_corpus, tmp_path_factory):  # noqa: F811
 
 
 def _stores(cfg, root):
-    from serkit.train.cv import feature_source, load_experiment_manifest
+    from serkit.train.cv import feature_source
+    from serkit.train.experiment import load_experiment_manifest
 
     cfg = load_config(cfg)
     manifest = load_experiment_manifest(cfg)
@@ -149,7 +150,7 @@ def test_regression_predict_is_the_saved_combination(reg_model, tmp_path):
     assert any(w > 0 for w in desc["weights"]) and len(desc["score_sets"]) == len(SETS)
 
 
-def test_info_card_predict_cli_and_export_refusal(reg_model, tiny_corpus, capsys):  # noqa: F811
+def test_info_card_predict_cli_and_onnx_export(reg_model, tiny_corpus, capsys):  # noqa: F811
     _, d = reg_model
     card = (d / "README.md").read_text()
     assert "fbank-40" in card and "fbank-80" in card and "S2 (fb40 + fb80)" in card
@@ -159,7 +160,12 @@ def test_info_card_predict_cli_and_export_refusal(reg_model, tiny_corpus, capsys
     assert "views:" in out and "fb40 = fbank-40" in out and "weights (global head)" in out
     clip = str(tiny_corpus / "spk1" / "low_2.wav")
     assert main(["predict", str(d), clip, "--format", "json", "--no-progress"]) == 0
-    assert "arousal" in capsys.readouterr().out
-    assert main(["export", str(d), "--format", "onnx"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "several encoders" in err
+    out = capsys.readouterr().out
+    assert "arousal" in out
+    torch_json = json.loads(out)
+    assert main(["export", str(d), "--format", "onnx"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(d), clip, "--format", "json", "--no-progress", "--backend", "onnx"]) == 0
+    onnx_json = json.loads(capsys.readouterr().out)
+    for target in ("arousal", "valence"):  # printed to 4 decimals
+        assert abs(onnx_json[0]["values"][target] - torch_json[0]["values"][target]) < 1e-3 + 1e-4

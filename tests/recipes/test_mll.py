@@ -10,7 +10,7 @@ import torch
 from serkit.augment.variants import build_mixup, fold_test_groups, plan_variants, soft_labels, valid_variants
 from serkit.data.labels import LabelMap
 from serkit.protocols import make_folds
-from serkit.recipes.base import get_recipe
+from serkit.recipes.catalog import get_recipe
 from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
 
 MLL_OBJECTIVE = [

@@ -69,7 +69,7 @@ def model_dir(tiny_corpus, tmp_path):
 
     from serkit.config import dump, load_config
     from serkit.models.registry import ModelSpec
-    from serkit.recipes.base import get_recipe
+    from serkit.recipes.catalog import get_recipe
 
     cfg = load_config(tiny_config(tiny_corpus))
     d = tmp_path / "model"

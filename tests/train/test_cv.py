@@ -90,7 +90,7 @@ def test_killed_run_resumes_to_identical_results(tiny_corpus, tmp_path, monkeypa
 
 
 def test_leaky_fold_is_refused(tiny_corpus, tmp_path):
-    from serkit.train.cv import load_experiment_manifest
+    from serkit.train.experiment import load_experiment_manifest
     from serkit.train.fit import fit_fold
 
     cfg = __import__("serkit.config", fromlist=["load_config"]).load_config(tiny_config(tiny_corpus))

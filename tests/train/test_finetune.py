@@ -14,9 +14,10 @@ from serkit.cli import main
 from serkit.config import load_config
 from serkit.errors import ConfigError
 from serkit.io import load_tensors
+from serkit.models.catalog import build_model
 from serkit.models.encoder_model import EncoderDownstream
 from serkit.models.finetune import FinetuneOptions, merge_adapters, resolve_finetune
-from serkit.models.registry import ModelSpec, build_model
+from serkit.models.registry import ModelSpec
 from tests.encoders.tiny import tiny_encoder, tiny_encoder_dir
 from tests.train.conftest import tiny_config
 

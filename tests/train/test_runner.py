@@ -12,7 +12,8 @@ import yaml
 from serkit.config import load_config
 from serkit.data.normalize import SpeakerNormalizer
 from serkit.errors import ConfigError
-from serkit.recipes.base import Recipe, get_recipe, register_recipe, registered_recipes
+from serkit.recipes.base import Recipe, register_recipe
+from serkit.recipes.catalog import get_recipe, registered_recipes
 from serkit.train.cv import run_cv
 from serkit.train.stages import TrainStage
 from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
@@ -272,3 +273,23 @@ def test_every_recipe_has_ablation_rows_that_resolve(recipe_config_path):
     for name, sets in rows.items():  # every row is a valid config of that recipe
         cfg = load_config(path, sets)
         assert cfg["recipe"] == base["recipe"], name
+
+
+@pytest.mark.parametrize("name", PRODUCT_RECIPES)
+def test_serkit_export_writes_a_graph_for_a_model_of_every_recipe(name, tiny_corpus, tmp_path):  # noqa: F811
+    """``serkit train`` then ``serkit export --format onnx`` for each recipe; the export checks onnxruntime against
+    torch itself (``serkit.export.TOLERANCE``), and the graph then predicts through ``backend="onnx"``."""
+    pytest.importorskip("onnxruntime")
+    from serkit.export import export_onnx
+    from serkit.inference import Recognizer
+    from serkit.train.final import train_final
+
+    cfg = recipe_config(name, tiny_corpus, tmp_path)
+    cfg["protocol"] = {"name": "speaker_kfold", "k": 3, "val_speakers": 1}
+    model_dir = train_final(cfg, tmp_path / "model", **QUIET)
+    graph = export_onnx(model_dir, log=lambda *a: None)
+    assert graph.exists() and graph.stat().st_size > 0
+    files = sorted((tiny_corpus / "spk2").glob("*.wav"))
+    torch_out = Recognizer.from_pretrained(model_dir).predict_files(files, enroll=files + files)
+    onnx_out = Recognizer.from_pretrained(model_dir, backend="onnx").predict_files(files, enroll=files + files)
+    assert [r["label"] for r in onnx_out] == [r["label"] for r in torch_out]

@@ -65,7 +65,8 @@ def test_planted_stage_checkpoint_is_refused_and_never_runs(tiny_corpus, tmp_pat
     with fit_resumable: a planted last.ckpt in a stage folder is refused the same way."""
     from serkit.config import load_config
     from serkit.protocols import make_folds
-    from serkit.train.cv import feature_source, load_experiment_manifest
+    from serkit.train.cv import feature_source
+    from serkit.train.experiment import load_experiment_manifest
     from serkit.train.fit import train_module
     from serkit.train.stages import TrainStage
 

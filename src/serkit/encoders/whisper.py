@@ -170,6 +170,8 @@ class WhisperSpeechEncoder(Encoder):
         knows every frame is real (no attention mask needed)."""
         enc = self.encoder
         attn_mask = None
+        # an exported graph scores one unpadded window (serkit.export): every frame is real, no mask to build
+        unpadded = unpadded or torch.compiler.is_exporting()
         if self.mode == "native" and not unpadded and not bool(frame_mask.all()):
             if enc.config._attn_implementation == "eager":
                 attn_mask = torch.zeros(frame_mask.shape, dtype=hidden.dtype, device=hidden.device)

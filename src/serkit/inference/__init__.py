@@ -7,9 +7,10 @@ MultiViewRecognizer` for several encoders (IF-MVSE), :class:`~serkit.inference.o
 exported graph.
 """
 
-from serkit.inference.onnx import OnnxRecognizer
+from serkit.inference.onnx import OnnxMultiViewRecognizer, OnnxRecognizer
 from serkit.inference.recognizer import Recognizer
 from serkit.inference.views import MultiViewRecognizer
 from serkit.inference.windows import MIN_ENROLL_SECONDS, resolve_device
 
-__all__ = ["MIN_ENROLL_SECONDS", "MultiViewRecognizer", "OnnxRecognizer", "Recognizer", "resolve_device"]
+__all__ = ["MIN_ENROLL_SECONDS", "MultiViewRecognizer", "OnnxMultiViewRecognizer", "OnnxRecognizer", "Recognizer",
+           "resolve_device"]

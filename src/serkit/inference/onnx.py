@@ -45,8 +45,8 @@ class OnnxRecognizer(Recognizer):
         self.heads = dict.fromkeys(meta["heads"])
         self.inputs = [i.name for i in session.get_inputs()]
         self.outputs = [o.name for o in session.get_outputs()]
-        stats = session.get_inputs()[self.inputs.index("speaker_mean")].shape if "speaker_mean" in self.inputs else None
-        self._stats_shape = tuple(stats) if stats else None
+        #: the speaker-statistics inputs (``speaker_mean[_<view>]`` / ``speaker_std[_<view>]``) and their shapes
+        self._stats_shapes = {i.name: tuple(i.shape) for i in session.get_inputs() if i.name.startswith("speaker_")}
 
     @classmethod
     def loads(cls, model_dir: Path, backend: str) -> bool:
@@ -114,11 +114,13 @@ class OnnxRecognizer(Recognizer):
                               f"of {high / SAMPLE_RATE:.0f} s")
         feed = {"waveform": np.ascontiguousarray(signal, dtype=np.float32)[None],
                 "own": np.array(own if own is not None else (0, n), dtype=np.int64)}
-        if self._stats_shape is not None:
-            if stats is None:
-                stats = np.zeros(self._stats_shape, np.float32), np.ones(self._stats_shape, np.float32)
-            feed["speaker_mean"] = np.asarray(stats[0], dtype=np.float32)
-            feed["speaker_std"] = np.asarray(stats[1], dtype=np.float32)
+        for name, shape in self._stats_shapes.items():
+            kind, _, view = name[len("speaker_"):].partition("_")  # mean / std, and the view of a multi-view graph
+            if stats is None:  # placeholders: the speaker head's scores are not wanted from this run
+                feed[name] = np.zeros(shape, np.float32) if kind == "mean" else np.ones(shape, np.float32)
+            else:
+                pair = stats[view] if view else stats
+                feed[name] = np.asarray(pair[0] if kind == "mean" else pair[1], dtype=np.float32)
         return dict(zip(self.outputs, self.session.run(self.outputs, feed), strict=True))
 
     def _encode(self, pieces):
@@ -158,3 +160,59 @@ def _combine_owned(parts: list[dict]) -> tuple[np.ndarray, int] | None:
     frames = [int(p["frames"]) for p in parts]
     mean, std = frame_stats(np.stack([p["pooled"] for p in parts]), frames)
     return np.concatenate([mean, std], axis=-1), sum(frames)
+
+
+class OnnxMultiViewRecognizer(OnnxRecognizer):
+    """The exported graph of a multi-view model (IF-MVSE, :mod:`serkit.export_views`): the owned statistics and the
+    speaker's come per view (``{view: ...}``), as :class:`~serkit.inference.views.MultiViewRecognizer` keeps them."""
+
+    @classmethod
+    def loads(cls, model_dir: Path, backend: str) -> bool:
+        """A model folder whose ``encoder.json`` lists ``views``, on the ``onnx`` backend."""
+        if backend != "onnx" or not (Path(model_dir) / "encoder.json").exists():
+            return False
+        with model_folder_part(Path(model_dir), "encoder.json"):
+            enc = json.loads((Path(model_dir) / "encoder.json").read_text())
+        return isinstance(enc, dict) and "views" in enc
+
+    @property
+    def views(self) -> list[str]:
+        return list(self.meta["views"])
+
+    def _owned_views(self, out: dict) -> dict | None:
+        """``{view: (pooled, frames)}`` of one graph run; None when a view owns no frame."""
+        own = {v: (out[f"pooled_{v}"], int(out[f"frames_{v}"])) for v in self.views}
+        return None if any(n == 0 for _, n in own.values()) else own
+
+    def _encode(self, pieces):
+        """As :meth:`OnnxRecognizer._encode`, with the owned statistics per view."""
+        high = self.meta.get("max_samples")
+        for key, signal, own in pieces:
+            if high is not None and len(signal) > high:
+                parts = [self._owned_views(self.run_window(signal[s:s + high])) for s in range(0, len(signal), high)
+                         if len(signal) - s >= int(self.meta["min_samples"])]
+                parts = [p for p in parts if p is not None]
+                yield key, _Window(signal, None), self._combine_parts(parts) if parts else None
+                continue
+            out = self.run_window(signal, own)
+            yield key, _Window(signal, out.get("scores_global")), self._owned_views(out)
+
+    def _combine_parts(self, parts: list[dict]) -> dict:
+        """One ``{view: (pooled, frames)}`` from several graph runs (frame-weighted)."""
+        from serkit.data.normalize import frame_stats
+
+        out = {}
+        for v in self.views:
+            frames = [p[v][1] for p in parts]
+            mean, std = frame_stats(np.stack([p[v][0] for p in parts]), frames)
+            out[v] = (np.concatenate([mean, std], axis=-1), sum(frames))
+        return out
+
+    def _combine(self, own: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        from serkit.data.normalize import frame_stats
+
+        return {v: frame_stats(np.stack([o[v][0] for o in own]), [o[v][1] for o in own]) for v in self.views}
+
+    def _ready_statistics(self, enroll) -> bool:
+        return isinstance(enroll, dict) and set(enroll) == set(self.views) and all(
+            OnnxRecognizer._ready_statistics(tuple(s)) for s in enroll.values())

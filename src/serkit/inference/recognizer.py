@@ -59,7 +59,7 @@ class Recognizer(WindowScorer):
         if backend == "torch":
             device = resolve_device(device)  # an unusable device fails before anything is loaded
         d = resolve_model_dir(model, revision)
-        chosen = next((sub for sub in Recognizer.__subclasses__() if sub.loads(d, backend)), Recognizer)
+        chosen = next((sub for sub in _subclasses(Recognizer) if sub.loads(d, backend)), Recognizer)
         if not chosen.loads(d, backend):
             raise SerkitError(f"{d}: no {backend} predictor for this model folder")
         return chosen.from_folder(d, device=device, batch_size=batch_size, precision=precision)
@@ -345,7 +345,7 @@ class Recognizer(WindowScorer):
 def build_heads(folder: ModelFolder) -> dict[str, torch.nn.Module]:
     """The heads of a model folder, built by its recipe from the saved spec and loaded from their weights (with
     the encoder in the loop for ``features.source: waveform``)."""
-    from serkit.recipes.base import get_recipe
+    from serkit.recipes.catalog import get_recipe
 
     cfg, d = folder.cfg, folder.path
     heads = {}
@@ -369,3 +369,11 @@ def build_heads(folder: ModelFolder) -> dict[str, torch.nn.Module]:
             module.load_state_dict(load_file(str(d / file)))
         heads[head] = module
     return heads
+
+
+def _subclasses(cls: type) -> list[type]:
+    """Every subclass of ``cls`` (as imported), the most derived first."""
+    out = []
+    for sub in cls.__subclasses__():
+        out += _subclasses(sub) + [sub]
+    return out

@@ -43,10 +43,13 @@ class BiLSTMHead(nn.Module):
         batch, length = frames.shape[:2]
         if frame_mask is None:
             frame_mask = torch.ones(batch, length, dtype=torch.bool, device=frames.device)
-        lengths = frame_mask.sum(1).clamp(min=1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(frames, lengths, batch_first=True, enforce_sorted=False)
-        h, _ = self.lstm(packed)
-        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=length)
+        if torch.compiler.is_exporting():  # the exported graph scores one unpadded window: nothing to pack
+            h, _ = self.lstm(frames)
+        else:
+            lengths = frame_mask.sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(frames, lengths, batch_first=True, enforce_sorted=False)
+            h, _ = self.lstm(packed)
+            h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=length)
         m = frame_mask[..., None].to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
         emb = self.projection(pooled)

@@ -32,11 +32,10 @@ def _full_mask(frames: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.T
     mask = frame_mask.to(device=frames.device, dtype=torch.bool)
     if mask.shape != frames.shape[:2]:
         raise ValueError(f"frame_mask shape {tuple(mask.shape)} does not match frames {tuple(frames.shape[:2])}")
-    empty = ~mask.any(dim=1)
-    if empty.any():
-        mask = mask.clone()
-        mask[empty, 0] = True
-    return mask
+    empty = ~mask.any(dim=1)  # (batch,)
+    first = torch.zeros_like(mask)
+    first[:, 0] = True
+    return mask | (empty[:, None] & first)  # no branch on the data: the same in an exported graph
 
 
 class _Extractor(nn.Module):
@@ -116,6 +115,8 @@ class LSTMExtractor(_Extractor):
                             bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():  # the exported graph scores one unpadded window: nothing to pack
+            return self.lstm(x)[0]
         lengths = mask.sum(dim=1).clamp_min(1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)

@@ -1,10 +1,8 @@
 """Recipes: compositions of library blocks (models, losses, augmentations) registered by name.
 
-Importing this package imports every recipe module so that their models register themselves.
+:mod:`serkit.recipes.catalog` imports every recipe module and looks recipes up by name.
 """
 
-import importlib
-import pkgutil
+from serkit.recipes.catalog import get_recipe, registered_recipes
 
-for _m in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_m.name}")
+__all__ = ["get_recipe", "registered_recipes"]

@@ -86,7 +86,7 @@ def run_rows(config, out_dir, rows: list[str] | None = None, overrides: list[str
     from serkit.config import load_config
     from serkit.errors import ConfigError
     from serkit.io import atomic_write_text
-    from serkit.recipes.base import get_recipe
+    from serkit.recipes.catalog import get_recipe
     from serkit.train.cv import run_cv
 
     base = load_config(config, overrides)

@@ -34,7 +34,8 @@ import torch
 from serkit.data.labels import LabelMap
 from serkit.errors import ConfigError
 from serkit.losses.objective import Objective, loss_class
-from serkit.models.registry import ModelSpec, build_model
+from serkit.models.catalog import build_model
+from serkit.models.registry import ModelSpec
 
 _RECIPES: dict[str, type] = {}
 
@@ -46,14 +47,6 @@ def register_recipe(name: str):
         return cls
 
     return deco
-
-
-def get_recipe(name: str) -> Recipe:
-    import serkit.recipes  # noqa: F401  (registers every recipe)
-
-    if name not in _RECIPES:
-        raise ConfigError(f"recipe={name!r} is unknown; known: {sorted(_RECIPES)}")
-    return _RECIPES[name]()
 
 
 class Recipe:
@@ -190,13 +183,6 @@ class Recipe:
 @dataclass
 class NoOptions:
     """A recipe without ``recipe_options`` (any key is unknown)."""
-
-
-def registered_recipes() -> list[str]:
-    """Names of every registered recipe."""
-    import serkit.recipes  # noqa: F401
-
-    return sorted(_RECIPES)
 
 
 @register_recipe("baseline")

@@ -38,8 +38,6 @@ Choices the paper leaves open (documented, configurable): one model per score se
 
 from __future__ import annotations
 
-import argparse
-import copy
 import itertools
 import re
 import warnings
@@ -360,58 +358,3 @@ def combine_step(ctx, names: list[str]) -> dict:
             "best_single_view": None if best_view is None else
             {"name": best_view, "val": per_val[best_view], "test": per_test[best_view]},
             "best_score_set": {"name": best_set, "val": per_val[best_set], "test": per_test[best_set]}}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# command line: `serkit mvse` and `python -m serkit.recipes.if_mvse` are aliases of `serkit cv`
-# --------------------------------------------------------------------------------------------------------------
-def run_mvse(config, out_dir, overrides: list[str] | None = None, folds_only: list[int] | None = None,
-             log=print) -> dict:
-    """:func:`serkit.train.cv.run_cv` for an ``if_mvse`` config (kept as an alias)."""
-    from serkit.config import load_config
-    from serkit.train.cv import run_cv
-
-    cfg = load_config(copy.deepcopy(config) if isinstance(config, dict) else config, overrides)
-    if cfg["recipe"] != "if_mvse":
-        raise ConfigError(f"config recipe is {cfg['recipe']!r}; `serkit mvse` runs recipe: if_mvse")
-    return run_cv(cfg, out_dir, folds_only=folds_only, log=log)
-
-
-def _main_args(args) -> int:
-    from serkit.report import format_table
-    from serkit.run_lock import folder_lock
-    from serkit.train.cli import parse_folds
-
-    folds = parse_folds(args.folds)
-    with folder_lock(args.out):  # one writer per run folder
-        summary = run_mvse(args.config, args.out, args.set, folds_only=folds)
-    print(format_table(summary))
-    print(f"results -> {args.out}/results.json, report -> {args.out}/report.md")
-    return 0
-
-
-def _add_arguments(p) -> None:
-    p.add_argument("config")
-    p.add_argument("--out", required=True)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--folds", help="only these folds, e.g. 0,1")
-    p.set_defaults(func=_main_args)
-
-
-def add_parsers(sub) -> None:
-    """Register ``serkit mvse CONFIG --out DIR`` (an alias of ``serkit cv``)."""
-    p = sub.add_parser("mvse", help="IF-MVSE (alias of `serkit cv` for recipe: if_mvse)")
-    _add_arguments(p)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serkit.recipes.if_mvse", description=__doc__.split("\n")[0])
-    _add_arguments(p)
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    from serkit.recipes import if_mvse as _canonical  # noqa: PLW0406
-
-    raise SystemExit(_canonical.main())

@@ -76,7 +76,7 @@ def variant_store(cfg: dict, manifest):
     """``(store, table)`` of the config's pre-mixed variants (extracted on first use; cached per process)."""
     from serkit.augment.variants import ensure_variant_store
     from serkit.protocols import make_folds
-    from serkit.train.cv import experiment_protocol
+    from serkit.train.experiment import experiment_protocol
     from serkit.train.features import store_dir
 
     aug = augment_options(cfg)
@@ -111,7 +111,7 @@ class MLLRecipe(Recipe):
         f = cfg["features"]
         if f.get("frame_norm") == "layer" and opts.get("name") == "mll" and f["source"] == "cache":
             opts["normalize"] = False  # the feature stage already layer-normalised every frame
-        from serkit.models.registry import build_model
+        from serkit.models.catalog import build_model
 
         return build_model(spec, opts.pop("name"), **opts)
 

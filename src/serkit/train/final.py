@@ -78,7 +78,8 @@ def _train_head(cfg: dict, manifest: pd.DataFrame, split, source, work: Path, re
     runner and saves what the recipe's ``saved_model`` makes of it (default: the last training stage's selected
     model; IF-MVSE: every score set and the combination weights searched on validation). No refit: each stage
     chose its own epochs on the validation speakers, and a step (IF-MVSE's weights) was fitted on their outputs."""
-    from serkit.recipes.base import Recipe, get_recipe
+    from serkit.recipes.base import Recipe
+    from serkit.recipes.catalog import get_recipe
     from serkit.train.fit import fit_stages, select_on_validation, train_module
     from serkit.train.stages import Step, TrainStage
 
@@ -217,7 +218,7 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
     atomic_write_json(out / "encoder.json", encoder_record(cfg, source, precision["features"]))
     n_all = len(split[0]) + len(split[1])
     extra = {h: r.pop("extra") for h, r in records.items() if "extra" in r}  # per head: build_model's spec.extra
-    from serkit import __version__
+    from serkit.version import __version__
 
     meta = {
         "serkit_version": __version__,

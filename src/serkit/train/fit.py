@@ -24,7 +24,7 @@ from serkit.errors import ConfigError
 from serkit.io import atomic_path, atomic_write_json, load_tensors
 from serkit.precision import run_precision
 from serkit.protocols import Fold, check_leakage
-from serkit.recipes.base import get_recipe
+from serkit.recipes.catalog import get_recipe
 from serkit.train import select as choose
 from serkit.train.datasets import (
     as_feature_stage,
