@@ -83,16 +83,19 @@ def test_summary_of_a_run_folder(tmp_path):
 def test_both_tracks_share_a_row_and_the_cli_writes_summaries_and_page(tmp_path, capsys):
     spk = _fake_run(tmp_path, "spk", "speaker: z-scored per speaker", [0.9, 0.8])
     glob = _fake_run(tmp_path, "glob", "none", [0.6, 0.5])
+    tuned = _fake_run(tmp_path, "tuned", "none", [0.7, 0.6], extra={"encoder": {"id": "e", "finetune": {"mode": "lora"}}})
     out = tmp_path / "summaries"
-    for run in (spk, glob):
+    for run in (spk, glob, tuned):
         assert main(["results", "add", str(run), "--command", f"serkit cv {run.name}.yaml",
                      "--results-dir", str(out)]) == 0
     page = tmp_path / "results.md"
     assert main(["results", "page", "--results-dir", str(out), "--page", str(page)]) == 0
     text = page.read_text()
-    assert "| recipe | single clip: UA | speaker-adaptive: UA |" in text
-    row = next(line for line in text.splitlines() if line.startswith("| baseline |"))
+    assert "| recipe | encoder | single clip: UA | speaker-adaptive: UA |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| baseline | frozen |"))
     assert row.index("0.5500") < row.index("0.8500")  # single clip first, speaker-adaptive beside it
+    row = next(line for line in text.splitlines() if line.startswith("| baseline | fine-tuned (lora) |"))
+    assert "0.6500" in row and "0.5500" not in row  # a fine-tuned encoder gets its own row
     assert "`serkit cv glob.yaml`" in text and "`serkit cv spk.yaml`" in text
 
 

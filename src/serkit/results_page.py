@@ -45,6 +45,12 @@ def track_of(results: dict) -> str:
     return SINGLE_CLIP
 
 
+def encoder_regime(results: dict) -> str:
+    """``"frozen"`` or ``"fine-tuned (<mode>)"``: how the run's encoder was trained (``encoder.finetune.mode``)."""
+    finetune = ((results.get("encoder") or {}).get("finetune") or {}).get("mode", "none")
+    return "frozen" if finetune in (None, "none") else f"fine-tuned ({finetune})"
+
+
 def wall_seconds_from_log(path: str | Path) -> float | None:
     """The last ``Elapsed (wall clock) time`` of ``/usr/bin/time -v`` in a log file, in seconds; ``None`` if none."""
     found = _ELAPSED.findall(Path(path).read_text(errors="replace"))
@@ -112,6 +118,7 @@ def summarise_run(run_dir: str | Path, command: str, name: str | None = None, lo
         "protocol": {k: protocol[k] for k in ("name", "k") if k in protocol},
         "speaker_independent": results.get("speaker_independent"),
         "encoder": (results.get("encoder") or {}).get("id"),
+        "encoder_regime": encoder_regime(results),
         "serkit_version": results.get("serkit_version", current.get("serkit_version")),
         "git_commit": git_commit or results.get("git_commit", current.get("git_commit")),
         "machine": results.get("machine", current.get("machine")),
@@ -174,6 +181,11 @@ def _commit(c) -> str:
     return f"`{c[:10]}{'-dirty' if str(c).endswith('-dirty') else ''}`" if c else "(not a git checkout)"
 
 
+def _regime(s: dict) -> str:
+    """The summary's encoder regime; summaries written before it was recorded describe frozen encoders."""
+    return s.get("encoder_regime", "frozen")
+
+
 def render(summaries: list[dict]) -> str:
     """The Markdown page: per corpus a table with one row per recipe and the two tracks side by side, then every
     run's details (command, config, version, commit, machine, precision, threads, wall time, per fold)."""
@@ -195,16 +207,17 @@ def render(summaries: list[dict]) -> str:
         runs = by_corpus[corpus]
         metric = METRIC_TITLES.get(runs[0]["metric"], runs[0]["metric"])
         lines += ["", f"## {CORPUS_TITLES.get(corpus, corpus)}", ""]
-        recipes = sorted({s["recipe"] for s in runs}, key=lambda r: (r != "baseline", r))
+        rows = sorted({(s["recipe"], _regime(s)) for s in runs}, key=lambda r: (r[0] != "baseline", r[0], r[1] != "frozen", r[1]))
         tracks = [t for t in TRACKS if any(s["track"] == t for s in runs)]
-        lines += [f"| recipe | {' | '.join(f'{t}: {metric}' for t in tracks)} |",
-                  "|---|" + "---|" * len(tracks)]
-        for recipe in recipes:
-            cells = {t: [s for s in runs if s["recipe"] == recipe and s["track"] == t] for t in tracks}
+        lines += [f"| recipe | encoder | {' | '.join(f'{t}: {metric}' for t in tracks)} |",
+                  "|---|---|" + "---|" * len(tracks)]
+        for recipe, regime in rows:
+            cells = {t: [s for s in runs if (s["recipe"], _regime(s)) == (recipe, regime) and s["track"] == t]
+                     for t in tracks}
             for i in range(max(len(v) for v in cells.values())):
                 row = [(f"{_score(v[i])} ([{v[i]['name']}](#{v[i]['name'].lower()}))" if i < len(v) else "-")
                        for v in cells.values()]
-                lines.append(f"| {recipe} | {' | '.join(row)} |")
+                lines.append(f"| {recipe} | {regime} | {' | '.join(row)} |")
         for s in sorted(runs, key=lambda s: s["name"]):
             other = ", ".join(f"{METRIC_TITLES.get(k, k)} {v:.4f}" for k, v in (s.get("other_metrics") or {}).items())
             protocol = s.get("protocol") or {}
@@ -213,7 +226,8 @@ def render(summaries: list[dict]) -> str:
                 f"### {s['name']}",
                 "",
                 f"- command: `{s['command']}`",
-                (f"- config: `{s['config']}`, recipe {s['recipe']}, track {s['track']}, encoder `{s['encoder']}`, "
+                (f"- config: `{s['config']}`, recipe {s['recipe']}, track {s['track']}, encoder `{s['encoder']}` "
+                 f"({_regime(s)}), "
                  f"protocol {protocol.get('name', '?')}" + (f" (k = {protocol['k']})" if "k" in protocol else "")),
                 f"- {METRIC_TITLES.get(s['metric'], s['metric'])} {_score(s)}" + (f"; {other}" if other else ""),
                 f"- per fold: {' '.join(f'{v:.4f}' for v in s['per_fold'])}",
