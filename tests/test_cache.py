@@ -316,3 +316,13 @@ def test_store_of_an_older_feature_version_is_refilled_not_mixed(tmp_path, monke
     assert new.spec["version"] == 2 and new.ids() == []
     with pytest.raises(store_module.StaleStoreError):  # another encoder is still refused, not silently dropped
         store_module.FeatureStore.create(tmp_path / "s", {**spec, "encoder": "other"})
+
+
+def test_record_failures_keeps_other_runs_ids_and_replaces_this_runs(tmp_path):
+    spec = {"encoder": "e", "mode": "native", "layers": [0], "sample_rate": 16000, "dtype": "float16"}
+    store = FeatureStore.create(tmp_path / "s", spec)
+    store.record_failures([("a", "a.wav", "unreadable"), ("b", "b.wav", "too short")], {"a", "b"})
+    store.record_failures([("c", "c.wav", "file not found")], {"a", "c"})  # another manifest: b is not its id
+    errors = json.loads((tmp_path / "s" / "errors.json").read_text())
+    assert errors == [{"id": "b", "path": "b.wav", "problem": "too short"},
+                      {"id": "c", "path": "c.wav", "problem": "file not found"}]
