@@ -151,8 +151,8 @@ def phase_serkit(args) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from serkit.cache import extract_to_cache
     from serkit.encoders import load_encoder
+    from serkit.features.extraction import extract_to_cache
 
     df = _manifest(args)
     out = Path(args.out) / args.precision if args.out else Path(tempfile.mkdtemp(prefix="serkit-bench-"))

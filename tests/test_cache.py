@@ -1,4 +1,4 @@
-"""The feature store: extraction, resume, stale entries, bad files, dataset and CLI."""
+"""The feature store: extraction, resume, stale entries, bad files, several writers and the CLI."""
 
 from __future__ import annotations
 
@@ -11,15 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from serkit.cache import (
-    CachedFeatureDataset,
-    FeatureStore,
-    StaleStoreError,
-    add_extract_parser,
-    collate_features,
-    extract_to_cache,
-)
 from serkit.errors import AudioError
+from serkit.features.cli import add_extract_parser
+from serkit.features.extraction import extract_to_cache
+from serkit.features.store import FeatureStore, StaleStoreError
 
 from .encoders.tiny import tiny_encoder
 
@@ -162,21 +157,6 @@ def test_long_file_chunked_in_cache(tmp_path):
     assert FeatureStore(tmp_path / "s").load("long").shape == (1, int(3.3 * SR) // 160 + 1, 80)
 
 
-def test_dataset_and_collate(corpus, tmp_path, whisper):
-    out = tmp_path / "store"
-    extract_to_cache(corpus, whisper, "all", out, progress=False)
-    ds = CachedFeatureDataset(out, corpus, label_columns=("emotion", "valence"))
-    assert len(ds) == 6 and ds.classes["emotion"] == ["angry", "happy", "neutral", "sad"]
-    batch = collate_features([ds[0], ds[1], ds[3]])
-    assert batch["features"].shape == (3, 3, 75, 32) and batch["features"].dtype == torch.float32
-    assert batch["frame_mask"].sum(1).tolist() == [30, 60, 75]
-    assert batch["emotion"].dtype == torch.long and batch["emotion"].tolist() == [0, 1, 3]
-    assert batch["valence"].dtype == torch.float32
-    assert float(batch["features"][0, :, 30:].abs().sum()) == 0.0
-    with pytest.raises(KeyError, match="no features"):
-        CachedFeatureDataset(out, pd.concat([corpus, corpus.assign(id="zz")]), label_columns=("emotion",))
-
-
 def test_cli_parser_and_main(corpus, tmp_path):
     manifest = tmp_path / "m.csv"
     corpus.to_csv(manifest, index=False)
@@ -198,7 +178,8 @@ import json, sys, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
-import serkit.cache as cache
+from serkit.features.extraction import extract_to_cache
+from serkit.features.store import FeatureStore
 
 role, manifest, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 if role == "extract":
@@ -207,7 +188,7 @@ if role == "extract":
         real_save(fh, arr)
         time.sleep(0.05)
     np.save = slow_save
-    rep = cache.extract_to_cache(pd.read_csv(manifest), "fbank-40", "all", out, progress=False)
+    rep = extract_to_cache(pd.read_csv(manifest), "fbank-40", "all", out, progress=False)
     print(json.dumps({"computed": rep.computed, "reused": rep.reused}))
 else:
     deadline = time.time() + 60
@@ -216,7 +197,7 @@ else:
     spec = json.loads((out / "store.json").read_text())
     n = 0
     while not (out.parent / "done").exists() and time.time() < deadline:
-        cache.FeatureStore.create(out, spec)
+        FeatureStore.create(out, spec)
         n += 1
         time.sleep(0.02)
     print(json.dumps({"creates": n}))
@@ -304,7 +285,7 @@ def test_store_lock_is_exclusive_between_processes(tmp_path):
     import sys
     import time
 
-    from serkit.cache import store_lock
+    from serkit.features.locking import store_lock
 
     probe = ("import fcntl, sys; fh = open(sys.argv[1], 'a+');\n"
              "try:\n    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
@@ -323,15 +304,25 @@ def test_store_lock_is_exclusive_between_processes(tmp_path):
 
 def test_store_of_an_older_feature_version_is_refilled_not_mixed(tmp_path, monkeypatch):
     """A store written by an older feature version (other numbers for the same audio) is emptied and refilled."""
-    from serkit import cache
+    from serkit.features import store as store_module
 
     spec = {"encoder": "e", "mode": "native", "layers": [0], "sample_rate": 16000, "dtype": "float16"}
-    monkeypatch.setattr(cache, "STORE_VERSION", 1)
-    old = cache.FeatureStore.create(tmp_path / "s", spec)
+    monkeypatch.setattr(store_module, "STORE_VERSION", 1)
+    old = store_module.FeatureStore.create(tmp_path / "s", spec)
     old.write("a", "h" * 40, np.ones((1, 3, 2), np.float32), 0.06)
     assert old.ids() == ["a"]
-    monkeypatch.setattr(cache, "STORE_VERSION", 2)
-    new = cache.FeatureStore.create(tmp_path / "s", spec)
+    monkeypatch.setattr(store_module, "STORE_VERSION", 2)
+    new = store_module.FeatureStore.create(tmp_path / "s", spec)
     assert new.spec["version"] == 2 and new.ids() == []
-    with pytest.raises(cache.StaleStoreError):  # another encoder is still refused, not silently dropped
-        cache.FeatureStore.create(tmp_path / "s", {**spec, "encoder": "other"})
+    with pytest.raises(store_module.StaleStoreError):  # another encoder is still refused, not silently dropped
+        store_module.FeatureStore.create(tmp_path / "s", {**spec, "encoder": "other"})
+
+
+def test_record_failures_keeps_other_runs_ids_and_replaces_this_runs(tmp_path):
+    spec = {"encoder": "e", "mode": "native", "layers": [0], "sample_rate": 16000, "dtype": "float16"}
+    store = FeatureStore.create(tmp_path / "s", spec)
+    store.record_failures([("a", "a.wav", "unreadable"), ("b", "b.wav", "too short")], {"a", "b"})
+    store.record_failures([("c", "c.wav", "file not found")], {"a", "c"})  # another manifest: b is not its id
+    errors = json.loads((tmp_path / "s" / "errors.json").read_text())
+    assert errors == [{"id": "b", "path": "b.wav", "problem": "too short"},
+                      {"id": "c", "path": "c.wav", "problem": "file not found"}]

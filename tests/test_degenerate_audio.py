@@ -10,9 +10,10 @@ import pytest
 import soundfile as sf
 
 from serkit.audio import MIN_SECONDS, audio_info, read_audio
-from serkit.cache import FeatureStore, extract_to_cache
 from serkit.check import check_manifest, fatal
 from serkit.errors import AudioError
+from serkit.features.extraction import extract_to_cache
+from serkit.features.store import FeatureStore
 from tests.train.conftest import model_dir, tiny_corpus  # noqa: F401
 
 SR = 16_000

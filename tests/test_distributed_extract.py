@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from serkit.cache import INDEX_FILE, FeatureStore
+from serkit.features.store import INDEX_FILE, FeatureStore
 
 from .encoders.tiny import tiny_config
 
@@ -59,7 +59,7 @@ def _serkit(args, nproc=None, **kw):
 
 
 def test_two_rank_torchrun_store_equals_one_process(tmp_path, whisper_dir):
-    from serkit.cache import extract_to_cache
+    from serkit.features.extraction import extract_to_cache
 
     manifest = _manifest(tmp_path)
     two = _serkit(["extract", str(manifest), "--encoder", str(whisper_dir), "--layers", "all", "--precision", "fp32",
@@ -88,7 +88,7 @@ def test_two_rank_torchrun_store_equals_one_process(tmp_path, whisper_dir):
 
 def test_store_reads_unmerged_shards(tmp_path):
     """A multi-process run killed before its merge: the ranks' shards are read with index.jsonl, and merged."""
-    from serkit.cache import FeatureStore
+    from serkit.features.store import FeatureStore
 
     spec = {"encoder": "e", "revision": "r", "mode": "native", "layers": [0], "sample_rate": 16000,
             "dtype": "float16", "chunk_seconds": 30.0, "overlap_seconds": 1.0, "precision": "fp32"}

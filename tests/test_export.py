@@ -52,7 +52,7 @@ def _run_graph(graph, feed):
 
 def _owned_pooled(feats, own, n):
     """The Recognizer's rule for the frames a window owns (samples own[0]:own[1] of n)."""
-    from serkit.cache import pooled_statistics
+    from serkit.features.pooling import pooled_statistics
 
     t = feats.shape[1]
     fa = round(own[0] / n * t)

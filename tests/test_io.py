@@ -37,7 +37,7 @@ def test_written_files_honour_the_umask(tmp_path, umask, mask, mode):
 
 
 def test_store_and_manifest_files_are_readable_by_the_group(tmp_path, umask):
-    from serkit.cache import FeatureStore
+    from serkit.features.store import FeatureStore
     from serkit.manifest import write_manifest
 
     umask(0o002)

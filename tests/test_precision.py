@@ -11,9 +11,10 @@ import soundfile as sf
 import torch
 
 from serkit import precision as P
-from serkit.cache import FeatureStore, StaleStoreError, extract_to_cache, store_key
 from serkit.config import load_config
 from serkit.errors import ConfigError
+from serkit.features.extraction import extract_to_cache
+from serkit.features.store import FeatureStore, StaleStoreError, store_key
 
 from .encoders.tiny import tiny_encoder
 

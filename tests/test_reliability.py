@@ -64,7 +64,7 @@ def test_check_cli_strict_fails_on_a_loud_file(tmp_path, capsys):
 
 
 def test_feature_store_refuses_non_finite_features(tmp_path):
-    from serkit.cache import FeatureStore, NonFiniteFeatures
+    from serkit.features.store import FeatureStore, NonFiniteFeatures
 
     store = FeatureStore.create(tmp_path / "store", {"encoder": "x", "layers": [0], "mode": "native",
                                                      "hidden_size": 4, "frame_rate": 50.0})
@@ -81,7 +81,8 @@ def test_feature_store_refuses_non_finite_features(tmp_path):
 
 
 def test_extract_skips_a_loud_file_with_its_reason(tmp_path):
-    from serkit.cache import FeatureStore, extract_to_cache
+    from serkit.features.extraction import extract_to_cache
+    from serkit.features.store import FeatureStore
 
     df = pd.DataFrame({"id": ["ok", "loud"], "path": [str(_tone(tmp_path / "ok.wav")),
                                                        str(_loud(tmp_path / "loud.wav"))]})
@@ -94,8 +95,9 @@ def test_extract_skips_a_loud_file_with_its_reason(tmp_path):
 
 
 def test_extract_records_non_finite_encoder_output_as_a_failure(tmp_path, monkeypatch):
-    from serkit.cache import FeatureStore, extract_to_cache
     from serkit.encoders import runner
+    from serkit.features.extraction import extract_to_cache
+    from serkit.features.store import FeatureStore
 
     real = runner.encode_signals
 
@@ -574,7 +576,7 @@ def test_a_full_disk_during_extract_is_one_line(tmp_path, monkeypatch, capsys):
             raise io.naming(OSError(errno.ENOSPC, "No space left on device"), path)
         return real(path, write, **kw)
 
-    monkeypatch.setattr("serkit.cache.atomic_write", full)
+    monkeypatch.setattr("serkit.features.store.atomic_write", full)
     assert main(["extract", str(_manifest(tmp_path)), "--encoder", "fbank-40", "--out", str(tmp_path / "s")]) == 2
     err = _error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "No space left on device" in err[0] and ".npy" in err[0], err
@@ -658,8 +660,8 @@ def _bounded(fn, seconds=30.0, fifo=None):
 def test_a_fifo_as_audio_is_refused_without_reading(model_dir, tmp_path):  # noqa: F811
     import os
 
-    from serkit.cache import extract_to_cache
     from serkit.check import check_file, fatal
+    from serkit.features.extraction import extract_to_cache
     from serkit.inference import Recognizer
 
     fifo = tmp_path / "pipe.wav"

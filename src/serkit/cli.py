@@ -74,7 +74,7 @@ def _folds(args) -> int:
 
 #: command -> (module that registers it, one-line help)
 LAZY_COMMANDS = {
-    "extract": ("serkit.cache", "extract encoder features of a manifest into a feature store"),
+    "extract": ("serkit.features.cli", "extract encoder features of a manifest into a feature store"),
     "cv": ("serkit.train.cli", "cross-validate a config over its protocol's folds (resumable)"),
     "train": ("serkit.train.cli", "train one model on all speakers (epoch count validated on held-out speakers)"),
     "predict": ("serkit.train.cli", "predict emotions of audio files with a trained model"),

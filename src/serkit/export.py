@@ -93,7 +93,7 @@ class RecognizerGraph(nn.Module):
 
     def forward(self, waveform: torch.Tensor, own: torch.Tensor, speaker_mean: torch.Tensor | None = None,
                 speaker_std: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        from serkit.cache import pooled_statistics
+        from serkit.features.pooling import pooled_statistics
 
         out = self.encoder(waveform)  # no lengths: one unpadded signal
         feats = torch.stack([out.hidden_states[i][0] for i in self.layers]).float()  # (layers, frames, dim)

@@ -68,7 +68,7 @@ class MultiViewGraph(nn.Module):
     def forward(self, waveform: torch.Tensor, own: torch.Tensor, stats: list[torch.Tensor] = ()
                 ) -> tuple[torch.Tensor, ...]:
         """``stats``: the speaker inputs in :meth:`input_names` order (mean, std per speaker view)."""
-        from serkit.cache import pooled_statistics
+        from serkit.features.pooling import pooled_statistics
 
         speaker = {v: (stats[2 * i], stats[2 * i + 1]) for i, v in enumerate(self.speaker_views)}
         feats = {}

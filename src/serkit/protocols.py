@@ -246,91 +246,112 @@ def make_folds(manifest: pd.DataFrame, protocol: dict, seed: int = 0) -> list[Fo
     if name not in PROTOCOLS:
         raise ConfigError(f"protocol.name={name!r} is unknown; choose one of {sorted(PROTOCOLS)}")
     df = manifest.reset_index(drop=True)
-    ids = df["id"].astype(str).tolist()
     classes = label_column(protocol, df)
-    folds: list[Fold] = []
-
     if name == "random":
-        from sklearn.model_selection import train_test_split
+        folds = _random_fold(df, protocol, seed)
+    elif name == "official":
+        folds = _official_fold(df, protocol)
+    elif name == "cross_corpus":
+        folds = _cross_corpus_folds(df, protocol, seed, classes)
+    else:
+        folds = _held_out_group_folds(df, protocol, seed, classes)
+    return _with_warnings(folds, df, protocol, classes)
 
-        frac = option(protocol, "test_fraction", float, 0.2)
-        labels = df["emotion"].astype(str)
-        strat = labels if labels.value_counts().min() >= 2 else None
-        train_ids, test_ids = train_test_split(ids, test_size=frac, random_state=seed, stratify=strat)
-        tr, va = _random_val(sorted(train_ids), df, option(protocol, "val_fraction", float, 0.1), seed)
-        folds.append(Fold(0, name, False, tr, va, sorted(test_ids)))
-        return _with_warnings(folds, df, protocol, classes)
 
-    if name == "official":
-        if "split" not in df.columns:
-            raise ConfigError("protocol 'official' needs a 'split' column in the manifest")
-        split = df["split"].astype(str)
-        test_name = protocol.get("test_split", "test")
-        tr = df.loc[split == "train", "id"].tolist()
-        va = df.loc[split == "validation", "id"].tolist()
-        te = df.loc[split == test_name, "id"].tolist()
-        if not (tr and va and te):
-            raise ConfigError(f"protocol 'official': empty part (train {len(tr)}, validation {len(va)}, {test_name} {len(te)})")
-        test_spk = sorted(set(df.loc[split == test_name, "speaker"]) - {"unknown"})
-        fold = Fold(0, name, True, tr, va, te, test_spk)
-        check_leakage(fold, df, ignore_speakers={"unknown"})
-        return _with_warnings([fold], df, protocol, classes)
+def _random_fold(df: pd.DataFrame, protocol: dict, seed: int) -> list[Fold]:
+    """``random``: one fold, ``test_fraction`` of the utterances held out (stratified by emotion when every class
+    has two), ``val_fraction`` of the rest for validation; speakers may be shared (not speaker-independent)."""
+    from sklearn.model_selection import train_test_split
 
-    if name == "cross_corpus":
-        if "corpus" not in df.columns:
-            raise ConfigError("protocol 'cross_corpus' needs a 'corpus' column in the manifest")
-        corpus = df["corpus"].astype(str)
-        for k, (train_c, test_c) in enumerate(_cross_corpus_pairs(protocol, sorted(corpus.unique()))):
-            test_mask = corpus == test_c
-            rest = df.loc[corpus.isin(train_c), "id"].tolist()
-            tr, va, va_spk = carve_validation(df, rest, protocol, seed + k, classes)
-            fold = Fold(k, name, True, tr, va, df.loc[test_mask, "id"].tolist(),
-                        sorted(df.loc[test_mask, "speaker"].astype(str).unique()), va_spk,
-                        train_corpora=sorted(train_c), test_corpus=test_c)
-            check_leakage(fold, df)
-            folds.append(fold)
-        return _with_warnings(folds, df, protocol, classes)
+    ids = df["id"].astype(str).tolist()
+    frac = option(protocol, "test_fraction", float, 0.2)
+    labels = df["emotion"].astype(str)
+    strat = labels if labels.value_counts().min() >= 2 else None
+    train_ids, test_ids = train_test_split(ids, test_size=frac, random_state=seed, stratify=strat)
+    tr, va = _random_val(sorted(train_ids), df, option(protocol, "val_fraction", float, 0.1), seed)
+    return [Fold(0, "random", False, tr, va, sorted(test_ids))]
 
+
+def _official_fold(df: pd.DataFrame, protocol: dict) -> list[Fold]:
+    """``official``: one fold from the manifest's ``split`` column (train / validation / ``test_split``)."""
+    if "split" not in df.columns:
+        raise ConfigError("protocol 'official' needs a 'split' column in the manifest")
+    split = df["split"].astype(str)
+    test_name = protocol.get("test_split", "test")
+    tr = df.loc[split == "train", "id"].tolist()
+    va = df.loc[split == "validation", "id"].tolist()
+    te = df.loc[split == test_name, "id"].tolist()
+    if not (tr and va and te):
+        raise ConfigError(f"protocol 'official': empty part (train {len(tr)}, validation {len(va)}, {test_name} {len(te)})")
+    test_spk = sorted(set(df.loc[split == test_name, "speaker"]) - {"unknown"})
+    fold = Fold(0, "official", True, tr, va, te, test_spk)
+    check_leakage(fold, df, ignore_speakers={"unknown"})
+    return [fold]
+
+
+def _cross_corpus_folds(df: pd.DataFrame, protocol: dict, seed: int, classes: str | None) -> list[Fold]:
+    """``cross_corpus``: one fold per (training corpora, test corpus) pair; validation carved from the training
+    corpora."""
+    if "corpus" not in df.columns:
+        raise ConfigError("protocol 'cross_corpus' needs a 'corpus' column in the manifest")
+    corpus = df["corpus"].astype(str)
+    folds = []
+    for k, (train_c, test_c) in enumerate(_cross_corpus_pairs(protocol, sorted(corpus.unique()))):
+        test_mask = corpus == test_c
+        rest = df.loc[corpus.isin(train_c), "id"].tolist()
+        tr, va, va_spk = carve_validation(df, rest, protocol, seed + k, classes)
+        fold = Fold(k, "cross_corpus", True, tr, va, df.loc[test_mask, "id"].tolist(),
+                    sorted(df.loc[test_mask, "speaker"].astype(str).unique()), va_spk,
+                    train_corpora=sorted(train_c), test_corpus=test_c)
+        check_leakage(fold, df)
+        folds.append(fold)
+    return folds
+
+
+def _speaker_groups(df: pd.DataFrame, protocol: dict, classes: str | None) -> list[list[str]]:
+    """The test speaker groups of ``leave_one_speaker_out`` (one speaker each), of given ``groups`` (every speaker
+    in one), or of ``speaker_kfold`` (``k`` groups by ``grouping``: balanced or sorted)."""
+    name = protocol["name"]
+    speakers = sorted(df["speaker"].unique())
+    if "unknown" in speakers:
+        raise ConfigError(f"protocol {name!r} needs speaker labels; the manifest has speaker 'unknown'")
+    if name == "leave_one_speaker_out":
+        return [[s] for s in speakers]
+    if "groups" in protocol:
+        groups = [sorted(map(str, g)) for g in protocol["groups"]]
+        missing = set(speakers) - {s for g in groups for s in g}
+        if missing:
+            raise ConfigError(f"protocol.groups leaves speakers out of every test fold: {sorted(missing)}")
+        return groups
+    k = option(protocol, "k", int, 5)
+    if not 2 <= k <= len(speakers):
+        raise ConfigError(f"protocol.k={k} must be between 2 and the number of speakers ({len(speakers)})")
+    grouping = protocol.get("grouping", "balanced")
+    if grouping not in GROUPINGS:
+        raise ConfigError(f"protocol.grouping={grouping!r} is not one of {GROUPINGS}")
+    return sorted_groups(speakers, k) if grouping == "sorted" else balanced_groups(df, k, classes)
+
+
+def _held_out_group_folds(df: pd.DataFrame, protocol: dict, seed: int, classes: str | None) -> list[Fold]:
+    """One fold per held-out group: a session (``leave_one_session_out``) or a speaker group (see
+    :func:`_speaker_groups`); validation carved from the rest with seed ``seed + fold index``."""
+    name = protocol["name"]
     if name == "leave_one_session_out":
         if "session" not in df.columns:
             raise ConfigError("protocol 'leave_one_session_out' needs a 'session' column in the manifest")
-        groups = [sorted(df.loc[df["session"] == s, "speaker"].unique()) for s in sorted(df["session"].unique())]
-        group_col = "session"
-        group_keys = sorted(df["session"].unique())
+        sessions = sorted(df["session"].unique())
+        test_masks = [df["session"] == s for s in sessions]
     else:
-        speakers = sorted(df["speaker"].unique())
-        if "unknown" in speakers:
-            raise ConfigError(f"protocol {name!r} needs speaker labels; the manifest has speaker 'unknown'")
-        if name == "leave_one_speaker_out":
-            groups = [[s] for s in speakers]
-        elif "groups" in protocol:
-            groups = [sorted(map(str, g)) for g in protocol["groups"]]
-            missing = set(speakers) - {s for g in groups for s in g}
-            if missing:
-                raise ConfigError(f"protocol.groups leaves speakers out of every test fold: {sorted(missing)}")
-        else:
-            k = option(protocol, "k", int, 5)
-            if not 2 <= k <= len(speakers):
-                raise ConfigError(f"protocol.k={k} must be between 2 and the number of speakers ({len(speakers)})")
-            grouping = protocol.get("grouping", "balanced")
-            if grouping not in GROUPINGS:
-                raise ConfigError(f"protocol.grouping={grouping!r} is not one of {GROUPINGS}")
-            groups = sorted_groups(speakers, k) if grouping == "sorted" else balanced_groups(df, k, classes)
-        group_col = "speaker"
-        group_keys = None
-
-    for k, group in enumerate(groups):
-        if group_col == "session":
-            test_mask = df["session"] == group_keys[k]
-        else:
-            test_mask = df["speaker"].isin(group)
+        test_masks = [df["speaker"].isin(group) for group in _speaker_groups(df, protocol, classes)]
+    folds = []
+    for k, test_mask in enumerate(test_masks):
         test_ids = df.loc[test_mask, "id"].tolist()
         rest = df.loc[~test_mask, "id"].tolist()
         tr, va, va_spk = carve_validation(df, rest, protocol, seed + k, classes)
         fold = Fold(k, name, True, tr, va, test_ids, sorted(df.loc[test_mask, "speaker"].unique()), va_spk)
         check_leakage(fold, df)
         folds.append(fold)
-    return _with_warnings(folds, df, protocol, classes)
+    return folds
 
 
 def _with_warnings(folds: list[Fold], df: pd.DataFrame, protocol: dict, classes: str | None) -> list[Fold]:

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serkit.cache import pooled_statistics
 from serkit.data.normalize import SpeakerNormalizer, frame_stats, normalize_frames, normalize_pooled
+from serkit.features.pooling import pooled_statistics
 
 
 def _utterances(rng, n=3, layers=2, dim=5):

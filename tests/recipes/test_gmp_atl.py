@@ -112,7 +112,7 @@ def test_stage2_pseudo_label_shapes_and_loss():
 def test_frozen_layers_from_pooled_statistics_equal_their_frames():
     """Stages 2 and 3 from the cache read the frozen layers' statistics from ``pooled`` and only the blocks' input
     as frames: the stats head's outputs and stage 2's probe are those computed from every layer's frames."""
-    from serkit.cache import pooled_statistics
+    from serkit.features.pooling import pooled_statistics
 
     enc = tiny_encoder("whisper")
     torch.manual_seed(0)
@@ -415,7 +415,7 @@ def test_refit_retrains_only_the_last_stage(tiny_corpus, tmp_path):  # noqa: F81
 def test_stats_head_from_pooled_statistics_equals_from_frames():
     """Stage 1 on a frozen encoder reads the cache's pooled statistics: the stats head gives the outputs it gives
     on the frames those statistics came from."""
-    from serkit.cache import pooled_statistics
+    from serkit.features.pooling import pooled_statistics
 
     enc = tiny_encoder("whisper")
     model = GMPStageModel(StagedEncoder(enc, "cache", False), 1, 3, layers="all", head="stats", proj_dim=4,

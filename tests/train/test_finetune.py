@@ -111,7 +111,7 @@ def _batch():
 
 
 def test_a_pooled_head_gets_the_statistics_the_cache_stores():
-    from serkit.cache import pooled_statistics
+    from serkit.features.pooling import pooled_statistics
     from serkit.models.encoder_model import masked_pooled_statistics
 
     feats = torch.randn(2, 3, 7, 4)

@@ -99,6 +99,34 @@ def mix_labels(y_i: np.ndarray, y_j: np.ndarray, lam: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- EAM
 
 
+def _eam_placement(l_i: int, l_j: int, rng: np.random.Generator | None, snr_db_range: tuple[float, float],
+                   l_mix: int | None, s_i: int | None, s_j: int | None, snr_db: float | None
+                   ) -> tuple[int, int, int, float] | None:
+    """``(l_mix, s_i, s_j, snr_db)`` of one EAM pair of lengths ``l_i``, ``l_j`` (samples): the given values,
+    checked, and the others drawn from ``rng`` in that order (mix length and starts in samples, SNR in dB).
+    ``None`` when ``l_mix`` is to be drawn and no valid one exists (``l_i < 3`` or ``l_j == 0``)."""
+    max_mix = min((l_i - 1) // 2, l_j)  # largest integer strictly below l_i / 2, and not longer than x_j
+    if l_mix is None:
+        if max_mix < 1:
+            return None
+        rng = _need_rng(rng)
+        l_mix = int(rng.integers(1, max_mix + 1))
+    elif not 1 <= l_mix <= max_mix:
+        raise ValueError(f"energy_adaptive_mix: l_mix={l_mix} must satisfy 1 <= l_mix < l_i/2 = {l_i / 2} and "
+                         f"l_mix <= l_j = {l_j}")
+    if s_i is None:
+        s_i = int(_need_rng(rng).integers(0, l_i - l_mix + 1))
+    if s_j is None:
+        s_j = int(_need_rng(rng).integers(0, l_j - l_mix + 1))
+    if not 0 <= s_i <= l_i - l_mix or not 0 <= s_j <= l_j - l_mix:
+        raise ValueError(f"energy_adaptive_mix: starts s_i={s_i}, s_j={s_j} out of range for l_mix={l_mix}, "
+                         f"l_i={l_i}, l_j={l_j}")
+    if snr_db is None:
+        lo, hi = snr_db_range
+        snr_db = float(_need_rng(rng).uniform(lo, hi))
+    return l_mix, s_i, s_j, snr_db
+
+
 def energy_adaptive_mix(
     x_i,
     x_j,
@@ -143,26 +171,11 @@ def energy_adaptive_mix(
     l_i, l_j = len(xi), len(xj)
     info: dict[str, Any] = {"mixed": False, "l_mix": 0, "s_i": 0, "s_j": 0, "snr_db": None, "scale": 0.0,
                             "p_i": 0.0, "p_j": 0.0, "p_j_scaled": 0.0, "reason": None}
-    max_mix = min((l_i - 1) // 2, l_j)  # largest integer strictly below l_i / 2, and not longer than x_j
-    if l_mix is None:
-        if max_mix < 1:
-            info["reason"] = f"too short to mix (l_i={l_i}, l_j={l_j})"
-            return _like(xi.copy(), like), 0.0, info
-        rng = _need_rng(rng)
-        l_mix = int(rng.integers(1, max_mix + 1))
-    elif not 1 <= l_mix <= max_mix:
-        raise ValueError(f"energy_adaptive_mix: l_mix={l_mix} must satisfy 1 <= l_mix < l_i/2 = {l_i / 2} and "
-                         f"l_mix <= l_j = {l_j}")
-    if s_i is None:
-        s_i = int(_need_rng(rng).integers(0, l_i - l_mix + 1))
-    if s_j is None:
-        s_j = int(_need_rng(rng).integers(0, l_j - l_mix + 1))
-    if not 0 <= s_i <= l_i - l_mix or not 0 <= s_j <= l_j - l_mix:
-        raise ValueError(f"energy_adaptive_mix: starts s_i={s_i}, s_j={s_j} out of range for l_mix={l_mix}, "
-                         f"l_i={l_i}, l_j={l_j}")
-    if snr_db is None:
-        lo, hi = snr_db_range
-        snr_db = float(_need_rng(rng).uniform(lo, hi))
+    placement = _eam_placement(l_i, l_j, rng, snr_db_range, l_mix, s_i, s_j, snr_db)
+    if placement is None:
+        info["reason"] = f"too short to mix (l_i={l_i}, l_j={l_j})"
+        return _like(xi.copy(), like), 0.0, info
+    l_mix, s_i, s_j, snr_db = placement
     info.update(l_mix=int(l_mix), s_i=int(s_i), s_j=int(s_j), snr_db=float(snr_db))
 
     seg_i = xi[s_i:s_i + l_mix].astype(np.float64)

@@ -2,7 +2,7 @@
 
 A *view* is one encoder's utterance embedding (IF-MVSE: the mean-pooled final hidden state of Whisper, WavLM,
 HuBERT ...). The feature store already holds per-layer pooled statistics (mean then std over frames, see
-:meth:`serkit.cache.FeatureStore.pooled`), so a view is a slice of those:
+:meth:`serkit.features.store.FeatureStore.pooled`), so a view is a slice of those:
 
 * ``pooling="mean"``  -> the frame mean of the chosen layer, ``(dim,)``
 * ``pooling="stats"`` -> mean and standard deviation, ``(2*dim,)`` (e.g. log-mel filterbank statistics)
@@ -37,7 +37,7 @@ def resolve_pooling(pooling: str, encoder_id: str) -> str:
 def view_matrix(store, ids: Sequence[str], layer: int = -1, pooling: str = "mean") -> np.ndarray:
     """``(len(ids), dim)`` float32 (``mean``) or ``(len(ids), 2*dim)`` (``stats``) of one stored layer.
 
-    ``layer`` indexes the store's layers (axis 0 of :meth:`~serkit.cache.FeatureStore.pooled`), so ``-1`` is the
+    ``layer`` indexes the store's layers (axis 0 of :meth:`~serkit.features.store.FeatureStore.pooled`), so ``-1`` is the
     last stored hidden state (the final layer when the store holds ``layers: all``).
     """
     if pooling not in ("mean", "stats"):

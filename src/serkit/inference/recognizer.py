@@ -315,8 +315,8 @@ class Recognizer(WindowScorer):
         length-weighted mean over their windows. Raises :class:`SerkitError` for models that run the encoder
         inside the model (``features.source: waveform``) and for inputs that cannot be read.
         """
-        from serkit.cache import pooled_statistics
         from serkit.data.feature_transform import FeatureTransform
+        from serkit.features.pooling import pooled_statistics
 
         if self._waveform_model:
             raise SerkitError("embed: this model runs its encoder inside the model (features.source: waveform); "

@@ -60,8 +60,8 @@ class MultiViewRecognizer(Recognizer):
 
     def _encode(self, pieces: Iterable[tuple[object, np.ndarray, tuple[int, int]]]):
         """``(key, {view: pooled (layers, 2*dim)}, {view: (pooled stats, frames)} or None)`` per piece, in order."""
-        from serkit.cache import pooled_statistics
         from serkit.encoders.runner import encode_signals
+        from serkit.features.pooling import pooled_statistics
 
         pieces = list(pieces)
         pooled: dict = {key: {} for key, _, _ in pieces}

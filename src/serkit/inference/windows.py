@@ -90,7 +90,7 @@ class _Input:
 def owned_statistics(feats: torch.Tensor, own: tuple[int, int], samples: int) -> tuple[np.ndarray, int] | None:
     """Pooled statistics ``(layers, 2*dim)`` and frame count of the frames of ``feats`` ``(layers, frames, dim)``
     (a piece of ``samples`` samples) that lie in its owned samples ``own = (start, end)``; None when none do."""
-    from serkit.cache import pooled_statistics
+    from serkit.features.pooling import pooled_statistics
 
     a, b = own
     t = feats.shape[1]
@@ -192,8 +192,8 @@ class WindowScorer:
             for key, signal, _ in pieces:
                 yield key, torch.from_numpy(np.ascontiguousarray(signal)), None
             return
-        from serkit.cache import pooled_statistics
         from serkit.encoders.runner import encode_signals
+        from serkit.features.pooling import pooled_statistics
 
         owned = {}
 

@@ -145,7 +145,7 @@ class EncoderDownstream(nn.Module):
 def masked_pooled_statistics(feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
     """Per-layer mean then standard deviation over each item's real frames, in float32:
     ``(batch, layers, frames, dim)`` and ``(batch, frames)`` bool -> ``(batch, layers, 2*dim)`` (what
-    :func:`serkit.cache.pooled_statistics` stores for one item)."""
+    :func:`serkit.features.pooling.pooled_statistics` stores for one item)."""
     x = feats.float()
     m = frame_mask.to(x.dtype)[:, None, :, None]  # (batch, 1, frames, 1)
     n = m.sum(dim=2).clamp_min(1.0)

@@ -165,7 +165,7 @@ def tsne_plot(run_dir: str | Path, out_png: str | Path, fold: int | None = 0, se
         raise ConfigError(f"{run_dir}: no fold with test_embeddings.npy")
     pred = pd.concat([pd.read_csv(run_dir / f"fold{f}" / "predictions.csv", dtype={"id": str}) for f in folds])
     after = np.concatenate([np.load(run_dir / f"fold{f}" / "test_embeddings.npy") for f in folds])
-    from serkit.cache import FeatureStore
+    from serkit.features.store import FeatureStore
 
     manifest = load_experiment_manifest(cfg)
     store = FeatureStore(store_dir(cfg, manifest))

@@ -47,7 +47,7 @@ class FeatureStage:
 
     Args:
         options: the config's ``features:`` section (a view may override ``layers`` / ``level``).
-        store: a :class:`~serkit.cache.FeatureStore` (its pooled statistics give the speaker statistics), or None
+        store: a :class:`~serkit.features.store.FeatureStore` (its pooled statistics give the speaker statistics), or None
             when there is no cache (waveforms, no normalisation).
         manifest, ids: the fold's rows; speaker statistics use every utterance of ``ids`` (train + val + test).
         reference_ids: the training fold's ids, whose global statistics replace a speaker's own when it has less

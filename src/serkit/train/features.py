@@ -54,7 +54,7 @@ def _device(name: str) -> str:
 
 
 def extraction_options(enc: dict) -> dict:
-    """Keyword arguments of :func:`~serkit.cache.extract_to_cache` from a config's ``encoder`` section."""
+    """Keyword arguments of :func:`~serkit.features.extraction.extract_to_cache` from a config's ``encoder`` section."""
     enc = encoder_options(enc)
     return {"mode": enc["mode"], "device": _device(enc["device"]), "precision": feature_precision(enc),
             "batch_seconds": float(enc["batch_seconds"])}
@@ -99,9 +99,10 @@ class StoreUnion:
 
 def ensure_features(manifest: pd.DataFrame, cfg: dict, out_dir: Path | None = None, encoder: dict | None = None,
                     log=print):
-    """Extract whatever the store lacks (resumable) and return the opened :class:`~serkit.cache.FeatureStore`
+    """Extract whatever the store lacks (resumable) and return the opened :class:`~serkit.features.store.FeatureStore`
     (a :class:`StoreUnion` of one store per corpus when the manifest holds several corpora)."""
-    from serkit.cache import FeatureStore, extract_to_cache
+    from serkit.features.extraction import extract_to_cache
+    from serkit.features.store import FeatureStore
 
     if "corpus" in manifest.columns and manifest["corpus"].nunique() > 1:
         return StoreUnion({c: ensure_features(m.reset_index(drop=True), cfg, out_dir, encoder, log)

@@ -157,70 +157,110 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
     ``refit``: after the validation run, train again on all speakers for the chosen epoch count (default).
     ``cv_results``: a ``results.json`` of ``serkit cv`` with the same config, whose mean ± std the model card quotes.
     """
-    from safetensors.torch import save_file
-
-    from serkit.train.cv import (
-        FEATURE_NORMALISATION,
-        feature_source,
-        load_experiment_manifest,
-        usable_manifest,
-    )
+    from serkit.train.cv import feature_source, load_experiment_manifest, usable_manifest
 
     cfg = load_config(config, overrides)
     if cfg["features"]["normalize"] == "auto":
         # a trained model has both heads (speaker-normalised and global); prediction uses the speaker head where
         # the speaker's speech is given (--enroll) and the global head otherwise: what auto chooses between
         cfg["features"]["normalize"] = "speaker"
-    cv = None
-    if cv_results is not None:
-        import json
-
-        try:
-            cv = json.loads(Path(cv_results).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--cv-results {cv_results}: cannot read a results.json ({exc})") from None
+    cv = _read_cv_results(cv_results)
     out = Path(out_dir)
     manifest = load_experiment_manifest(cfg)
     validation_split(cfg, manifest)  # fail on too few speakers before any extraction
     heads = heads_for(cfg)
     if len(heads) > 1 and cfg["features"]["source"] != "cache":
         raise ConfigError("features.normalize: speaker needs features.source: cache")
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / "work"
-    if (work / "config.yaml").exists() and (work / "config.yaml").read_text() != dump(cfg):
-        shutil.rmtree(work)  # checkpoints of another config: never resume from them
-    work.mkdir(exist_ok=True)
-    atomic_write_text(work / "config.yaml", dump(cfg))
+    work = _work_dir(out, cfg)
     source = feature_source(cfg, manifest, out)
     manifest = usable_manifest(source, manifest, log)
     split = validation_split(cfg, manifest)
     t0 = time.time()
-    records, spec = {}, None
+    records, spec, labels = _train_heads(cfg, heads, manifest, split, source, work, out, refit, log)
+    atomic_write_text(out / "config.yaml", dump(cfg))
+    atomic_write_json(out / "labels.json", labels.to_dict())
+    precision = run_precision(cfg, next(iter(source.values())) if isinstance(source, dict) else source)
+    atomic_write_json(out / "encoder.json", encoder_record(cfg, source, precision["features"]))
+    meta = _model_meta(cfg, spec, records, heads, split, manifest, precision, t0)
+    atomic_write_json(out / "meta.json", meta)
+    atomic_write_json(out / "validation.json", {"protocol": _validation_protocol(records[heads[0]], meta["refit"]),
+                                                "heads": records, **({"cv": _cv_summary(cv)} if cv else {})})
+    from serkit.model_card import write_model_card
+
+    write_model_card(out)
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints are not part of the product
+    log(f"trained {', '.join(heads)} head(s) on {meta['n_train']} utterances of {meta['n_speakers']} speakers "
+        f"(validation: {len(split[1])} utterances of {len(split[2])} speakers) in {meta['train_wall_seconds']:.0f} s")
+    return out
+
+
+def _read_cv_results(cv_results: str | Path | None) -> dict | None:
+    """The parsed ``results.json`` of ``serkit cv`` given as ``--cv-results`` (None when not given)."""
+    if cv_results is None:
+        return None
+    import json
+
+    try:
+        return json.loads(Path(cv_results).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--cv-results {cv_results}: cannot read a results.json ({exc})") from None
+
+
+def _work_dir(out: Path, cfg: dict) -> Path:
+    """``out/work`` for checkpoints, holding ``cfg`` as ``config.yaml``; emptied first when it holds another
+    config's checkpoints (never resumed from)."""
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    if (work / "config.yaml").exists() and (work / "config.yaml").read_text() != dump(cfg):
+        shutil.rmtree(work)
+    work.mkdir(exist_ok=True)
+    atomic_write_text(work / "config.yaml", dump(cfg))
+    return work
+
+
+def _train_heads(cfg: dict, heads: list[str], manifest: pd.DataFrame, split, source, work: Path, out: Path,
+                 refit: bool, log) -> tuple[dict, object, object]:
+    """Train each of ``heads`` (features speaker-normalised or not) and save its weights in ``out``; returns
+    ``(records per head, the last head's model spec, its label map)``."""
+    from serkit.train.cv import FEATURE_NORMALISATION
+
+    records, spec, labels = {}, None, None
     for head in heads:
         hcfg = copy.deepcopy(cfg)
         hcfg["features"]["normalize"] = "speaker" if head == "speaker" else "none"
         log(f"training the {head} head ({FEATURE_NORMALISATION[hcfg['features']['normalize']].split(':')[0]} "
             f"features)")
         model, spec, labels, record = _train_head(hcfg, manifest, split, source, work / head, refit, log)
-        from serkit.models.finetune import merge_adapters
-
-        model = merge_adapters(model)  # LoRA folded into the encoder's weights: the folder holds a plain encoder
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         name = head_file(head, heads)
-        with atomic_path(out / name) as tmp:
-            save_file(state, str(tmp))
+        _save_weights(model, out / name)
         records[head] = {**record, "file": name}
         if spec.extra.keys() - {"encoder"}:  # what build_model needs beyond the config (e.g. IF-MVSE's ensemble)
             records[head]["extra"] = {k: v for k, v in spec.extra.items() if k != "encoder"}
-    atomic_write_text(out / "config.yaml", dump(cfg))
-    atomic_write_json(out / "labels.json", labels.to_dict())
-    precision = run_precision(cfg, next(iter(source.values())) if isinstance(source, dict) else source)
-    atomic_write_json(out / "encoder.json", encoder_record(cfg, source, precision["features"]))
-    n_all = len(split[0]) + len(split[1])
-    extra = {h: r.pop("extra") for h, r in records.items() if "extra" in r}  # per head: build_model's spec.extra
+    return records, spec, labels
+
+
+def _save_weights(model, path: Path) -> None:
+    """``model``'s state (LoRA adapters merged into the encoder's weights, CPU tensors) as safetensors at
+    ``path``, atomically."""
+    from safetensors.torch import save_file
+
+    from serkit.models.finetune import merge_adapters
+
+    model = merge_adapters(model)  # LoRA folded into the encoder's weights: the folder holds a plain encoder
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def _model_meta(cfg: dict, spec, records: dict, heads: list[str], split, manifest: pd.DataFrame, precision: dict,
+                t0: float) -> dict:
+    """``meta.json``: model spec, heads and their calibration, training set (counts, seconds, hours), precision and
+    the wall time since ``t0`` (``time.time()`` seconds). Pops each record's ``extra`` into ``head_extra``."""
     from serkit.version import __version__
 
-    meta = {
+    n_all = len(split[0]) + len(split[1])
+    extra = {h: r.pop("extra") for h, r in records.items() if "extra" in r}  # per head: build_model's spec.extra
+    return {
         "serkit_version": __version__,
         "spec": {"task": spec.task, "num_outputs": spec.num_outputs, "num_layers": spec.num_layers,
                  "hidden_size": spec.hidden_size, "num_speakers": spec.num_speakers, "class_names": spec.class_names,
@@ -241,22 +281,16 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
         if cfg["task"] == "classification" else {},
         "train_wall_seconds": round(time.time() - t0, 1),
     }
-    atomic_write_json(out / "meta.json", meta)
-    protocol = ("validation speakers carved from all speakers, then refit on all speakers for the chosen epoch "
-                "count" if meta["refit"] else "validation speakers held out; the best validation epoch kept")
-    if "stages" in records[heads[0]]:
-        protocol = (f"validation speakers held out; the stages {', '.join(records[heads[0]]['stages'])} run on the "
-                    f"other speakers, each training stage keeping its best validation epoch (steps fitted on the "
-                    f"validation outputs); no refit on all speakers")
-    atomic_write_json(out / "validation.json", {"protocol": protocol,
-                                                "heads": records, **({"cv": _cv_summary(cv)} if cv else {})})
-    from serkit.model_card import write_model_card
 
-    write_model_card(out)
-    shutil.rmtree(work, ignore_errors=True)  # checkpoints are not part of the product
-    log(f"trained {', '.join(heads)} head(s) on {meta['n_train']} utterances of {meta['n_speakers']} speakers "
-        f"(validation: {len(split[1])} utterances of {len(split[2])} speakers) in {meta['train_wall_seconds']:.0f} s")
-    return out
+
+def _validation_protocol(main_record: dict, refit: bool) -> str:
+    """``validation.json``'s one-sentence protocol for the main head's record."""
+    if "stages" in main_record:
+        return (f"validation speakers held out; the stages {', '.join(main_record['stages'])} run on the "
+                f"other speakers, each training stage keeping its best validation epoch (steps fitted on the "
+                f"validation outputs); no refit on all speakers")
+    return ("validation speakers carved from all speakers, then refit on all speakers for the chosen epoch "
+            "count" if refit else "validation speakers held out; the best validation epoch kept")
 
 
 def encoder_record(cfg: dict, source, precision: str) -> dict:
