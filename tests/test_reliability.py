@@ -350,7 +350,7 @@ def test_a_run_folder_in_use_is_refused_naming_the_holder(command, tiny_corpus, 
     assert main(args) == 0
 
 
-@pytest.mark.parametrize("command", ["mvse", "ablate-mll", "ablate-hcld"])
+@pytest.mark.parametrize("command", ["mvse"])
 def test_the_other_run_commands_take_the_lock_too(command, tmp_path, capsys):
     from serkit.cli import main
     from serkit.run_lock import LOCK_NAME
