@@ -1,7 +1,7 @@
 """An ablation table from its rows' run folders: ``DIR/<table>.md`` (paper-shaped), ``.csv`` and ``.png``.
 
 Each row's numbers come from ``DIR/<row>/results.json`` and every ``DIR/<row>/fold<k>/result.json`` it lacks, so
-a row whose folds ran in parts (``--folds 0,1`` here, ``--folds 2,3`` on another machine, fold folders copied
+a row whose folds ran in parts (``--folds 0,1`` and ``--folds 2,3`` run apart, fold folders copied
 together) counts each fold once; a fold found twice with different metrics is an error. Metrics are shown in %,
 mean ± std over folds (sample std; 0 for one fold).
 """
