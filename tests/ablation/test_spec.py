@@ -60,6 +60,7 @@ def test_rows_and_list_tables_keep_the_file_order(tmp_path):
     ({"tables": {"g": {"grid": GRID, "layout": {"columns": "loss"}}}}, "exactly one metric"),
     ({"tables": {"g": {"grid": GRID, "layout": {"rows": ["nope"]}}}}, "axes \\['nope'\\]"),
     ({"tables": {"g": {"grid": GRID, "only": ["eam-max-k"]}}}, "'eam-max-k'"),
+    ({"tables": {"g": {"grid": GRID, "layout": {"config": ["augment.mode"]}}}}, "layout.config"),
     ({"tables": {"g": {"grid": {"a": {"x": {"terms": ["kl"]}}, "b": {"y": {"terms": ["kl"]}}}}}}, "one may"),
     ({"tables": {"g": {"grid": {"a": {"x": {"sett": []}}}}}}, "'sett'"),
     ({"tables": {"g": {"rows": ["missing"]}}, "rows": {"r": []}}, "'missing'"),

@@ -35,8 +35,8 @@ def test_a_grid_table_has_a_line_per_row_with_its_axis_labels(tmp_path):
     out = tmp_path / "abl"
     _results(out / "eam-flam", {0: {"ua": 0.6, "wa": 0.7}, 1: {"ua": 0.8, "wa": 0.9}}, wall=30.4)
     table = _table(tmp_path, {"metrics": ["ua", "wa"]}, only=["none-mean", "eam-flam"])
-    md = write_table(out, table, "classification", "Title")
-    assert md.startswith("# Title\n\nWhat the numbers are. Mean ± std")
+    md = write_table(out, table, "classification", "Title", "Config c: shared.")
+    assert md.startswith("# Title\n\nConfig c: shared. What the numbers are. Mean ± std")
     assert "| row | mix | pool | folds | UA (%) | WA (%) | wall s |" in md
     assert "| eam-flam | EAM | FLAM | 2 (0 1) | 70.00 ± 14.14 | 80.00 ± 14.14 | 30 |" in md
     assert "| none-mean | off | Mean |  | not run | not run |  |" in md

@@ -20,6 +20,15 @@ def split_list(s: str | None, default) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()] if s else list(default)
 
 
+def describe_base(base: dict) -> str:
+    """What every row of an ablation shares: config name, corpus, protocol and encoder, in one sentence."""
+    corpus = base["corpus"] if isinstance(base["corpus"], str) else "+".join(map(str, base["corpus"]))
+    protocol = (base.get("protocol") or {}).get("name", "the corpus default")
+    encoders = base["encoder"] if isinstance(base["encoder"], list) else [base["encoder"]]
+    names = ", ".join(str(e.get("id")) if isinstance(e, dict) else str(e) for e in encoders)
+    return f"Config {base['name']}: corpus {corpus}, protocol {protocol}, encoder {names}."
+
+
 def run_rows(config, out_dir, rows: list[str] | None = None, overrides: list[str] | None = None,
              folds_only: list[int] | None = None, rows_path=None, log=print, table: str | None = None,
              table_only: bool = False, tsne: list[str] | None = None) -> str:
@@ -49,7 +58,8 @@ def run_rows(config, out_dir, rows: list[str] | None = None, overrides: list[str
     if "stage_root" in getattr(get_recipe(base["recipe"]).options_class, "__dataclass_fields__", {}):
         shared = [f"recipe_options.stage_root={out / 'stages'}"]
     title = spec.title or f"{base['name']}: {spec.name} ({base['recipe']})"
-    md = write_table(out, spec, base["task"], title)
+    context = describe_base(base)
+    md = write_table(out, spec, base["task"], title, context)
     key = (spec.layout.metrics or primary_metrics(base["task"]))[0]
     for row in [] if table_only else chosen:
         t = time.time()
@@ -57,7 +67,7 @@ def run_rows(config, out_dir, rows: list[str] | None = None, overrides: list[str
         summary = run_cv(config, out / row.name, list(overrides or []) + shared + row.overrides,
                          folds_only=folds_only, log=log)
         log(f"== {row.name}: {key} {percent_mean_std(summary['mean'], summary['std'], key)} [{time.time() - t:.0f} s]")
-        md = write_table(out, spec, base["task"], title)
+        md = write_table(out, spec, base["task"], title, context)
     for name in tsne or []:
         from serkit.ablation.tsne import tsne_plot
 

@@ -10,7 +10,8 @@
         grid:                              # ... or the cartesian product of named axes, in axis order
           AXIS: {VALUE: {label: TEXT, note: TEXT, set: [KEY=VALUE, ...], terms: [TERM, ...]}, ...}
         only: [ROW, ...]                   # a grid's rows to run, in this order (default: the whole product)
-        layout: {rows: [AXIS, ...], columns: AXIS, metrics: [KEY, ...], metric_labels: {KEY: TEXT}}
+        layout: {rows: [AXIS, ...], columns: AXIS, metrics: [KEY, ...], metric_labels: {KEY: TEXT},
+                 config: {TITLE: dotted.key, ...}}
 
 A grid row is named by its values joined with ``-`` (``eam-flam-kc``); its overrides are its values' ``set`` lists in
 axis order (a later axis overrides an earlier one) plus the ``terms`` of the one value that gives any. ``terms`` is
@@ -18,7 +19,7 @@ a row's objective: each entry names a term of the config's objective (by ``key``
 options) or is a whole term ``{name: ...}``, so a row that drops or adds a loss keeps every other term as the config
 tunes it. ``layout``: ``rows`` are the axes that label a table line (default: every axis but ``columns``);
 ``columns`` spreads one axis over the columns (then one metric fills the cells); ``metrics`` are result keys
-(default: the task's primary metrics). Every row runs in ``DIR/<row>/``, so rows of one name in two tables share
+(default: the task's primary metrics); ``config`` adds columns of each row's resolved setting (``augment.mode``). Every row runs in ``DIR/<row>/``, so rows of one name in two tables share
 their run when they resolve to the same config (``run_cv`` refuses a folder whose finished folds used another).
 """
 
@@ -39,7 +40,7 @@ ROWS_DIR = "ablations"
 DEFAULT_TABLE = "ablation"
 _VALUE_KEYS = {"label", "note", "set", "terms"}
 _TABLE_KEYS = {"title", "caption", "rows", "grid", "only", "layout"}
-_LAYOUT_KEYS = {"rows", "columns", "metrics", "metric_labels"}
+_LAYOUT_KEYS = {"rows", "columns", "metrics", "metric_labels", "config"}
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Layout:
     columns: str | None = None
     metrics: list[str] | None = None  #: None: the task's primary metrics
     metric_labels: dict[str, str] = field(default_factory=dict)
+    config: dict[str, str] = field(default_factory=dict)  #: column title -> dotted key of the row's config
 
 
 @dataclass
@@ -185,7 +187,10 @@ def _layout(where: str, raw, axes: list[str]) -> Layout:
     metrics = [metrics] if isinstance(metrics, str) else metrics
     if columns and (not metrics or len(metrics) != 1):
         raise ConfigError(f"{where}: layout.columns {columns!r} needs exactly one metric (layout.metrics: [ua])")
-    return Layout(list(rows), columns, metrics, dict(raw.get("metric_labels") or {}))
+    config = raw.get("config") or {}
+    if not isinstance(config, dict) or not all(isinstance(v, str) for v in config.values()):
+        raise ConfigError(f"{where}: layout.config must map column titles to dotted config keys, got {config!r}")
+    return Layout(list(rows), columns, metrics, dict(raw.get("metric_labels") or {}), dict(config))
 
 
 def _table(p: Path, name: str, spec, named: dict[str, Row], own: dict) -> Table:

@@ -60,6 +60,22 @@ def row_result(run_dir) -> dict | None:
     return {"folds": sorted(per_fold), "mean": mean, "std": std, "seconds": seconds}
 
 
+def row_setting(run_dir, dotted: str) -> str:
+    """``augment.mode`` of the config a row ran with (``DIR/<row>/config.yaml``); ``""`` before it ran or when the
+    config has no such key."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return ""
+    import yaml
+
+    value = yaml.safe_load(path.read_text())
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return ""
+        value = value[part]
+    return str(value)
+
+
 def _metric_label(table: Table, key: str) -> str:
     return table.layout.metric_labels.get(key, METRIC_LABELS.get(key, key))
 
@@ -68,11 +84,12 @@ def _line_label(table: Table, row: Row) -> str:
     return " / ".join(row.values[a] for a in table.layout.rows) if table.axes else row.name
 
 
-def _records(table: Table, results: dict, metrics: list[str]) -> list[dict]:
+def _records(out: Path, table: Table, results: dict, metrics: list[str]) -> list[dict]:
     recs = []
     for row in table.rows:
         res = results.get(row.name)
         rec = {"row": row.name, **row.values, "note": row.note, "overrides": " ".join(row.overrides),
+               **{title: row_setting(out / row.name, key) for title, key in table.layout.config.items()},
                "folds": len(res["folds"]) if res else 0, "fold_ids": " ".join(map(str, res["folds"])) if res else ""}
         for k in metrics:
             m = res["mean"].get(k, float("nan")) if res else float("nan")
@@ -87,15 +104,17 @@ def _cell(res: dict | None, key: str) -> str:
     return percent_mean_std(res["mean"], res["std"], key) if res else NOT_RUN
 
 
-def _lines(table: Table, results: dict, metrics: list[str]) -> list[str]:
-    """The markdown table: one line per row, label columns then folds, metrics and wall seconds."""
+def _lines(out: Path, table: Table, results: dict, metrics: list[str]) -> list[str]:
+    """The markdown table: one line per row, label and config columns, then folds, metrics and wall seconds."""
     labels = ["row", *table.layout.rows] if table.axes else ["row", "note", "overrides"]
+    labels += list(table.layout.config)
     lines = ["| " + " | ".join(labels + ["folds"] + [f"{_metric_label(table, k)} (%)" for k in metrics]
                                + ["wall s"]) + " |", "|" + "---|" * (len(labels) + len(metrics) + 2)]
     for row in table.rows:
         res = results.get(row.name)
         cells = [row.name, *(row.values[a] for a in table.layout.rows)] if table.axes else \
             [row.name, row.note, f"`{' '.join(row.overrides)}`" if row.overrides else "(the config)"]
+        cells += [row_setting(out / row.name, key) for key in table.layout.config.values()]
         folds = f"{len(res['folds'])} ({' '.join(map(str, res['folds']))})" if res else ""
         wall = f"{res['seconds']:.0f}" if res and res.get("seconds") is not None else ""
         lines.append("| " + " | ".join(cells + [folds] + [_cell(res, k) for k in metrics] + [wall]) + " |")
@@ -176,18 +195,19 @@ def _value(res: dict | None, key: str, which: str) -> float:
     return 100 * float(res[which].get(key, float("nan"))) if res else float("nan")
 
 
-def write_table(out_dir, table: Table, task: str, title: str) -> str:
+def write_table(out_dir, table: Table, task: str, title: str, context: str = "") -> str:
     """Write ``DIR/<table>.md`` / ``.csv`` / ``.png`` (the figure once some row has a result) from the rows' run
-    folders under ``out_dir``; returns the markdown."""
+    folders under ``out_dir``; returns the markdown. ``context``: a sentence on what every row shares (corpus,
+    protocol, encoder), put before the caption."""
     out = Path(out_dir)
     metrics = table.layout.metrics or primary_metrics(task)
     results = {r.name: row_result(out / r.name) for r in table.rows}
-    body = _pivot_lines(table, results) if table.layout.columns else _lines(table, results, metrics)
-    caption = (table.caption.strip() + " " if table.caption else "") + \
+    body = _pivot_lines(table, results) if table.layout.columns else _lines(out, table, results, metrics)
+    caption = (context.strip() + " " if context else "") + (table.caption.strip() + " " if table.caption else "") + \
         f"Mean ± std over folds, in %; `{NOT_RUN}`: no finished fold in DIR/<row>/ yet."
     md = "\n".join([f"# {title}", "", caption, "", *body]) + "\n"
     if figure(table, results, metrics, title, out / f"{table.name}.png"):
         md += f"\n![{table.name}]({table.name}.png)\n"
     atomic_write_text(out / f"{table.name}.md", md)
-    atomic_write_text(out / f"{table.name}.csv", pd.DataFrame(_records(table, results, metrics)).to_csv(index=False))
+    atomic_write_text(out / f"{table.name}.csv", pd.DataFrame(_records(out, table, results, metrics)).to_csv(index=False))
     return md
