@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serkit.ablation.spec import load_table, rows_file
+from serkit.ablation.spec import DEFAULT_TABLE, load_table, rows_file
 from serkit.ablation.tables import percent_mean_std, primary_metrics, write_table
 
 
@@ -105,6 +105,6 @@ def _ablate(args) -> int:
         md = run_rows(args.config, args.out, split_list(args.rows, []) or None, args.set, folds, args.rows_file,
                       table=args.table, table_only=args.table_only, tsne=split_list(args.tsne, []))
     print(md)
-    name = args.table or "ablation"
+    name = args.table or DEFAULT_TABLE
     print(f"table -> {args.out}/{name}.md, {args.out}/{name}.csv")
     return 0
