@@ -163,6 +163,24 @@ def test_table3_grid_rows_and_table(tiny_corpus, tmp_path):  # noqa: F811
     assert (tmp_path / "table3.png").stat().st_size > 0
 
 
+def test_ablate_draws_a_tsne_plot_of_a_rows_test_embeddings(tiny_corpus, tmp_path):  # noqa: F811
+    """`serkit ablate --tsne ROW`: the row's fold-0 test utterances before (pooled features) and after (MLL's
+    embedding), with silhouette scores in the table."""
+    import yaml
+
+    from serkit.ablation.run import run_rows
+
+    cfg = tiny_config(tiny_corpus, recipe="mll", augment={"name": "none"}, objective=MLL_OBJECTIVE,
+                      model={"name": "mll", "proj_dim": 16, "pooling": "mean", "embed_dim": 8, "frame_embed_dim": 8},
+                      train={"epochs": 1, "batch_size": 8})
+    rows = tmp_path / "rows.yaml"
+    rows.write_text(yaml.safe_dump({"rows": {"plain": {"set": []}}}))
+    md = run_rows(cfg, tmp_path / "abl", folds_only=[0], rows_path=rows, tsne=["plain"], log=lambda *a: None)
+    assert (tmp_path / "abl" / "tsne-plain.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![t-SNE plain](tsne-plain.png) silhouette before" in md
+    assert (tmp_path / "abl" / "ablation.md").read_text() == md
+
+
 def test_tiny_bf16_training_records_its_precision(tiny_corpus, tmp_path):  # noqa: F811
     """A frame-level recipe trains with ``train.precision: bf16`` (Lightning bf16-mixed on the CPU) and says so."""
     from serkit.train.cv import run_cv
