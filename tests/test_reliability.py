@@ -352,23 +352,6 @@ def test_a_run_folder_in_use_is_refused_naming_the_holder(command, tiny_corpus, 
     assert main(args) == 0
 
 
-@pytest.mark.parametrize("command", ["ablate-mll", "ablate-hcld"])
-def test_the_other_run_commands_take_the_lock_too(command, tmp_path, capsys):
-    from serkit.cli import main
-    from serkit.run_lock import LOCK_NAME
-
-    out = tmp_path / "run"
-    child = _hold_lock(out / LOCK_NAME)
-    try:
-        rc = main([command, str(tmp_path / "any.yaml"), "--out", str(out)])
-        err = _error_lines(capsys.readouterr().err)
-    finally:
-        child.kill()
-        child.wait(10)
-    assert rc == 2 and len(err) == 1 and f"{out}: in use by pid {child.pid}" in err[0], err
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
-
-
 def test_ranks_of_one_distributed_run_share_rank_0s_lock(tmp_path, monkeypatch):
     """Lightning's DDP launcher re-runs the command for rank 1 (``LOCAL_RANK=1``); torchrun sets ``RANK``: those
     ranks belong to rank 0's run (tests/train/test_ddp.py runs the real thing). Rank 0 of another run is refused."""

@@ -51,13 +51,13 @@ unpack) unpack ;;
 smoke)
     unpack
     t0=$(date +%s)
-    python3 -m serkit.recipes.gmp_atl_ablation configs/ravdess/gmp-atl-gpu.yaml --out /tmp/smoke --rows full \
-        --folds 0 --table smoke "${gpu_sets[@]}" --set protocol.k=4 --set protocol.val_speakers=2 \
+    python3 -m serkit.cli ablate configs/ravdess/gmp-atl-gpu.yaml --out /tmp/smoke --rows full \
+        --folds 0 "${gpu_sets[@]}" --set protocol.k=4 --set protocol.val_speakers=2 \
         --set train.epochs=2 --set recipe_options.stage2.train.epochs=1 "${@:2}" 2>&1 | tee "$OUT/smoke.log"
     rc=${PIPESTATUS[0]}
     echo "smoke rc $rc wall $(( $(date +%s) - t0 )) s"
     find /tmp/smoke -name stage.json | xargs -I{} sh -c 'echo {}; cat {}; echo' > "$OUT/smoke-stages.txt" 2>/dev/null
-    cp /tmp/smoke/smoke.md "$OUT/" 2>/dev/null
+    cp /tmp/smoke/ablation.md "$OUT/smoke.md" 2>/dev/null
     exit $rc ;;
 step)
     # where a fine-tuning step's time goes (data, forward, backward, optimiser) before a long run
@@ -69,8 +69,9 @@ kmeans)
         --backends torch sklearn --niter 25 2>&1 | tee "$OUT/kmeans.md" ;;
 full)
     # Three processes of two folds each share the GPU (one process leaves it mostly idle: a whisper-base
-    # step is milliseconds, the loop's Python and data loading are not); each fold's stages live in
-    # /tmp/gpu-run/stages/fold<k>, so the processes never touch the same files.
+    # step is milliseconds, the loop's Python and data loading are not); each process has its own run folder
+    # /tmp/gpu-run/part-<folds> (rows and stages), so the processes never touch the same files. Here, the rows'
+    # fold folders unpacked into one DIR/<row>/ make one table: serkit ablate CONFIG --out DIR --table-only.
     unpack
     t0=$(date +%s)
     python3 bench/kmeans.py --config configs/ravdess/baseline.yaml --layer -3 --ks 64 512 4096 \
@@ -80,13 +81,13 @@ full)
     mkdir -p /tmp/gpu-run
     pids=()
     for folds in ${FOLD_GROUPS:-0,1 2,3 4,5}; do
-        python3 -m serkit.recipes.gmp_atl_ablation configs/ravdess/gmp-atl-gpu.yaml --out /tmp/gpu-run \
-            --rows "${ROWS:-stage1,full,no_gmp}" --folds "$folds" --table "part-${folds/,/_}" \
+        python3 -m serkit.cli ablate configs/ravdess/gmp-atl-gpu.yaml --out "/tmp/gpu-run/part-${folds/,/_}" \
+            --rows "${ROWS:-stage1,full,no_gmp}" --folds "$folds" \
             --set train.num_workers=4 --set train.progress=false "${@:2}" > "/tmp/gpu-run/log-${folds/,/_}.txt" 2>&1 &
         pids+=($!)
     done
     pack() {
-        (cd /tmp/gpu-run && find . \( -name result.json -o -name stage.json -o -name metrics.csv -o -name 'part-*' \
+        (cd /tmp/gpu-run && find . \( -name result.json -o -name stage.json -o -name metrics.csv -o -name 'ablation.*' \
             -o -name 'log-*.txt' -o -name report.md \) | sort | tar -czf "$OUT/results.tgz.tmp" -T - \
             && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz") 2>/dev/null
     }
@@ -100,7 +101,7 @@ full)
     rc=0
     for p in "${pids[@]}"; do wait "$p" || rc=$?; done
     pack
-    grep -h -A12 "| row\|^|" /tmp/gpu-run/part-*.md 2>/dev/null
+    grep -h -A12 "| row\|^|" /tmp/gpu-run/part-*/ablation.md 2>/dev/null
     tail -n 30 /tmp/gpu-run/log-*.txt | grep -v -i warn
     echo "full rc $rc wall $(( $(date +%s) - t1 )) s"
     # MiniBatchKMeans on the CPU cores for the comparison, as long as the call has time left

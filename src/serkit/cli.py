@@ -81,10 +81,7 @@ LAZY_COMMANDS = {
     "export": ("serkit.export", "export a trained model (encoder + feature stage + head) to ONNX"),
     "serve": ("serkit.service", "REST API and web page for a trained model (FastAPI + uvicorn)"),
     "info": ("serkit.train.cli", "what a model folder holds: corpus, classes, heads, validation, encoder"),
-    "ablate": ("serkit.recipes.ablation", "ablation rows of a config's recipe (configs/ablations/<recipe>.yaml)"),
-    "ablate-mll": ("serkit.recipes.mll_ablation", "MLL ablation table (mixup x pooling x losses)"),
-    "ablate-hcld": ("serkit.recipes.hcld_ablation", "HCLD Table II: extractor x variant + table"),
-    "ablate-gmp-atl": ("serkit.recipes.gmp_atl_ablation", "GMP-ATL Tables 3/4: stages, loss, clustering layer"),
+    "ablate": ("serkit.ablation.run", "ablation rows and paper tables of a config's recipe (configs/ablations/)"),
     "results": ("serkit.results_page", "results pages that regenerate: summaries of run folders, docs/results.md"),
 }
 

@@ -256,47 +256,30 @@ def test_options_checked():
         gmp_options({"recipe_options": {"stage1": {"bogus": 1}}})
 
 
-def test_ablation_rows_share_stage_root(tmp_path):
+def test_table3_and_table4_rows_share_the_stage_root(tmp_path, monkeypatch):
+    """configs/ablations/gmp_atl.yaml's Tables 3 / 4: GMPs x stage-3 loss and the clustering layer; every row runs
+    with one stage root, DIR/stages (run_cv stubbed: no training)."""
+    from serkit.ablation.run import run_rows
     from serkit.config import load_config
-    from serkit.recipes.gmp_atl_ablation import describe_row, row_config
 
-    base = load_config("configs/ravdess/gmp-atl.yaml")
-    rows = {r: row_config(base, r, str(tmp_path / "stages")) for r in ("stage1", "no_gmp", "full", "ce", "layer:-5")}
-    assert rows["stage1"]["recipe_options"]["stages"] == [1]
-    assert rows["no_gmp"]["recipe_options"]["stages"] == [1, 3]
-    assert rows["ce"]["recipe_options"]["stage3"]["loss"] == "cross_entropy"
-    assert rows["layer:-5"]["recipe_options"]["cluster"]["layer"] == -5
-    assert rows["full"]["recipe_options"]["cluster"]["layer"] == -3
-    assert len({r["recipe_options"]["stage_root"] for r in rows.values()}) == 1
-    assert describe_row(rows["stage1"], "stage1")["layer"] == "-" and describe_row(rows["full"], "full")["gmps"]
-    for cfg in rows.values():
+    seen = {}
+
+    def fake_run_cv(config, out, overrides, folds_only=None, log=print):
+        seen[out.name] = load_config(config, overrides)
+        return {"mean": {"ua": 0.5}, "std": {"ua": 0.0}, "folds": []}
+
+    monkeypatch.setattr("serkit.train.cv.run_cv", fake_run_cv)
+    run_rows("configs/ravdess/gmp-atl.yaml", tmp_path, table="table3", log=lambda *a: None)
+    run_rows("configs/ravdess/gmp-atl.yaml", tmp_path, ["layer-5"], table="table4", log=lambda *a: None)
+    assert sorted(seen) == ["gmp-ams", "gmp-ce", "layer-5", "no_gmp-ams", "no_gmp-ce"]
+    ro = {name: cfg["recipe_options"] for name, cfg in seen.items()}
+    assert ro["no_gmp-ce"]["stages"] == [1, 3] and ro["no_gmp-ce"]["stage3"]["loss"] == "cross_entropy"
+    assert ro["gmp-ams"]["stages"] == [1, 2, 3] and ro["gmp-ams"]["stage3"]["loss"] == "am_softmax"
+    assert ro["layer-5"]["cluster"]["layer"] == -5 and ro["gmp-ams"]["cluster"]["layer"] == -3
+    assert {r["stage_root"] for r in ro.values()} == {str(tmp_path / "stages")}
+    for cfg in seen.values():
         gmp_options(cfg)
-
-
-def test_ablation_merge_combines_fold_parts(tmp_path):
-    """Rows run as fold parts (--folds in several processes) merge into one table; a fold counted once."""
-    import json
-
-    from serkit.recipes.gmp_atl_ablation import merge_parts
-
-    def put(sub, fold, ua, wa):
-        d = tmp_path / sub / f"fold{fold}"
-        d.mkdir(parents=True)
-        (d / "result.json").write_text(json.dumps({"fold": fold, "metrics": {"ua": ua, "wa": wa}}))
-
-    put("full-folds0_1", 0, 0.5, 0.6)
-    put("full-folds0_1", 1, 0.7, 0.8)
-    put("full-folds2_3", 2, 0.6, 0.7)
-    put("full", 2, 0.6, 0.7)  # the same fold again, agreeing
-    (tmp_path / "part-0_1-rows.json").write_text(json.dumps([{"row": "full", "seconds": 10.0}]))
-    (tmp_path / "part-2_3-rows.json").write_text(json.dumps([{"row": "full", "seconds": 5.0}]))
-    _, df = merge_parts("configs/ravdess/gmp-atl.yaml", tmp_path, rows=["stage1", "full"], table="t")
-    assert list(df["row"]) == ["full"] and int(df["folds"].iloc[0]) == 3
-    assert abs(df["ua_mean"].iloc[0] - 60.0) < 1e-9 and abs(df["seconds"].iloc[0] - 15.0) < 1e-9
-    assert (tmp_path / "t.md").exists()
-    put("full-folds4_5", 2, 0.9, 0.9)  # disagreeing duplicate
-    with pytest.raises(ConfigError, match="fold 2"):
-        merge_parts("configs/ravdess/gmp-atl.yaml", tmp_path, rows=["full"], table="t")
+    assert "| gmp-ams | ✓ | AMS |" in (tmp_path / "table3.md").read_text()
 
 
 def test_stage_keys_ignore_result_neutral_settings():

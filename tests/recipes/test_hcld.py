@@ -5,26 +5,56 @@ import json
 import numpy as np
 import torch
 
+from serkit.ablation.spec import load_table
 from serkit.models.registry import ModelSpec
 from serkit.recipes.catalog import get_recipe
-from serkit.recipes.hcld_ablation import VARIANT_TERMS, variant_config
 from tests.models.test_hcld import SMALL, _batch
 from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
 
+#: the objective of configs/*/hcld.yaml, which the Table II rows of configs/ablations/hcld.yaml name term by term
+HCLD_OBJECTIVE = [{"name": "cross_entropy"}, {"name": "hcld_speaker_ce"}, {"name": "icld", "margin": 0.5, "hinge": "text"},
+                  {"name": "supcon", "feature_key": "emotion_features"}, {"name": "lcl"}]
+ROWS_FILE = "configs/ablations/hcld.yaml"
+
 
 def _tiny(root, **over):
-    cfg = tiny_config(root, **over)
+    cfg = tiny_config(root, recipe="hcld", objective=HCLD_OBJECTIVE, **over)
     cfg["model"] = {"name": "hcld", "dim": 8, "extractor_opts": SMALL, **over.get("model", {})}
     return cfg
 
 
-def test_sampler_batches_contain_pairs_and_objective_terms(tiny_corpus):  # noqa: F811
+def _table2_row(base: dict, row: str) -> dict:
+    """``base`` (a tiny config) turned into one row of the Table II grid of the HCLD rows file."""
     from serkit.config import load_config
+
+    table = load_table(ROWS_FILE, "hcld", load_config(base), "table2")
+    return load_config(base, {r.name: r for r in table.rows}[row].overrides)
+
+
+def test_table2_grid_is_extractor_by_variant_with_the_configs_terms(tiny_corpus):  # noqa: F811
+    from serkit.config import load_config
+
+    table = load_table(ROWS_FILE, "hcld", load_config(_tiny(tiny_corpus)), "table2")
+    assert [r.name for r in table.rows][:6] == ["cnn-emotion_only", "cnn-orth", "cnn-hcld", "cnn-no_supcon",
+                                                "cnn-no_lcl", "lstm-emotion_only"]
+    assert len(table.rows) == 15 and table.layout.rows == ["extractor", "variant"]
+    off = _table2_row(_tiny(tiny_corpus), "transformer-emotion_only")
+    assert off["model"]["emotion_extractor"] == "transformer" and off["model"]["speaker_extractor"] == "none"
+    assert [t["name"] for t in off["objective"]] == ["cross_entropy"]
+    orth = _table2_row(_tiny(tiny_corpus), "lstm-orth")
+    assert orth["model"]["speaker_extractor"] == "lstm"
+    assert [t["name"] for t in orth["objective"]] == ["cross_entropy", "hcld_speaker_ce", "orthogonality"]
+    no_lcl = _table2_row(_tiny(tiny_corpus), "cnn-no_lcl")
+    assert no_lcl["objective"][2] == {**HCLD_OBJECTIVE[2], **no_lcl["objective"][2]}  # the config's icld options
+    assert "lcl" not in [t["name"] for t in no_lcl["objective"]]
+
+
+def test_sampler_batches_contain_pairs_and_objective_terms(tiny_corpus):  # noqa: F811
     from serkit.data.labels import LabelMap
     from serkit.data.pairs import count_pairs
     from serkit.train.experiment import load_experiment_manifest
 
-    cfg = load_config(variant_config(load_config(_tiny(tiny_corpus)), "cnn", "hcld"))
+    cfg = _table2_row(_tiny(tiny_corpus), "cnn-hcld")
     manifest = load_experiment_manifest(cfg)
     labels = LabelMap.fit(manifest, "classification", [], list(manifest["id"]))
 
@@ -44,38 +74,42 @@ def test_sampler_batches_contain_pairs_and_objective_terms(tiny_corpus):  # noqa
         assert pos >= 1 and neg >= 1
     spec = ModelSpec("classification", len(labels.classes), 2, 6, len(labels.speakers), list(labels.classes))
     obj = recipe.build_objective(cfg, labels, DS.enc, spec)
-    assert list(obj.terms) == VARIANT_TERMS["hcld"]
+    assert list(obj.terms) == [t["name"] for t in HCLD_OBJECTIVE]
     assert obj.terms["lcl"].label_embeddings.shape[0] == len(labels.classes)
     model = recipe.build_model(cfg, spec)
     batch = _batch()
     batch["emotion"] = torch.tensor([0, 1, 2, 0, 1])
     total, parts = obj(model(batch), batch)
-    assert set(parts) == set(VARIANT_TERMS["hcld"]) and torch.isfinite(total)
+    assert set(parts) == {t["name"] for t in HCLD_OBJECTIVE} and torch.isfinite(total)
     total.backward()
 
 
-def test_end_to_end_run_cv_reports_speaker_eer(tiny_corpus, tmp_path):  # noqa: F811
-    from serkit.recipes.hcld_ablation import run_ablation
+def test_end_to_end_table2_rows_report_speaker_eer(tiny_corpus, tmp_path):  # noqa: F811
+    """Two Table II rows through `serkit ablate --table table2`'s runner: each a run_cv, the table from their folds."""
+    import pandas as pd
+
+    from serkit.ablation.run import run_rows
 
     base = _tiny(tiny_corpus, features={"max_frames": 375}, train={"epochs": 2, "batch_size": 12})
-    md, df = run_ablation(base, tmp_path / "abl", extractors=["cnn"], variants=["emotion_only", "hcld"],
-                          folds_only=[0], log=lambda *a: None)
+    md = run_rows(base, tmp_path / "abl", ["cnn-emotion_only", "cnn-hcld"], folds_only=[0], rows_path=ROWS_FILE,
+                  table="table2", log=lambda *a: None)
     res = json.loads((tmp_path / "abl" / "cnn-hcld" / "results.json").read_text())
     m = res["folds"][0]["metrics"]
     assert 0.0 <= m["speaker_eer"] <= 1.0 and 0.0 <= m["emotion_feature_eer"] <= 1.0
     assert "speaker_wa" not in m  # speaker-independent fold: the closed-set head is not scored
-    assert len(df) == 2 and np.isnan(df.loc[0, "speaker_eer_mean"]) and df.loc[1, "speaker_eer_mean"] >= 0
-    assert "speaker EER" in md and (tmp_path / "abl" / "table.csv").exists()
-    md2, df2 = run_ablation(base, tmp_path / "abl", extractors=["cnn"], table_only=True, log=lambda *a: None)
-    assert md2 == md and len(df2) == 2  # finished rows read back, missing ones skipped
+    df = pd.read_csv(tmp_path / "abl" / "table2.csv").set_index("row")
+    assert len(df) == 15 and df.loc["cnn-hcld", "folds"] == 1 and df.loc["lstm-hcld", "folds"] == 0
+    assert np.isnan(df.loc["cnn-emotion_only", "speaker_eer_mean"]) and df.loc["cnn-hcld", "speaker_eer_mean"] >= 0
+    assert "speaker EER (X_s) (%)" in md and "| cnn-hcld | CNN | HCLD | 1 (0) |" in md
+    md2 = run_rows(base, tmp_path / "abl", rows_path=ROWS_FILE, table="table2", table_only=True, log=lambda *a: None)
+    assert md2 == md  # finished rows read back, nothing run
 
 
 def test_random_protocol_scores_speaker_head(tiny_corpus, tmp_path):  # noqa: F811
-    from serkit.config import load_config
     from serkit.train.cv import run_cv
 
     base = _tiny(tiny_corpus, protocol={"name": "random", "test_fraction": 0.2}, train={"epochs": 1, "batch_size": 12})
-    cfg = variant_config(load_config(base), "cnn", "no_lcl")
+    cfg = _table2_row(base, "cnn-no_lcl")
     res = run_cv(cfg, tmp_path / "rnd", log=lambda *a: None)
     m = res["folds"][0]["metrics"]
     assert res["speaker_independent"] is False and {"speaker_wa", "speaker_ua", "speaker_eer"} <= set(m)

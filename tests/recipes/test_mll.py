@@ -131,38 +131,54 @@ def test_tiny_end_to_end_on_the_fly(tiny_corpus, tmp_path):  # noqa: F811
     assert len(res["folds"]) == 1
 
 
-def test_ablation_rows_and_table(tiny_corpus, tmp_path):  # noqa: F811
+def test_table3_grid_rows_and_table(tiny_corpus, tmp_path):  # noqa: F811
+    """configs/ablations/mll.yaml's Table 3: the paper's 13 rows of mixup x pooling x losses, each the config with its
+    values' overrides; the table from a finished row's results.json, the others `not run`."""
+    from serkit.ablation.spec import load_table, load_tables
+    from serkit.ablation.tables import write_table
     from serkit.config import load_config
-    from serkit.recipes.mll_ablation import (
-        DEFAULT_ROWS,
-        STEP_ROWS,
-        collect,
-        markdown,
-        parse_row,
-        row_overrides,
-    )
 
-    base = load_config(tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants"},
-                                   model={"name": "mll"}, objective=MLL_OBJECTIVE))
-    over = row_overrides(base, "none", "max", "kcs")
-    cfg = load_config(tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants"},
-                                  model={"name": "mll"}, objective=MLL_OBJECTIVE), over)
-    assert cfg["augment"]["name"] == "none" and cfg["model"]["pooling"] == "max"
-    assert [t["name"] for t in cfg["objective"]] == ["kl", "center", "frame_supcon"]
-    assert cfg["objective"][1]["weight"] == 0.01
-    assert parse_row("eam-flam-all") == ("eam", "flam", "all")
-    assert STEP_ROWS[0] == parse_row("none-mean-k") and STEP_ROWS[-1] == ("eam", "flam", "all")
-    off = load_config(tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants"},
-                                  model={"name": "mll"}, objective=MLL_OBJECTIVE), row_overrides(base, *STEP_ROWS[0]))
+    cfg = tiny_config(tiny_corpus, recipe="mll", augment={"name": "eam", "mode": "variants"}, model={"name": "mll"},
+                      objective=MLL_OBJECTIVE)
+    base = load_config(cfg)
+    table = load_table("configs/ablations/mll.yaml", "mll", base, "table3")
+    rows = {r.name: r for r in table.rows}
+    assert len(rows) == 13 and table.rows[0].name == "lam-flam-kc" and table.rows[-1].name == "lam-max-kc"
+    row = load_config(cfg, rows["eam-flam-kcs"].overrides)
+    assert row["augment"]["name"] == "eam" and row["model"]["pooling"] == "flam"
+    assert [t["name"] for t in row["objective"]] == ["kl", "center", "frame_supcon"]
+    assert row["objective"][1]["weight"] == 0.01  # the config's own center-loss options
+    off = load_config(cfg, load_tables("configs/ablations/mll.yaml", "mll", base)["ablation"].rows[0].overrides)
     assert off["augment"]["name"] == "none" and [t["name"] for t in off["objective"]] == ["kl"]
     (tmp_path / "eam-flam-all").mkdir()
     (tmp_path / "eam-flam-all" / "results.json").write_text(json.dumps(
-        {"folds": [{"fold": 0}, {"fold": 1}], "mean": {"wa": 0.5, "ua": 0.4}, "std": {"wa": 0.1, "ua": 0.05},
+        {"folds": [{"fold": 0, "metrics": {"wa": 0.45, "ua": 0.35}}, {"fold": 1, "metrics": {"wa": 0.55, "ua": 0.45}}],
          "wall_seconds": 12.0}))
-    df = collect(tmp_path, DEFAULT_ROWS, base)
-    md = markdown(df, "t")
-    assert "| eam-flam-all | EAM | variants | FLAM | KL+Focal+Center+SupCon | 2 (0 1) |" in md
-    assert "40.00 ± 5.00" in md and "not run" in md
+    (tmp_path / "eam-flam-all" / "config.yaml").write_text("augment: {name: eam, mode: on_the_fly}\ntrain: {epochs: 7}\n")
+    md = write_table(tmp_path, table, "classification", "t")
+    assert "| row | mixup | pooling | losses | mode | epochs | folds | WA (%) | UA (%) | wall s |" in md
+    assert ("| eam-flam-all | EAM | FLAM | KL+Focal+Center+SupCon | on_the_fly | 7 | 2 (0 1) | 50.00 ± 7.07 | "
+            "40.00 ± 7.07 | 12 |") in md
+    assert "| lam-flam-kc | LAM | FLAM | KL+Center |  |  |  | not run | not run |  |" in md
+    assert (tmp_path / "table3.png").stat().st_size > 0
+
+
+def test_ablate_draws_a_tsne_plot_of_a_rows_test_embeddings(tiny_corpus, tmp_path):  # noqa: F811
+    """`serkit ablate --tsne ROW`: the row's fold-0 test utterances before (pooled features) and after (MLL's
+    embedding), with silhouette scores in the table."""
+    import yaml
+
+    from serkit.ablation.run import run_rows
+
+    cfg = tiny_config(tiny_corpus, recipe="mll", augment={"name": "none"}, objective=MLL_OBJECTIVE,
+                      model={"name": "mll", "proj_dim": 16, "pooling": "mean", "embed_dim": 8, "frame_embed_dim": 8},
+                      train={"epochs": 1, "batch_size": 8})
+    rows = tmp_path / "rows.yaml"
+    rows.write_text(yaml.safe_dump({"rows": {"plain": {"set": []}}}))
+    md = run_rows(cfg, tmp_path / "abl", folds_only=[0], rows_path=rows, tsne=["plain"], log=lambda *a: None)
+    assert (tmp_path / "abl" / "tsne-plain.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![t-SNE plain](tsne-plain.png) silhouette before" in md
+    assert (tmp_path / "abl" / "ablation.md").read_text() == md
 
 
 def test_tiny_bf16_training_records_its_precision(tiny_corpus, tmp_path):  # noqa: F811

@@ -238,8 +238,8 @@ def test_serkit_ablate_runs_rows_from_a_rows_file(tiny_corpus, tmp_path):  # noq
 
 
 def test_ablation_rows_take_named_terms_from_the_config(tmp_path):
+    from serkit.ablation.spec import load_rows
     from serkit.errors import ConfigError
-    from serkit.recipes.ablation import load_rows
 
     base = {"objective": [{"name": "cross_entropy", "label_smoothing": 0.1}, {"name": "supcon", "temperature": 0.2,
                                                                              "key": "scl"}]}
@@ -262,17 +262,19 @@ def test_ablation_rows_take_named_terms_from_the_config(tmp_path):
 def test_every_recipe_has_ablation_rows_that_resolve(recipe_config_path):
     from pathlib import Path
 
+    from serkit.ablation.spec import load_tables, rows_file
     from serkit.config import load_config
-    from serkit.recipes.ablation import load_rows, rows_file
 
     repo = Path(__file__).resolve().parents[2]
     path = repo / recipe_config_path
     base = load_config(path)
-    rows = load_rows(rows_file(path, base["recipe"]), base["recipe"], base)
-    assert rows
-    for name, sets in rows.items():  # every row is a valid config of that recipe
-        cfg = load_config(path, sets)
-        assert cfg["recipe"] == base["recipe"], name
+    tables = load_tables(rows_file(path, base["recipe"]), base["recipe"], base)
+    assert tables["ablation"].rows
+    for table in tables.values():  # every row of every table is a valid config of that recipe
+        for row in table.rows:
+            cfg = load_config(path, row.overrides)
+            assert cfg["recipe"] == base["recipe"], (table.name, row.name)
+
 
 
 @pytest.mark.parametrize("name", PRODUCT_RECIPES)

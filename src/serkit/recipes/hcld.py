@@ -32,8 +32,8 @@ ICLD hinge: the default ``hinge: text`` is ``max(0, cos - margin)^2`` on negativ
 emotion) pairs of X_s, what the paper's text says ("similarity less than a preset threshold"); ``hinge: formula``
 is the printed equation ``max(0, margin - cos)^2``. Margin 0.5 is ours (the paper gives none).
 
-Table II baselines: see :mod:`serkit.recipes.hcld_ablation` (emotion only, orthogonality decoupling, HCLD,
-without SupCon, without LCL).
+Table II baselines (emotion only, orthogonality decoupling, HCLD, without SupCon, without LCL, per extractor): the
+``table2`` grid of ``configs/ablations/hcld.yaml``, run by ``serkit ablate CONFIG --out DIR --table table2``.
 """
 
 from __future__ import annotations
