@@ -163,7 +163,9 @@ def tsne_plot(run_dir: str | Path, out_png: str | Path, fold: int | None = 0, se
         folds = [f for f in folds if f == fold]
     if not folds:
         raise ConfigError(f"{run_dir}: no fold with test_embeddings.npy")
-    pred = pd.concat([pd.read_csv(run_dir / f"fold{f}" / "predictions.csv", dtype={"id": str}) for f in folds])
+    from serkit.train.logs import read_fold_predictions
+
+    pred = pd.concat([read_fold_predictions(run_dir / f"fold{f}") for f in folds])
     after = np.concatenate([np.load(run_dir / f"fold{f}" / "test_embeddings.npy") for f in folds])
     from serkit.cache import FeatureStore
 
