@@ -40,7 +40,7 @@ DEFAULTS: dict = {
               "num_workers": 0, "grad_clip": 1.0, "deterministic": True,
               "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True, "refit": False,
               "num_nodes": 1, "logger": "csv", "select": None, "solver": "gradient", "ridge_alpha": 100.0,
-              "group_by_length": 0, "fused_optimizer": False},
+              "group_by_length": 0, "fused_optimizer": False, "threads": "auto"},
     "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
     "recipe_options": {},
 }
@@ -222,6 +222,9 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"config: {dotted} must be {'an integer' if kind is int else 'a finite number'}, "
                               f"got {v!r}")
     _check_ranges(cfg)
+    threads = cfg["train"]["threads"]
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"config: train.threads must be 'auto' or an integer >= 1, got {threads!r}")
     if int(cfg["train"]["group_by_length"] or 0) < 0:
         raise ConfigError(f"config: train.group_by_length must be 0 (off) or a number of batches per sorted group, "
                           f"got {cfg['train']['group_by_length']!r}")

@@ -162,8 +162,10 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
         FEATURE_NORMALISATION,
         feature_source,
         load_experiment_manifest,
+        same_config,
         usable_manifest,
     )
+    from serkit.train.threads import torch_thread_count, torch_threads, training_threads
 
     cfg = load_config(config, overrides)
     if cfg["features"]["normalize"] == "auto":
@@ -186,21 +188,23 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
         raise ConfigError("features.normalize: speaker needs features.source: cache")
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
-    if (work / "config.yaml").exists() and (work / "config.yaml").read_text() != dump(cfg):
-        shutil.rmtree(work)  # checkpoints of another config: never resume from them
+    if (work / "config.yaml").exists() and not same_config((work / "config.yaml").read_text(), cfg):
+        shutil.rmtree(work)  # checkpoints of another config: never resume from them (a default added since is none)
     work.mkdir(exist_ok=True)
     atomic_write_text(work / "config.yaml", dump(cfg))
     source = feature_source(cfg, manifest, out)
     manifest = usable_manifest(source, manifest, log)
     split = validation_split(cfg, manifest)
     t0 = time.time()
-    records, spec = {}, None
+    records, spec, threads_used = {}, None, set()
     for head in heads:
         hcfg = copy.deepcopy(cfg)
         hcfg["features"]["normalize"] = "speaker" if head == "speaker" else "none"
         log(f"training the {head} head ({FEATURE_NORMALISATION[hcfg['features']['normalize']].split(':')[0]} "
             f"features)")
-        model, spec, labels, record = _train_head(hcfg, manifest, split, source, work / head, refit, log)
+        with torch_threads(training_threads(hcfg)):
+            model, spec, labels, record = _train_head(hcfg, manifest, split, source, work / head, refit, log)
+            threads_used.add(torch_thread_count())
         from serkit.models.finetune import merge_adapters
 
         model = merge_adapters(model)  # LoRA folded into the encoder's weights: the folder holds a plain encoder
@@ -234,6 +238,7 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
         "refit": records[heads[0]]["refit"],
         "val_speakers": split[2],
         "precision": precision,
+        "threads": sorted(threads_used),  # torch CPU threads of the heads' training
         "train_seconds_max": float(manifest["duration"].max()),
         "train_hours": round(float(manifest["duration"].sum()) / 3600, 3),
         "class_counts": {str(k): int(v) for k, v in manifest["emotion"].astype(str).value_counts().sort_index().items()}
