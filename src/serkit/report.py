@@ -124,7 +124,7 @@ def learning_curves_figure(out_dir: Path, monitor: str, summary: dict | None = N
     a2.set_title(f"validation {monitor.removeprefix('val_')} (star: chosen epoch)")
     for a in (a1, a2):
         a.set_xlabel("epoch")
-        if drawn:
+        if a.get_legend_handles_labels()[0]:  # a closed-form fit (ridge) logs no training loss
             a.legend(fontsize=7)
     fig.tight_layout()
     return fig, drawn
