@@ -5,7 +5,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 PY="${PYTHON:-python3}"
-EXTRAS="dev,text,recipes,export,serve,finetune"
+EXTRAS="train,dev,text,recipes,export,serve,finetune"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi

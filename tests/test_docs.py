@@ -42,7 +42,8 @@ def test_no_working_history_in_the_product():
 def test_readme_is_a_short_manual_whose_links_resolve():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
-    assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in readme
+    install = readme[readme.index("## Install"):].split("```bash\n", 1)[1].splitlines()[0]
+    assert install.startswith("pip install serkit --extra-index-url https://download.pytorch.org/whl/cpu")
     assert "docs/serve.png" in readme and (ROOT / "docs" / "serve.png").exists()
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):

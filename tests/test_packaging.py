@@ -18,7 +18,7 @@ def test_dependencies_are_ranges_and_constraints_pin_them():
             name, version = line.split("==")
             pins[re.sub(r"[-_.]+", "-", name).lower()] = version
     # everything the set-up script installs has its exact version there
-    for extra in ("dev", "text", "recipes", "export", "serve"):
+    for extra in ("train", "dev", "text", "recipes", "export", "serve"):
         declared_extra = project["optional-dependencies"][extra]
         for d in project["dependencies"] + declared_extra:
             name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~;\[ ]", d)[0]).lower()

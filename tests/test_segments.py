@@ -56,8 +56,8 @@ def test_segments_of_a_long_recording_fall_on_the_joins(tmp_path):
     cfg = {"name": "angry-sad", "corpus": "csv", "root": str(tmp_path / "train.csv"),
            "protocol": {"name": "speaker_kfold", "k": 3, "val_speakers": 2},
            "encoder": {"id": "fbank-40", "layers": "all"},
-           "features": {"cache_dir": str(tmp_path / "cache"), "level": "pooled"},
-           "model": {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.0, "input_norm": "batchnorm"},
+           "features": {"cache_dir": str(tmp_path / "cache"), "level": "pooled", "layers": "all"},
+           "model": {"name": "pooled_mlp", "hidden": [], "dropout": 0.0, "input_norm": "batchnorm"},
            "train": {"epochs": 6, "batch_size": 16, "lr": 0.01, "patience": 8, "progress": False},
            "predict": {"window_seconds": 3.0, "hop_seconds": 1.5}}
     model = train_final(cfg, tmp_path / "model", refit=False, log=lambda *a: None)

@@ -166,14 +166,28 @@ def _quiet_third_party() -> None:
 def _main(argv: list[str] | None = None) -> int:
     _quiet_third_party()
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(argv[0] if argv else None)
+    from serkit.errors import SerkitError, missing_extra
+
+    try:
+        parser = build_parser(argv[0] if argv else None)
+    except ImportError as exc:  # the command's module needs an extra that is not installed
+        message = missing_extra(exc)
+        if message is None:
+            raise
+        print(f"serkit {argv[0]}: error: {message}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
-    from serkit.errors import SerkitError
 
     try:
         return int(args.func(args) or 0)
     except SerkitError as exc:
         print(f"serkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # an optional dependency of this command: one line naming the extra to install
+        message = missing_extra(exc)
+        if message is None:
+            raise
+        print(f"serkit {args.command}: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         raise  # a reader that went away: main() ends quietly

@@ -193,6 +193,9 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"config: {dotted} must be {'an integer' if kind is int else 'a finite number'}, "
                               f"got {v!r}")
     _check_ranges(cfg)
+    threads = cfg["train"]["threads"]
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"config: train.threads must be 'auto' or an integer >= 1, got {threads!r}")
     if int(cfg["train"]["group_by_length"] or 0) < 0:
         raise ConfigError(f"config: train.group_by_length must be 0 (off) or a number of batches per sorted group, "
                           f"got {cfg['train']['group_by_length']!r}")

@@ -76,12 +76,41 @@ def _cv_lines(cv: dict | None, task: str | None) -> list[str]:
     return [*lines, ""]
 
 
+def _corpus_names(corpus) -> list[str]:
+    """The named corpora a model was trained on (a table or folder of one's own data names none)."""
+    names = corpus if isinstance(corpus, list) else [corpus] if corpus else []
+    return [str(n) for n in names if str(n) not in ("csv", "folder") and "/" not in str(n)]
+
+
+def hub_metadata(info: dict, base_model) -> dict:
+    """The card's YAML header, in the Hugging Face hub's model-card fields: licence and languages from the corpora
+    (``other`` unless every corpus has the same open licence), the corpora as datasets, the metrics the card
+    quotes, the task and the library."""
+    from serkit.corpora import available, get_reader
+
+    corpora = _corpus_names(info.get("corpus"))
+    readers = [get_reader(c) for c in corpora if c in available()]
+    licences = {r.LICENSE for r in readers}
+    languages = sorted({r.LANGUAGE for r in readers if r.LANGUAGE})
+    front = {"library_name": "serkit",
+             "license": licences.pop() if len(licences) == 1 and None not in licences and readers else "other"}
+    if languages:
+        front["language"] = languages
+    if corpora:
+        front["datasets"] = corpora
+    front["metrics"] = (["recall", "accuracy", "f1"] if info.get("task") == "classification"
+                        else ["concordance_correlation_coefficient"])
+    front["tags"] = ["speech-emotion-recognition", "audio-classification", "serkit"]
+    front["pipeline_tag"] = "audio-classification"
+    front["base_model"] = base_model
+    return front
+
+
 def render_model_card(info: dict) -> str:
     """The card's Markdown (with hub metadata in a YAML header)."""
     views = info.get("views") or {}
     base = sorted({v["encoder"] for v in views.values()}) if views else info["encoder"]
-    front = {"library_name": "serkit", "tags": ["speech-emotion-recognition", "audio-classification", "serkit"],
-             "pipeline_tag": "audio-classification", "base_model": base}
+    front = hub_metadata(info, base)
     task = info["task"]
     what = (f"{len(info['classes'])} classes: " + ", ".join(info["classes"])) if task == "classification" else \
         "attributes: " + ", ".join(info["targets"])
@@ -133,9 +162,12 @@ def render_model_card(info: dict) -> str:
               (f"- precision: features extracted in `{info['precision']['features']}`, head trained in "
               f"`{info['precision']['train']}`; prediction runs the encoder in the features' precision "
               "(`--precision` to change)"),
-              "", "## Use", "", "```bash", f"serkit predict {info['folder']} clip.wav", "```", "",
+              "", "## Use", "",
+              (f"`MODEL` is this folder (e.g. `./{Path(info['folder']).name}`) or, once uploaded, its hub id "
+               f"`OWNER/{Path(info['folder']).name}`:"), "",
+              "```bash", "serkit predict MODEL clip.wav", "```", "",
               "```python", "from serkit import Recognizer", "",
-              f"rec = Recognizer.from_pretrained({info['folder']!r})", "rec.predict(\"clip.wav\")", "```", "",
+              'rec = Recognizer.from_pretrained("MODEL")', "rec.predict(\"clip.wav\")", "```", "",
               "## Intended use and limits", "",
               (f"- Research on emotional speech similar to `{info['corpus']}` (acted, read or studio speech if the "
               "corpus is). Expect much lower accuracy on other languages, spontaneous speech, noise, children or "

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from serkit.io import atomic_write_text
-from serkit.train.logs import read_fold_metrics
+from serkit.train.logs import _best_epoch, read_fold_metrics
 
 
 def plot_confusion(conf: np.ndarray, classes: list[str], path: Path, title: str) -> None:
@@ -33,19 +33,42 @@ def plot_confusion(conf: np.ndarray, classes: list[str], path: Path, title: str)
     plt.close(fig)
 
 
-def plot_folds(summary: dict, keys: list[str], path: Path) -> None:
+def folds_figure(summary: dict, keys: list[str]):
+    """Per-fold test scores: a bar per fold and metric with its value on it, each metric's mean over folds as a
+    dashed line of its colour, the legend beside the axes (never over a bar) and the y axis spanning the scores
+    (with a margin), not forced to start at 0. Returns the matplotlib figure."""
     folds = summary["folds"]
     x = np.arange(len(folds))
     w = 0.8 / max(1, len(keys))
-    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(folds), 3.2))
+    fig, ax = plt.subplots(figsize=(3.5 + (0.4 + 0.4 * len(keys)) * len(folds), 3.6))
+    values = []
     for i, k in enumerate(keys):
-        ax.bar(x + i * w, [f["metrics"].get(k, np.nan) for f in folds], w, label=k)
+        v = np.array([np.nan if f["metrics"].get(k) is None else float(f["metrics"][k]) for f in folds])
+        values.append(v)
+        bars = ax.bar(x + i * w, v, w, label=k)
+        ax.bar_label(bars, labels=["" if np.isnan(b) else f"{b:.2f}" for b in v], fontsize=7, padding=1)
+        mean = (summary.get("mean") or {}).get(k)
+        if mean is None and np.isfinite(v).any():
+            mean = float(np.nanmean(v))
+        if mean is not None:
+            ax.axhline(mean, color=bars.patches[0].get_facecolor(), linestyle="--", linewidth=1,
+                       label=f"{k} mean {mean:.3f}")
     ax.set_xticks(x + w * (len(keys) - 1) / 2, [str(f["fold"]) for f in folds])
     ax.set_xlabel("fold")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, ncols=len(keys))
-    ax.set_title("per-fold test scores")
+    finite = np.concatenate(values)[np.isfinite(np.concatenate(values))] if values else np.array([])
+    if finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+        margin = max(0.05 * (hi - lo), 0.02)
+        ax.set_ylim(lo - 2 * margin, hi + 3 * margin)  # room above the bars for their values
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the axes
+    ax.set_title("per-fold test scores (dashed: mean over folds)", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_folds(summary: dict, keys: list[str], path: Path) -> None:
+    """Write :func:`folds_figure` to ``path`` (PNG)."""
+    fig = folds_figure(summary, keys)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -68,30 +91,51 @@ def fold_work_dirs(out_dir: Path, summary: dict | None = None) -> list[tuple[str
     return out
 
 
-def plot_learning_curves(out_dir: Path, monitor: str, path: Path, summary: dict | None = None) -> bool:
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    any_ = False
-    for label, fold_dir in fold_work_dirs(out_dir, summary):
-        df = read_fold_metrics(fold_dir)
+def learning_curves_figure(out_dir: Path, monitor: str, summary: dict | None = None):
+    """Training loss and the validation monitor per epoch for each fold's training (see :func:`fold_work_dirs`),
+    the epoch validation chose marked on both (a dotted line on the loss, a star on the validation curve; the
+    legend names it). Returns ``(figure, number of curves drawn)``."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    folds = {f"fold{f['fold']}": f for f in (summary or {}).get("folds", [])}
+    drawn = 0
+    for label, work_dir in fold_work_dirs(out_dir, summary):
+        df = read_fold_metrics(work_dir)
         if df is None:
             continue
+        chosen = folds.get(label, {}).get("best_epoch")
+        if chosen is None:  # a stage of a multi-stage recipe: the best epoch of its own validation log
+            chosen = _best_epoch(work_dir, monitor)
+        color = None
         if "train_loss" in df:
             t = df.dropna(subset=["train_loss"])
-            a1.plot(t["epoch"], t["train_loss"], label=label)
+            color = a1.plot(t["epoch"], t["train_loss"], label=label)[0].get_color()
+            if chosen is not None:
+                a1.axvline(chosen, color=color, linestyle=":", linewidth=1)
         if monitor in df:
             v = df.dropna(subset=[monitor])
-            a2.plot(v["epoch"], v[monitor], label=label)
-        any_ = True
-    a1.set_title("training loss")
-    a2.set_title(f"validation {monitor.removeprefix('val_')}")
+            color = a2.plot(v["epoch"], v[monitor], color=color,
+                            label=label if chosen is None else f"{label} (epoch {chosen})")[0].get_color()
+            at = v[v["epoch"] == chosen]
+            if len(at):
+                a2.plot(at["epoch"].iloc[-1], at[monitor].iloc[-1], marker="*", markersize=11, color=color,
+                        markeredgecolor="black", linestyle="none")
+        drawn += 1
+    a1.set_title("training loss (dotted: chosen epoch)")
+    a2.set_title(f"validation {monitor.removeprefix('val_')} (star: chosen epoch)")
     for a in (a1, a2):
         a.set_xlabel("epoch")
-        if any_:
+        if a.get_legend_handles_labels()[0]:  # a closed-form fit (ridge) logs no training loss
             a.legend(fontsize=7)
     fig.tight_layout()
+    return fig, drawn
+
+
+def plot_learning_curves(out_dir: Path, monitor: str, path: Path, summary: dict | None = None) -> bool:
+    """Write :func:`learning_curves_figure` to ``path`` (PNG); False when no fold has a training log."""
+    fig, drawn = learning_curves_figure(out_dir, monitor, summary)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return any_
+    return drawn > 0
 
 
 def choices_section(summary: dict) -> list[str]:

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from serkit.errors import ConfigError, LeakageError
@@ -28,6 +29,10 @@ def test_cv_writes_results_schema_and_report(tiny_corpus, tmp_path):
     assert (tmp_path / "run" / "figures" / "confusion.png").stat().st_size > 1000
     assert (tmp_path / "run" / "figures" / "learning_curves.png").exists()
     assert summary["mean"] == res["mean"]
+    # per-utterance predictions name the predicted class `label`, as `serkit predict` does
+    pred = pd.read_csv(tmp_path / "run" / "fold0" / "predictions.csv")
+    assert {"true", "label", "p_low"} <= set(pred.columns) and "pred" not in pred.columns
+    assert set(pred["label"]) <= {"low", "mid", "high"}
     # each fold records what it cost; a resumed invocation (nothing left to train) keeps those figures
     fold_secs = [json.loads((tmp_path / "run" / f"fold{i}" / "result.json").read_text())["seconds"] for i in range(3)]
     assert all(s > 0 for s in fold_secs) and res["fold_seconds"] == pytest.approx(sum(fold_secs), abs=0.2)

@@ -38,8 +38,8 @@ class PooledStore:
 def _cfg(**features):
     return load_config({
         "name": "select", "manifest": "unused.csv", "protocol": {"name": "speaker_kfold", "k": 5, "val_speakers": 2},
-        "features": {"level": "pooled", **features},
-        "model": {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.0, "input_norm": "batchnorm"},
+        "features": {"level": "pooled", "layers": "all", **features},
+        "model": {"name": "pooled_mlp", "hidden": [], "dropout": 0.0, "input_norm": "batchnorm"},
         "train": {"epochs": 6, "batch_size": 64, "lr": 0.02, "patience": 6, "progress": False},
     })
 

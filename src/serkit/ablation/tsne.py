@@ -26,10 +26,11 @@ def tsne_plot(run_dir: str | Path, out_png: str | Path, fold: int | None = 0, se
     from sklearn.manifold import TSNE
     from sklearn.metrics import silhouette_score
 
-    from serkit.features.store import FeatureStore
     from serkit.config import load_config
+    from serkit.features.store import FeatureStore
     from serkit.train.experiment import load_experiment_manifest
     from serkit.train.features import store_dir
+    from serkit.train.logs import read_fold_predictions
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
@@ -38,7 +39,7 @@ def tsne_plot(run_dir: str | Path, out_png: str | Path, fold: int | None = 0, se
         folds = [f for f in folds if f == fold]
     if not folds:
         raise ConfigError(f"{run_dir}: no fold with test_embeddings.npy (the model returns no embedding)")
-    pred = pd.concat([pd.read_csv(run_dir / f"fold{f}" / "predictions.csv", dtype={"id": str}) for f in folds])
+    pred = pd.concat([read_fold_predictions(run_dir / f"fold{f}") for f in folds])
     after = np.concatenate([np.load(run_dir / f"fold{f}" / "test_embeddings.npy") for f in folds])
     store = FeatureStore(store_dir(cfg, load_experiment_manifest(cfg)))
     d = store.hidden_size

@@ -30,6 +30,10 @@ class CorpusReader:
     description: str = ""
     #: where the corpus comes from (its official download page), named by `serkit prepare` help and errors
     SOURCE: str = ""
+    #: the speech's language (ISO 639-1) and the corpus's licence as a Hugging Face hub licence id; None where
+    #: unknown or not an open licence (a licence agreement, "free for research"): model cards say ``other``
+    LANGUAGE: str | None = None
+    LICENSE: str | None = None
     class_sets: dict[str, ClassSet] = {}
     default_protocol: dict = {}
     #: ``features.normalize`` for configs that do not name it (user layouts: ``auto``, chosen on validation)

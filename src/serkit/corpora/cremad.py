@@ -23,6 +23,8 @@ SENTENCES = {
 class CremaD(CorpusReader):
     name = "crema-d"
     SOURCE = "https://github.com/CheyneyComputerScience/CREMA-D"
+    LANGUAGE = "en"
+    LICENSE = "odbl"
     description = "AudioWAV/<actor>_<sentence>_<EMO>_<level>.wav and VideoDemographics.csv"
     class_sets = {
         "6class": {e: e for e in EMOTIONS.values()},

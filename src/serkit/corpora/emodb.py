@@ -27,6 +27,7 @@ TEXTS = {
 class EmoDB(CorpusReader):
     name = "emodb"
     SOURCE = "http://emodb.bilderbar.info/download/"
+    LANGUAGE = "de"
     description = "wav/SSTTTEv.wav (or .flac)"
     class_sets = {
         "7class": {e: e for e in EMOTIONS.values()},

@@ -27,6 +27,7 @@ EMOTIONS = {
 class Iemocap(CorpusReader):
     name = "iemocap"
     SOURCE = "https://sail.usc.edu/iemocap/ (licence request)"
+    LANGUAGE = "en"
     description = "Session{1..5}/dialog/EmoEvaluation/*.txt and Session*/sentences/wav/<dialog>/<utt>.wav"
     class_sets = {
         "4class": {"neutral": "neutral", "happy": "happy", "excited": "happy", "sad": "sad", "angry": "angry"},

@@ -23,6 +23,7 @@ NAME = re.compile(r"^(?P<sent>S\d+[A-Z])-(?P<spk>[FM])(?P<ses>\d+)-(?P<scen>[A-Z
 class MspImprov(CorpusReader):
     name = "msp-improv"
     SOURCE = "https://ecs.utdallas.edu/research/researchlabs/msp-lab/MSP-Improv.html (licence request)"
+    LANGUAGE = "en"
     description = "Evaluation.txt and **/MSP-IMPROV-<sentence>-<speaker>-<scenario>-<id>.wav"
     class_sets = {"4class": {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"}}
     default_protocol = {"name": "leave_one_session_out"}

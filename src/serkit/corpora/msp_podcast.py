@@ -24,6 +24,7 @@ SPLITS = {"train": "train", "development": "validation", "dev": "validation", "t
 class MspPodcast(CorpusReader):
     name = "msp-podcast"
     SOURCE = "https://ecs.utdallas.edu/research/researchlabs/msp-lab/MSP-Podcast.html (licence request)"
+    LANGUAGE = "en"
     description = "Labels/labels_consensus.csv and Audios/<FileName>"
     class_sets = {
         "8class": {e: e for e in ("angry", "sad", "happy", "surprised", "fearful", "disgust", "contempt", "neutral")},

@@ -21,6 +21,8 @@ STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by t
 class Ravdess(CorpusReader):
     name = "ravdess"
     SOURCE = "https://zenodo.org/records/1188976 (Audio_Speech_Actors_01-24.zip)"
+    LANGUAGE = "en"
+    LICENSE = "cc-by-nc-sa-4.0"
     description = "Actor_XX/03-01-EE-II-SS-RR-AA.wav (or .flac)"
     class_sets = {
         "8class": {e: e for e in EMOTIONS.values()},

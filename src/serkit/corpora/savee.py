@@ -15,6 +15,7 @@ NAME = re.compile(r"^(sa|su|a|d|f|h|n)(\d+)$")
 class Savee(CorpusReader):
     name = "savee"
     SOURCE = "http://kahlan.eps.surrey.ac.uk/savee/"
+    LANGUAGE = "en"
     description = "AudioData/{DC,JE,JK,KL}/{a,d,f,h,n,sa,su}NN.wav"
     class_sets = {
         "7class": {e: e for e in EMOTIONS.values()},

@@ -14,6 +14,8 @@ EMOTIONS = {"angry": "angry", "disgust": "disgust", "fear": "fearful", "happy": 
 class Tess(CorpusReader):
     name = "tess"
     SOURCE = "https://doi.org/10.5683/SP2/E8H2MF"
+    LANGUAGE = "en"
+    LICENSE = "cc-by-nc-nd-4.0"
     description = "**/<OAF|YAF>_<word>_<emotion>.wav"
     class_sets = {"7class": {e: e for e in set(EMOTIONS.values())},
                   "4class": {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"}}

@@ -127,7 +127,32 @@ def split_model_argument(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
+#: ``serkit predict --out`` suffix -> what is written
+RESULT_FORMATS = {"csv": "one row per file (per segment with --segments)", "jsonl": "one result per line",
+                  "json": "a list of results"}
+
+
+def _check_predict_options(args) -> None:
+    """What ``serkit predict`` can refuse before a model loads: an ``--out`` suffix it does not write, a
+    ``--timeline`` without ``--segments`` or without matplotlib."""
+    import importlib.util
+
+    from serkit.errors import SerkitError, missing_extra
+
+    if args.out and _suffix(args.out) not in RESULT_FORMATS:
+        raise SerkitError(f"--out {args.out}: the file name must end in .csv, .jsonl or .json")
+    if args.timeline and not args.segments:
+        raise SerkitError(f"--timeline {args.timeline}: a timeline is drawn per recording's segments; add --segments")
+    if args.timeline and importlib.util.find_spec("matplotlib") is None:
+        raise SerkitError(f"--timeline draws figures: it {missing_extra(ModuleNotFoundError(name='matplotlib'))}")
+
+
+def _suffix(name: str) -> str:
+    return name.rsplit(".", 1)[-1].lower() if "." in Path(name).name else ""
+
+
 def _predict(args) -> int:
+    _check_predict_options(args)
     from serkit.inference import Recognizer
     from serkit.inputs import expand_inputs
 
@@ -221,7 +246,7 @@ def _write_results(results: list[dict], args, segments: bool) -> None:
     from serkit.io import atomic_write_text
 
     if args.out:
-        suffix = args.out.rsplit(".", 1)[-1].lower() if "." in args.out else ""
+        suffix = _suffix(args.out)
         if suffix == "csv":
             text = _table(results, segments).to_csv(index=False)
         elif suffix == "jsonl":

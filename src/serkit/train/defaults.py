@@ -28,8 +28,8 @@ from serkit.errors import ConfigError
 BASELINE: dict = {
     "recipe": "baseline",
     "encoder": {"id": "openai/whisper-base", "mode": "native", "layers": "all"},
-    "features": {"level": "pooled", "normalize": "auto"},
-    "model": {"name": "pooled_mlp", "layers": "all", "hidden": [], "dropout": 0.3, "input_norm": "batchnorm"},
+    "features": {"level": "pooled", "normalize": "auto", "layers": "all"},
+    "model": {"name": "pooled_mlp", "hidden": [], "dropout": 0.3, "input_norm": "batchnorm"},
     "train": {"epochs": 80, "batch_size": 32, "lr": 0.0003, "weight_decay": 0.1, "patience": 20, "seed": 0,
               "refit": True},
 }

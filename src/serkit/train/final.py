@@ -176,12 +176,13 @@ def train_final(config, out_dir, overrides: list[str] | None = None, log=print, 
     manifest = usable_manifest(source, manifest, log)
     split = validation_split(cfg, manifest)
     t0 = time.time()
-    records, spec, labels = _train_heads(cfg, heads, manifest, split, source, work, out, refit, log)
+    records, spec, labels, threads = _train_heads(cfg, heads, manifest, split, source, work, out, refit, log)
     atomic_write_text(out / "config.yaml", dump(cfg))
     atomic_write_json(out / "labels.json", labels.to_dict())
     precision = run_precision(cfg, next(iter(source.values())) if isinstance(source, dict) else source)
     atomic_write_json(out / "encoder.json", encoder_record(cfg, source, precision["features"]))
-    meta = _model_meta(cfg, spec, records, heads, split, manifest, precision, t0)
+    meta = {**_model_meta(cfg, spec, records, heads, split, manifest, precision, t0),
+            "threads": threads}  # torch CPU threads of the heads' training
     atomic_write_json(out / "meta.json", meta)
     atomic_write_json(out / "validation.json", {"protocol": _validation_protocol(records[heads[0]], meta["refit"]),
                                                 "heads": records, **({"cv": _cv_summary(cv)} if cv else {})})
@@ -211,32 +212,37 @@ def _work_dir(out: Path, cfg: dict) -> Path:
     config's checkpoints (never resumed from)."""
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
-    if (work / "config.yaml").exists() and (work / "config.yaml").read_text() != dump(cfg):
-        shutil.rmtree(work)
+    from serkit.train.cv import same_config
+
+    if (work / "config.yaml").exists() and not same_config((work / "config.yaml").read_text(), cfg):
+        shutil.rmtree(work)  # a default added since the checkpoints were written is the same config
     work.mkdir(exist_ok=True)
     atomic_write_text(work / "config.yaml", dump(cfg))
     return work
 
 
 def _train_heads(cfg: dict, heads: list[str], manifest: pd.DataFrame, split, source, work: Path, out: Path,
-                 refit: bool, log) -> tuple[dict, object, object]:
+                 refit: bool, log) -> tuple[dict, object, object, list[int]]:
     """Train each of ``heads`` (features speaker-normalised or not) and save its weights in ``out``; returns
-    ``(records per head, the last head's model spec, its label map)``."""
+    ``(records per head, the last head's model spec, its label map, torch CPU thread counts used)``."""
     from serkit.train.cv import FEATURE_NORMALISATION
+    from serkit.train.threads import torch_thread_count, torch_threads, training_threads
 
-    records, spec, labels = {}, None, None
+    records, spec, labels, threads_used = {}, None, None, set()
     for head in heads:
         hcfg = copy.deepcopy(cfg)
         hcfg["features"]["normalize"] = "speaker" if head == "speaker" else "none"
         log(f"training the {head} head ({FEATURE_NORMALISATION[hcfg['features']['normalize']].split(':')[0]} "
             f"features)")
-        model, spec, labels, record = _train_head(hcfg, manifest, split, source, work / head, refit, log)
+        with torch_threads(training_threads(hcfg)):
+            model, spec, labels, record = _train_head(hcfg, manifest, split, source, work / head, refit, log)
+            threads_used.add(torch_thread_count())
         name = head_file(head, heads)
         _save_weights(model, out / name)
         records[head] = {**record, "file": name}
         if spec.extra.keys() - {"encoder"}:  # what build_model needs beyond the config (e.g. IF-MVSE's ensemble)
             records[head]["extra"] = {k: v for k, v in spec.extra.items() if k != "encoder"}
-    return records, spec, labels
+    return records, spec, labels, sorted(threads_used)
 
 
 def _save_weights(model, path: Path) -> None:

@@ -47,6 +47,7 @@ from serkit.train.stages import (
     stable_hash,
     trained_state,
 )
+from serkit.train.threads import torch_threads, training_threads
 from serkit.train.trainer import (
     _quiet_lightning,
     fit_resumable,
@@ -144,11 +145,12 @@ def fit_fold(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir: st
     if result_path.exists():
         return json.loads(result_path.read_text())
     t0 = time.time()
-    res = _fit_fold(cfg, manifest, fold, source, fold_dir)
-    # threads: CPU sums are split across torch's threads, so another thread count rounds differently (and a
-    # chaotic stage can land on another epoch); the fold says what it ran with
-    res = {**res, "seconds": round(time.time() - t0, 1), "precision": run_precision(cfg, source),
-           "threads": torch.get_num_threads()}
+    with torch_threads(training_threads(cfg)):
+        res = _fit_fold(cfg, manifest, fold, source, fold_dir)
+        # threads: CPU sums are split across torch's threads, so another thread count rounds differently (and a
+        # chaotic stage can land on another epoch); the fold says what it ran with
+        res = {**res, "seconds": round(time.time() - t0, 1), "precision": run_precision(cfg, source),
+               "threads": torch.get_num_threads()}
     atomic_write_json(result_path, res)
     return res
 

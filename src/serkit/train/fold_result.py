@@ -63,7 +63,7 @@ def fold_result(ctx: StageContext, stages: list, records: dict) -> dict:
         res["unseen_in_training"] = [c for i, c in enumerate(labels.classes) if c in res["ua_classes"] and i not in seen]
         res["confusion"] = confusion(y_true, y_pred, len(labels.classes)).tolist()
         pred_table["true"] = [labels.classes[i] for i in y_true]
-        pred_table["pred"] = [labels.classes[i] for i in y_pred]
+        pred_table["label"] = [labels.classes[i] for i in y_pred]
         for i, c in enumerate(labels.classes):
             pred_table[f"p_{c}"] = probs[:, i]
         if "val" in final.outputs and len(fold.val):  # temperature and abstain threshold from validation only
@@ -75,7 +75,7 @@ def fold_result(ctx: StageContext, stages: list, records: dict) -> dict:
         res["metrics"] = regression_metrics(test["prediction"], y_true, labels.targets)
         for i, a in enumerate(labels.targets):
             pred_table[f"true_{a}"] = y_true[:, i]
-            pred_table[f"pred_{a}"] = test["prediction"][:, i]
+            pred_table[a] = test["prediction"][:, i]
     res["metrics"].update(ctx.recipe.extra_test_metrics(test, rows, labels, fold))
     res["classes"] = labels.classes
     res["normalisation"] = final.marker.get("normalisation", {"mode": cfg["features"]["normalize"]})

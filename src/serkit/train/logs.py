@@ -45,3 +45,15 @@ def _best_val(fold_dir: Path, monitor: str):
         return None
     v = df[monitor].dropna()
     return float(v.max()) if len(v) else None
+
+
+def read_fold_predictions(fold_dir: Path) -> pd.DataFrame:
+    """A fold's ``predictions.csv`` (one row per test utterance: ``id``, ``speaker``, then ``true`` and ``label``
+    with ``p_<class>`` for classification, or ``true_<attribute>`` and ``<attribute>`` for regression), in the
+    column names ``serkit predict`` uses. A file written with the older ``pred`` / ``pred_<attribute>`` names reads
+    the same."""
+    df = pd.read_csv(Path(fold_dir) / "predictions.csv", dtype={"id": str})
+    renames = {"pred": "label"} if "pred" in df.columns and "label" not in df.columns else {}
+    renames |= {c: c[len("pred_"):] for c in df.columns
+                if c.startswith("pred_") and f"true_{c[len('pred_'):]}" in df.columns and c[len("pred_"):] not in df}
+    return df.rename(columns=renames)
