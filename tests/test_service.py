@@ -109,3 +109,71 @@ def test_predict_segments_on_request(client, recognizer):
     assert got["file"] == "03a01Wa.flac" and got["label"] == want["label"]
     assert [(s["start"], s["end"], s["label"]) for s in got["segments"]] == \
         [(s["start"], s["end"], s["label"]) for s in want["segments"]] and got["segments"]
+
+
+def test_health_gives_one_colour_per_class_and_the_page_defaults_follow_the_cli(client, recognizer):
+    import re
+
+    from serkit.timeline import label_colours
+
+    h = client.get("/health").json()
+    assert h["colours"] == label_colours(recognizer.labels.classes) and len(set(h["colours"].values())) == 3
+    assert h["stream"] is True
+    page = client.get("/").text
+    box = re.search(r'<input type="checkbox" id="segments"[^>]*>', page).group(0)
+    assert "checked" not in box  # `serkit predict` scores the whole file unless --segments is given
+    assert "PALETTE" not in page and 'id="live"' in page  # colours come from the server only
+
+
+def _stream(client, x: np.ndarray, fmt: str = "f32", chunk: int = 1600) -> list[dict]:
+    messages = []
+    with client.websocket_connect(f"/stream?format={fmt}") as ws:
+        for i in range(0, len(x), chunk):
+            part = x[i:i + chunk]
+            ws.send_bytes(part.astype("<f4").tobytes() if fmt == "f32"
+                          else np.round(part * 32767).astype("<i2").tobytes())
+        ws.send_text('{"type": "end"}')
+        while not messages or messages[-1]["type"] not in ("summary", "error"):
+            messages.append(ws.receive_json())
+    return messages
+
+
+def test_stream_socket_gives_the_segments_of_predict_segments(client, recognizer):
+    from tests.conftest import CORPORA
+
+    clip = CORPORA / "emodb" / "wav" / "03a01Wa.flac"
+    if not clip.exists():
+        pytest.skip(f"{clip} not present")
+    x, sr = sf.read(str(clip), dtype="float32")
+    assert sr == 16000
+    want = recognizer.predict_segments(clip)
+    messages = _stream(client, np.concatenate([x, np.zeros(8000, np.float32)]))
+    segments = {m["index"]: m for m in messages if m["type"] == "segment"}
+    got = [segments[i] for i in sorted(segments)]
+    assert [(s["label"], s["start"]) for s in got] == [(s["label"], s["start"]) for s in want["segments"]]
+    assert messages[-1]["type"] == "summary" and messages[-1]["speech_share"] == want["speech_share"]
+    # int16 frames: the same segments up to the 16-bit rounding of the samples
+    again = [m for m in _stream(client, x, "i16") if m["type"] == "segment"]
+    assert [m["label"] for m in again] == [s["label"] for s in got]
+    assert [m["start"] for m in again] == pytest.approx([s["start"] for s in got], abs=0.1)
+
+
+def test_stream_socket_refuses_bad_input_with_one_line(client):
+    from starlette.websockets import WebSocketDisconnect
+
+    with client.websocket_connect("/stream?format=wav") as ws:
+        m = ws.receive_json()
+        assert m == {"type": "error", "detail": "format 'wav': expected 'f32' or 'i16'"}
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1008
+    with client.websocket_connect("/stream") as ws:
+        ws.send_bytes(b"\x00" * 6)
+        assert ws.receive_json()["detail"] == "audio frame: 6 bytes is not a whole number of float32 samples"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1007
+    with client.websocket_connect("/stream") as ws:
+        ws.send_bytes(np.full(100, np.nan, dtype="<f4").tobytes())  # not audio
+        assert ws.receive_json()["detail"].startswith("audio frame: ")
+    assert client.get("/health").status_code == 200

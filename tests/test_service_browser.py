@@ -56,7 +56,8 @@ class Server:
         self.thread.join(timeout=10)
 
 
-def _browser():
+def _browser(fake_audio: Path | None = None):
+    """Headless Chromium; ``fake_audio``: a WAV file the fake microphone plays in a loop (permission granted)."""
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
@@ -64,6 +65,10 @@ def _browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1000,1040", "--hide-scrollbars", "--force-device-scale-factor=1"):
         opts.add_argument(arg)
+    if fake_audio is not None:
+        for arg in ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                    f"--use-file-for-fake-audio-capture={fake_audio}", "--autoplay-policy=no-user-gesture-required"):
+            opts.add_argument(arg)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
 
 
@@ -77,8 +82,8 @@ def test_upload_a_clip_and_read_the_result_off_the_page(tiny_corpus, tmp_path): 
         tiny_config(tiny_corpus, train={"epochs": 2}), tmp_path / "model", log=lambda *a: None)
     clip = Path(os.environ.get("SERKIT_SERVE_CLIP") or CORPORA / "emodb" / "wav" / "03a01Wa.flac")
     rec = Recognizer.from_pretrained(model)
-    # the page asks for segments (voice activity detection) when the server offers them, else the whole clip
-    want = rec.predict_segments(clip) if hasattr(rec, "predict_segments") else rec.predict(clip)
+    # the page's defaults are the CLI's: the whole clip, segments only when ticked
+    want = rec.predict(clip)
     driver = _browser()
     try:
         with Server(create_app(rec, model_name=Path(model).name)) as url:
@@ -100,9 +105,92 @@ def test_upload_a_clip_and_read_the_result_off_the_page(tiny_corpus, tmp_path): 
         driver.quit()
     assert label.lower() == want["label"].lower()
     assert shown == pytest.approx(want["probabilities"], abs=1e-4)
-    # the timeline: one cell per segment, else per scored window (or the whole clip), labelled as the server said
-    assert cells == ([s["label"] for s in want.get("segments", [])] or [w["label"] for w in want.get("windows", [])]
-                     or [want["label"]])
+    # the timeline: one cell per scored window (or the whole clip), labelled as the server said
+    assert cells == ([w["label"] for w in want.get("windows", [])] or [want["label"]])
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     if os.environ.get("SERKIT_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["SERKIT_SCREENSHOT"])
+
+
+def _talk_wav(path: Path, lead: float = 1.5, tail: float = 2.0) -> Path:
+    """EmoDB clips of speaker 03 with pauses between them (lead and tail silence: the looped file's passes do not
+    merge), as 16 kHz 16-bit WAV: Chromium's fake microphone plays it in a loop."""
+    import numpy as np
+    import soundfile as sf
+
+    from serkit.audio import read_audio
+
+    wav = CORPORA / "emodb" / "wav"
+    clips = [wav / n for n in ("03a01Wa.flac", "03a02Ta.flac", "03a04Nc.flac")]
+    if not all(c.exists() for c in clips):
+        pytest.skip(f"EmoDB clips of speaker 03 not present under {wav}")
+    parts = [np.zeros(int(lead * 16000), np.float32)]
+    for c in clips:
+        parts += [read_audio(c), np.zeros(int(1.2 * 16000), np.float32)]
+    parts.append(np.zeros(int(tail * 16000), np.float32))
+    sf.write(str(path), np.concatenate(parts), 16000, subtype="PCM_16")
+    return path
+
+
+def _align(got: list[dict], want: list[dict], duration: float, tol: float) -> tuple[float, list]:
+    """The stream-to-file offset that matches most segments (the page starts streaming a little after the fake
+    microphone starts), and per offline segment the live one that lands on it (None: none within ``tol`` s)."""
+    best = (-1, 0.0, [])
+    for first in want:
+        shift = first["start"] - got[0]["start"]
+        pairs = []
+        for w in want:
+            near = [g for g in got if abs((g["start"] + shift) % duration - w["start"]) <= tol
+                    and abs((g["end"] + shift) % duration - w["end"]) <= tol]
+            pairs.append(near[0] if near else None)
+        found = sum(p is not None for p in pairs)
+        if found > best[0]:
+            best = (found, shift, pairs)
+    return best[1], best[2]
+
+
+def test_live_microphone_gives_the_offline_segments(tiny_corpus, tmp_path, capsys):  # noqa: F811
+    import numpy as np
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from serkit.service import create_app
+
+    model = os.environ.get("SERKIT_SERVE_MODEL") or train_final(
+        tiny_config(tiny_corpus, train={"epochs": 2}), tmp_path / "model", log=lambda *a: None)
+    talk = _talk_wav(tmp_path / "talk.wav")
+    rec = Recognizer.from_pretrained(model)
+    want = rec.predict_segments(talk)
+    duration = want["duration"]
+    driver = _browser(fake_audio=talk)
+    try:
+        with Server(create_app(rec, model_name=Path(model).name)) as url:
+            driver.get(url + "/")
+            WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "live").is_displayed())
+            driver.find_element(By.ID, "live").click()
+            # one whole pass of the looped file, plus time for its last segment to close
+            WebDriverWait(driver, 60).until(lambda d: d.execute_script("return window.serkitLive.sent") / 16000
+                                            > duration + 2.5)
+            state = driver.execute_script("const l = window.serkitLive; return {segments: l.segments.filter(Boolean),"
+                                          " latencies: l.latencies, error: document.getElementById('status')"
+                                          ".textContent, cells: [...document.querySelectorAll('#timeline .seg')]"
+                                          ".map((c) => c.dataset.label)};")
+            driver.find_element(By.ID, "live").click()
+            WebDriverWait(driver, 30).until(lambda d: d.execute_script("return !!window.serkitLive.summary"))
+            shown = driver.execute_script("return [...document.querySelectorAll('#summary .row')]"
+                                          ".map((r) => r.dataset.class)")
+    finally:
+        driver.quit()
+    got = state["segments"]
+    assert got, state["error"]
+    shift, pairs = _align(got, want["segments"], duration, tol=0.25)
+    assert all(p is not None for p in pairs), (shift, got, want["segments"])
+    for g, w in zip(pairs, want["segments"], strict=True):
+        assert g["label"] == w["label"], (g, w)
+    assert [c for c in state["cells"] if c] and shown  # drawn on the timeline; the summary after Stop
+    latency = np.array(state["latencies"])
+    with capsys.disabled():
+        print(f"\nlive segments: {len(got)} (offline {len(want['segments'])}), stream-to-file offset {shift:.2f} s; "
+              f"latency from segment end to label (stream time): median {np.median(latency):.2f} s, "
+              f"max {latency.max():.2f} s")
+    assert np.median(latency) < 2.0

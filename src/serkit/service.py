@@ -3,10 +3,13 @@
 Routes:
     ``GET /``          the web page (``serkit/web/index.html``: plain HTML + JS, nothing fetched from elsewhere):
                        upload a file or record from the microphone; label, probability bars, timeline.
-    ``GET /health``    ``{"status": "ok", "model", "backend", "task", "classes" | "targets", "max_bytes"}``.
+    ``GET /health``    ``{"status": "ok", "model", "backend", "task", "classes" | "targets", "max_bytes",
+                       "segments", "stream", "colours"}`` (``colours``: one per class, those of the PNG timeline).
     ``POST /predict``  audio as a multipart upload (field ``file``) or as the raw body (``audio/*`` or
                        ``application/octet-stream``); ``?segments=true`` adds the segment timeline. Answers the
                        Recognizer's result dict (``label``, ``probabilities``, ``windows`` ...) as JSON.
+    ``WS /stream``     live emotion: 16 kHz PCM frames in, ``partial`` / ``segment`` / ``summary`` JSON out
+                       (:mod:`serkit.stream`; the protocol is in ``_add_stream_route``).
 
 Errors are JSON ``{"detail": "one line"}``: 400 (no audio in the request), 408 (a body chunk slower than
 ``read_timeout`` seconds), 413 (body over ``max_bytes``, checked on ``Content-Length`` and while reading), 415 (not a
@@ -172,25 +175,17 @@ def create_app(recognizer, *, max_bytes: int = DEFAULT_MAX_BYTES, model_name: st
 
     At most ``max_decodes`` uploads are decoded and scored at once; a request that finds no free slot within
     ``queue_seconds`` gets 503. Uploads over ``max_seconds`` of audio are refused from their header (422)."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.concurrency import run_in_threadpool
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse
 
-    from serkit.constants import SAMPLE_RATE
     from serkit.version import __version__
 
     app = FastAPI(title="serkit", description="speech emotion recognition", version=__version__)
     lock = threading.Lock()
-    decodes = threading.BoundedSemaphore(max(1, int(max_decodes)))
     page = resources.files("serkit").joinpath("web/index.html").read_text(encoding="utf-8")
     page_headers = {"Content-Security-Policy": content_security_policy(page), "X-Content-Type-Options": "nosniff",
                     "Referrer-Policy": "no-referrer"}
-    labels = recognizer.labels
-    info = {"status": "ok", "model": model_name, "backend": getattr(recognizer, "backend", "torch"),
-            "task": labels.task, "max_bytes": int(max_bytes),
-            "segments": hasattr(recognizer, "predict_segments")}
-    info.update({"classes": list(labels.classes)} if labels.task == "classification"
-                else {"targets": list(labels.targets)})
+    info = model_info(recognizer, model_name, max_bytes)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -200,25 +195,68 @@ def create_app(recognizer, *, max_bytes: int = DEFAULT_MAX_BYTES, model_name: st
     def health() -> dict:
         return info
 
+    _add_predict_route(app, recognizer, info, lock, max_seconds=max_seconds, max_decodes=max_decodes,
+                       queue_seconds=queue_seconds)
+    if info["stream"]:
+        _add_stream_route(app, recognizer, lock)
+    app.add_middleware(BodySizeLimit, max_bytes=max_bytes, read_timeout=read_timeout)
+    return app
+
+
+def model_info(recognizer, model_name: str, max_bytes: int) -> dict:
+    """The ``/health`` answer: the model, its classes (with their timeline colours) or targets, what it offers."""
+    from serkit.timeline import label_colours
+
+    labels = recognizer.labels
+    segments = hasattr(recognizer, "predict_segments")
+    info = {"status": "ok", "model": model_name, "backend": getattr(recognizer, "backend", "torch"),
+            "task": labels.task, "max_bytes": int(max_bytes), "segments": segments,
+            "stream": segments and hasattr(recognizer, "score_pieces")}
+    if labels.task == "classification":
+        info.update({"classes": list(labels.classes), "colours": label_colours(labels.classes)})
+    else:
+        info["targets"] = list(labels.targets)
+    return info
+
+
+async def _read_upload(request) -> tuple[bytes, str]:
+    """The audio bytes and a name from a multipart upload (field ``file``) or a raw ``audio/*`` body."""
+    from fastapi import HTTPException
+
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(400, "no audio in the request: send the file in the multipart field 'file'")
+        data, name = await upload.read(), upload.filename or "upload"
+    elif ctype.startswith("audio/") or ctype in RAW_TYPES:
+        data, name = await request.body(), request.headers.get("x-filename", "body")
+    elif not ctype:
+        raise HTTPException(400, "no audio in the request: send a multipart upload (field 'file') or the audio "
+                                 "bytes with Content-Type audio/* or application/octet-stream")
+    else:
+        raise HTTPException(415, f"Content-Type {ctype!r}: send multipart/form-data (field 'file'), audio/* "
+                                 f"or application/octet-stream")
+    if not data:
+        raise HTTPException(400, f"{name}: empty upload, no audio bytes")
+    return data, name
+
+
+def _add_predict_route(app, recognizer, info: dict, lock, *, max_seconds: float, max_decodes: int,
+                       queue_seconds: float) -> None:
+    """``POST /predict``: decode an upload (at most ``max_decodes`` at once) and score it under ``lock``."""
+    from fastapi import HTTPException, Request
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    from serkit.constants import SAMPLE_RATE
+
+    decodes = threading.BoundedSemaphore(max(1, int(max_decodes)))
+
     @app.post("/predict")
     async def predict(request: Request, segments: bool = False, abstain: bool = False) -> JSONResponse:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            form = await request.form(max_files=1, max_fields=8)
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise HTTPException(400, "no audio in the request: send the file in the multipart field 'file'")
-            data, name = await upload.read(), upload.filename or "upload"
-        elif ctype.startswith("audio/") or ctype in RAW_TYPES:
-            data, name = await request.body(), request.headers.get("x-filename", "body")
-        elif not ctype:
-            raise HTTPException(400, "no audio in the request: send a multipart upload (field 'file') or the audio "
-                                     "bytes with Content-Type audio/* or application/octet-stream")
-        else:
-            raise HTTPException(415, f"Content-Type {ctype!r}: send multipart/form-data (field 'file'), audio/* "
-                                     f"or application/octet-stream")
-        if not data:
-            raise HTTPException(400, f"{name}: empty upload, no audio bytes")
+        data, name = await _read_upload(request)
 
         def run() -> dict:
             if not decodes.acquire(timeout=queue_seconds):
@@ -244,8 +282,58 @@ def create_app(recognizer, *, max_bytes: int = DEFAULT_MAX_BYTES, model_name: st
             raise HTTPException(422, _one_line(exc)) from None
         return JSONResponse(result)
 
-    app.add_middleware(BodySizeLimit, max_bytes=max_bytes, read_timeout=read_timeout)
-    return app
+
+def _add_stream_route(app, recognizer, lock) -> None:
+    """``WebSocket /stream?format=f32|i16``: live emotion (:mod:`serkit.stream`). The client sends binary frames of
+    16 kHz mono PCM (little-endian float32, or int16) and the text ``{"type": "end"}`` when it stops; the server
+    answers JSON ``partial`` / ``segment`` messages as they come and a ``summary`` after ``end``. A bad frame gets
+    ``{"type": "error", "detail"}`` and the socket closes (code 1007; 1008 for a bad ``format``)."""
+    from fastapi import WebSocket, WebSocketDisconnect
+    from starlette.concurrency import run_in_threadpool
+
+    from serkit.stream import StreamSession, decode_frame
+
+    def locked(fn):
+        with lock:
+            return fn()
+
+    @app.websocket("/stream")
+    async def stream(ws: WebSocket, format: str = "f32") -> None:
+        await ws.accept()
+        if format not in ("f32", "i16"):
+            await ws.send_json({"type": "error", "detail": f"format {format!r}: expected 'f32' or 'i16'"})
+            return await ws.close(code=1008)
+        try:
+            session = await run_in_threadpool(StreamSession, recognizer, "live", run=locked)
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("bytes") is not None:
+                    frame = decode_frame(message["bytes"], format)
+                    replies = await run_in_threadpool(session.push, frame)
+                elif _is_end(message.get("text")):
+                    for reply in await run_in_threadpool(session.finish):
+                        await ws.send_json(reply)
+                    return await ws.close()
+                else:
+                    raise SerkitError('text message: the only one is {"type": "end"}; audio goes in binary frames')
+                for reply in replies:
+                    await ws.send_json(reply)
+        except WebSocketDisconnect:
+            return
+        except SerkitError as exc:
+            await ws.send_json({"type": "error", "detail": _one_line(exc)})
+            await ws.close(code=1007)
+
+
+def _is_end(text: str | None) -> bool:
+    import json
+
+    try:
+        return isinstance(text, str) and json.loads(text).get("type") == "end"
+    except (ValueError, AttributeError):
+        return False
 
 
 def _segments(recognizer, signal, name: str) -> dict:

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from serkit.audio import read_audio
 from serkit.errors import SerkitError
-from serkit.inference.windows import WindowScorer, _Input, _usable, resolve_device
+from serkit.inference.windows import WindowScorer, _Input, _usable, resolve_device, speech_pieces
 from serkit.model_folder import ModelFolder, model_folder_part, push_model, resolve_model_dir
 from serkit.models.registry import ModelSpec
 
@@ -199,35 +199,54 @@ class Recognizer(WindowScorer):
         "label", "probabilities", "segments": [{"start", "end", "label", "probabilities"}, ...]}`` (times in
         seconds; ``values`` instead of a label for regression models).
         """
-        from serkit.timeline import merge_segments, speech_time_summary
         from serkit.vad import speech_segments
 
         path = str(path)
         spans, duration = speech_segments(path, vad)
-        w = self.window
-        pieces = []
-        for s, e in spans:
-            k = max(1, int(np.ceil((e - s) / w - 1e-9)))
-            pieces += [(s + (e - s) * i / k, s + (e - s) * (i + 1) / k) for i in range(k)]
-        inputs = [_Input(f"{path}@{s:.2f}", (lambda s=s, e=e: read_audio(path, start=s, stop=e, max_seconds=None)))
-                  for s, e in pieces]
+        pieces = speech_pieces(spans, self.window)
+
+        def load(s: float, e: float) -> np.ndarray:
+            return read_audio(path, start=s, stop=e, max_seconds=None)
+
         stats = self._enrolment(enroll)
         keep = same_speaker and stats is None and "speaker" in self.heads
         if keep:  # the recording enrols its speaker: every piece's features wait for the statistics
+            inputs = [_Input(f"{path}@{s:.2f}", (lambda s=s, e=e: load(s, e))) for s, e in pieces]
             self._encode_inputs(inputs, keep_own=True)
             speech = sum(x.duration for x in inputs if x.error is None)
             if speech >= self.min_enroll_seconds:
                 stats = self._combine([o for x in inputs if x.error is None for o in x.own if o is not None])
             head = self._head_for(stats)
-            per_piece = self._scores(inputs, stats, head)
+            per_piece = [None if sc is None else sc[1] for sc in self._scores(inputs, stats, head)]
         else:  # the head is known: pieces are encoded and scored a batch at a time (bounded memory)
-            head, per_piece, step = self._head_for(stats), [], max(self.batch_size, 8)
-            for i in range(0, len(inputs), step):
-                self._encode_inputs(inputs[i:i + step], keep_own=False)
-                per_piece += self._scores(inputs[i:i + step], stats, head)
-            speech = sum(x.duration for x in inputs if x.error is None)
-        scored = [(p, sc[1]) for p, sc in zip(pieces, per_piece, strict=True) if sc is not None]
-        result = {"file": path, "duration": round(duration, 3), "speech_seconds": round(speech, 3), "head": head,
+            head = self._head_for(stats)
+            per_piece, speech = self.score_pieces(pieces, load, path, stats, head)
+        return self.segments_result(path, duration, speech, head, pieces, per_piece, merge_gap)
+
+    def score_pieces(self, pieces: list[tuple[float, float]], load, name: str, stats=None, head: str | None = None
+                     ) -> tuple[list[np.ndarray | None], float]:
+        """Scores of pieces of one recording: ``pieces`` ``[(start, end), ...]`` (s), ``load(start, end)`` gives a
+        piece's 16 kHz float32 ``(samples,)``. Returns ``(per piece: scores (outputs,) or None when it cannot be
+        read, seconds of audio scored)``; encoded and scored a batch at a time (bounded memory)."""
+        head = head or self._head_for(stats)
+        inputs = [_Input(f"{name}@{s:.2f}", (lambda s=s, e=e: load(s, e))) for s, e in pieces]
+        per_piece: list[np.ndarray | None] = []
+        step = max(self.batch_size, 8)
+        for i in range(0, len(inputs), step):
+            self._encode_inputs(inputs[i:i + step], keep_own=False)
+            per_piece += [None if sc is None else sc[1] for sc in self._scores(inputs[i:i + step], stats, head)]
+        return per_piece, sum(x.duration for x in inputs if x.error is None)
+
+    def segments_result(self, name: str, duration: float, speech: float, head: str | None,
+                        pieces: list[tuple[float, float]], per_piece: list, merge_gap: float = 1.0) -> dict:
+        """The :meth:`predict_segments` dict from scored pieces (``per_piece``: scores or None, as
+        :meth:`score_pieces` gives them; ``head`` None: the head for audio without enrolment): merged segments
+        and, for classification, the speech-time summary."""
+        from serkit.timeline import merge_segments, speech_time_summary
+
+        head = head or self._head_for(None)
+        scored = [(p, sc) for p, sc in zip(pieces, per_piece, strict=True) if sc is not None]
+        result = {"file": name, "duration": round(duration, 3), "speech_seconds": round(speech, 3), "head": head,
                   "precision": self.precision}
         if not scored:
             why = "no speech found" if not pieces else "no speech segment could be read"

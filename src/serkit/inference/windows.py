@@ -87,6 +87,15 @@ class _Input:
     error: str | None = None
 
 
+def speech_pieces(spans: list[tuple[float, float]], window: float) -> list[tuple[float, float]]:
+    """Speech segments ``[(start, end), ...]`` (s) cut into equal pieces no longer than ``window`` seconds."""
+    pieces = []
+    for s, e in spans:
+        k = max(1, int(np.ceil((e - s) / window - 1e-9)))
+        pieces += [(s + (e - s) * i / k, s + (e - s) * (i + 1) / k) for i in range(k)]
+    return pieces
+
+
 def owned_statistics(feats: torch.Tensor, own: tuple[int, int], samples: int) -> tuple[np.ndarray, int] | None:
     """Pooled statistics ``(layers, 2*dim)`` and frame count of the frames of ``feats`` ``(layers, frames, dim)``
     (a piece of ``samples`` samples) that lie in its owned samples ``own = (start, end)``; None when none do."""
