@@ -115,3 +115,19 @@ def test_the_cycle_finder_finds_a_circle_through_a_function_local_import(tmp_pat
     assert cycle is not None and set(cycle) == {"serkit.a", "serkit.sub.b", "serkit.c"}
     (pkg / "c.py").write_text("import serkit.sub\n")
     assert find_cycle(import_graph(pkg)) is None
+
+
+def test_modules_and_functions_stay_readable():
+    """No module over MAX_MODULE_LINES lines, no function over MAX_FUNCTION_LINES (docstring included)."""
+    long_modules, long_functions = [], []
+    for path in SRC.rglob("*.py"):
+        text = path.read_text()
+        if text.count("\n") > MAX_MODULE_LINES:
+            long_modules.append(f"{path.relative_to(SRC)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}: {n} lines")
+    assert not long_modules, long_modules
+    assert not long_functions, long_functions
