@@ -199,9 +199,8 @@ def ensure_variant_store(manifest: pd.DataFrame, folds, spec: dict, encoder: dic
     ``<base_dir>-variants-<name>-k<k>-<key>``; returns ``(FeatureStore, variants table)``. Resumable: a finished
     store (``variants.csv`` written and every id present) is opened without rendering anything; the temporary audio
     files are deleted after extraction."""
-    from serkit.features.extraction import extract_to_cache
+    from serkit.features.extraction import extract_to_cache, extraction_options
     from serkit.features.store import FeatureStore
-    from serkit.train.features import extraction_options
 
     spec = {k: v for k, v in spec.items() if k not in ("mode",)}
     name, k, seed = str(spec.get("name", "eam")).lower(), int(spec.get("k", 2)), int(spec.get("seed", 0))

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from serkit.audio import audio_info, content_hash, read_audio, unusable
+from serkit.config_defaults import DEFAULTS
 from serkit.constants import SAMPLE_RATE
 from serkit.distributed import gather_objects, world
 from serkit.encoders import load_encoder, parse_layers, runner
@@ -323,3 +324,31 @@ def extract_to_cache(
         bar.close()
         finish_run(store, report, df, start, progress)
         return report
+
+
+def encoder_options(enc: dict) -> dict:
+    """A config's ``encoder`` section (or a view's) with every key it leaves out at its one default."""
+    return {**DEFAULTS["encoder"], **enc}
+
+
+def feature_precision(enc: dict) -> str:
+    """The resolved precision (``fp32`` / ``bf16``) the config's encoder runs in for extraction."""
+    from serkit.precision import resolve_precision
+
+    enc = encoder_options(enc)
+    return resolve_precision(enc["precision"], _device(enc["device"]))
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def extraction_options(enc: dict) -> dict:
+    """Keyword arguments of :func:`~serkit.features.extraction.extract_to_cache` from a config's ``encoder`` section."""
+    enc = encoder_options(enc)
+    return {"mode": enc["mode"], "device": _device(enc["device"]), "precision": feature_precision(enc),
+            "batch_seconds": float(enc["batch_seconds"])}

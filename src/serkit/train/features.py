@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from serkit.config_defaults import DEFAULTS
+from serkit.features.extraction import encoder_options, extraction_options, feature_precision
 
 #: Where feature stores live unless the config says otherwise (``features.cache_dir``).
 CACHE_ENV = "SERKIT_CACHE"
@@ -17,19 +17,6 @@ CACHE_ENV = "SERKIT_CACHE"
 
 def default_cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "serkit" / "features"))
-
-
-def encoder_options(enc: dict) -> dict:
-    """A config's ``encoder`` section (or a view's) with every key it leaves out at its one default."""
-    return {**DEFAULTS["encoder"], **enc}
-
-
-def feature_precision(enc: dict) -> str:
-    """The resolved precision (``fp32`` / ``bf16``) the config's encoder runs in for extraction."""
-    from serkit.precision import resolve_precision
-
-    enc = encoder_options(enc)
-    return resolve_precision(enc["precision"], _device(enc["device"]))
 
 
 def store_dir(cfg: dict, manifest: pd.DataFrame, encoder: dict | None = None) -> Path:
@@ -43,21 +30,6 @@ def store_dir(cfg: dict, manifest: pd.DataFrame, encoder: dict | None = None) ->
     slug += store_suffix(feature_precision(enc))
     root = Path(cfg["features"]["cache_dir"]) if cfg["features"]["cache_dir"] else default_cache_root()
     return root / corpus / slug
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def extraction_options(enc: dict) -> dict:
-    """Keyword arguments of :func:`~serkit.features.extraction.extract_to_cache` from a config's ``encoder`` section."""
-    enc = encoder_options(enc)
-    return {"mode": enc["mode"], "device": _device(enc["device"]), "precision": feature_precision(enc),
-            "batch_seconds": float(enc["batch_seconds"])}
 
 
 class StoreUnion:
