@@ -34,6 +34,15 @@ DEFAULTS: dict = {
     "recipe_options": {},
 }
 
+#: An ``augment:`` section's keys when the section is given (the section itself defaults to None: no augmentation);
+#: ``mode: auto`` is resolved by the recipe (variants on cached features, on_the_fly with the encoder in the loop).
+AUGMENT_DEFAULTS: dict = {"name": "none", "mode": "auto"}
+
+#: What files written before serkit recorded precisions ran in (a feature store's ``store.json``, a model folder's
+#: ``encoder.json`` / ``meta.json``, a fold's ``result.json``): fp32 features and Lightning's 32-true training. A fact
+#: about those files, not a config default (which may change; the files cannot).
+UNRECORDED_PRECISION: dict = {"features": "fp32", "train": "32-true"}
+
 
 def with_defaults(cfg: dict) -> dict:
     """``cfg`` with every key it leaves out at its default, section by section (a copy; nothing is checked: a saved
