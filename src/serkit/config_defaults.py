@@ -1,7 +1,8 @@
 """Every config key's default value: the one source of defaults.
 
 :mod:`serkit.config` fills a loaded YAML from here, :mod:`serkit.options` builds the typed sections from here, and
-code that needs a default reads it here rather than restating it.
+code that needs a default reads it here rather than restating it. Beside them: an ``augment:`` section's keys and
+what files from before serkit recorded precisions ran in.
 """
 
 DEFAULTS: dict = {
