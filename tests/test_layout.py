@@ -142,3 +142,70 @@ def test_modules_and_functions_stay_readable():
                     long_functions.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}: {n} lines")
     assert not long_modules, long_modules
     assert not long_functions, long_functions
+
+
+def _config_keys(defaults: dict) -> set[str]:
+    """Every key of ``defaults`` at any depth (section names and their keys)."""
+    keys = set()
+    for key, value in defaults.items():
+        keys.add(key)
+        if isinstance(value, dict):
+            keys |= _config_keys(value)
+    return keys
+
+
+def _written_out(node: ast.expr) -> bool:
+    """A default typed as a value: a literal other than None and other than an empty list / tuple / dict / set."""
+    try:
+        value = ast.literal_eval(node)
+    except ValueError:
+        return False
+    return value is not None and not (isinstance(value, (list, tuple, dict, set)) and not value)
+
+
+def restated_defaults(src: Path = SRC) -> list[tuple[str, int, str]]:
+    """``(file relative to src, line, key)`` of every ``x.get(KEY, LITERAL)`` outside ``config_defaults.py`` whose
+    KEY is a key of :data:`serkit.config_defaults.DEFAULTS` (any depth) and LITERAL a value typed in place."""
+    from serkit.config_defaults import DEFAULTS
+
+    keys = _config_keys(DEFAULTS)
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        if path.name == "config_defaults.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                    and len(node.args) == 2 and isinstance(node.args[0], ast.Constant)
+                    and node.args[0].value in keys and _written_out(node.args[1])):
+                found.append((path.relative_to(src).as_posix(), node.lineno, node.args[0].value))
+    return found
+
+
+#: ``(file, key)`` whose ``.get(KEY, LITERAL)`` reads something other than a config setting of that name.
+RESTATED_DEFAULT_ALLOWED = {
+    ("ablation/run.py", "name"),  # a protocol's name in a sentence: no protocol reads "the corpus default"
+    ("results_page.py", "mode"),  # results.json fields: a fold's normalisation record, encoder.finetune's mode
+    ("results_page.py", "name"),  # a summary's protocol name on the page: "?" where the summary has none
+}
+
+
+def test_config_defaults_live_in_one_source():
+    """No module restates a config default (``cfg.get("threads", "auto")``): a resolved config is indexed, a file
+    serkit wrote falls back on :mod:`serkit.config_defaults` or the options class that owns the default."""
+    found = restated_defaults()
+    assert [f"{f}:{line} .get({key!r}, ...)" for f, line, key in found if (f, key) not in RESTATED_DEFAULT_ALLOWED] \
+        == []
+    assert RESTATED_DEFAULT_ALLOWED <= {(f, key) for f, _, key in found}  # no allowance outlives its reason
+
+
+def test_the_default_scan_finds_a_restated_default(tmp_path):
+    pkg = tmp_path / "serkit"
+    pkg.mkdir()
+    (pkg / "config_defaults.py").write_text('X = {}.get("threads", "auto")\n')  # the one source may spell them
+    (pkg / "a.py").write_text('def f(cfg, DEFAULTS):\n'
+                              '    a = cfg["train"].get("threads", "auto")\n'
+                              '    b = cfg.get("precision", {"features": "fp32"})\n'
+                              '    c = cfg.get("mode", DEFAULTS["encoder"]["mode"])\n'
+                              '    d = cfg.get("select", None), cfg.get("recipe_options", {}), cfg.get("no_key", 1)\n'
+                              '    return a, b, c, d\n')
+    assert restated_defaults(pkg) == [("a.py", 2, "threads"), ("a.py", 3, "precision")]

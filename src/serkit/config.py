@@ -137,7 +137,7 @@ def _precisions(cfg: dict) -> None:
             if legacy not in PRECISIONS:
                 raise ConfigError(f"config: {where}.dtype={legacy!r} is not one of {PRECISIONS}")
             enc["precision"] = legacy
-        if enc.get("precision", "auto") not in PRECISIONS:
+        if enc.get("precision", DEFAULTS["encoder"]["precision"]) not in PRECISIONS:
             raise ConfigError(f"config: {where}.precision={enc['precision']!r} is not one of {PRECISIONS}")
     lightning = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
     if str(cfg["train"]["precision"]) not in PRECISIONS + lightning:
@@ -284,7 +284,7 @@ def parse_yaml(text: str, where: str):
 def default_normalize(cfg: dict) -> str:
     """``features.normalize`` when a config leaves it out: the corpus reader's ``default_normalize`` (``auto`` for
     the user layouts ``csv`` and ``folder``, ``none`` for the published corpora) on cached features, else none."""
-    if cfg["features"].get("source", "cache") != "cache" or not isinstance(cfg.get("corpus"), str):
+    if cfg["features"]["source"] != "cache" or not isinstance(cfg.get("corpus"), str):
         return "none"
     from serkit.corpora import get_reader
 

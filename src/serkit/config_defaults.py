@@ -1,7 +1,8 @@
 """Every config key's default value: the one source of defaults.
 
 :mod:`serkit.config` fills a loaded YAML from here, :mod:`serkit.options` builds the typed sections from here, and
-code that needs a default reads it here rather than restating it.
+code that needs a default reads it here rather than restating it. Beside them: an ``augment:`` section's keys and
+what files from before serkit recorded precisions ran in.
 """
 
 DEFAULTS: dict = {
@@ -33,6 +34,15 @@ DEFAULTS: dict = {
     "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
     "recipe_options": {},
 }
+
+#: An ``augment:`` section's keys when the section is given (the section itself defaults to None: no augmentation);
+#: ``mode: auto`` is resolved by the recipe (variants on cached features, on_the_fly with the encoder in the loop).
+AUGMENT_DEFAULTS: dict = {"name": "none", "mode": "auto"}
+
+#: What files written before serkit recorded precisions ran in (a feature store's ``store.json``, a model folder's
+#: ``encoder.json`` / ``meta.json``, a fold's ``result.json``): fp32 features and Lightning's 32-true training. A fact
+#: about those files, not a config default (which may change; the files cannot).
+UNRECORDED_PRECISION: dict = {"features": "fp32", "train": "32-true"}
 
 
 def with_defaults(cfg: dict) -> dict:

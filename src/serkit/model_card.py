@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from serkit.config_defaults import UNRECORDED_PRECISION, with_defaults
 from serkit.io import atomic_write_text
 
 
@@ -30,8 +31,9 @@ def describe_model(model_dir: str | Path) -> dict:
     labels, enc = _read(d, "labels.json"), _read(d, "encoder.json")
     heads = meta.get("heads") or {("speaker" if cfg.get("features", {}).get("normalize") == "speaker"
                                    else "global"): "model.safetensors"}
-    precision = meta.get("precision") or {"features": enc.get("precision", "fp32"),
-                                          "train": (cfg.get("train") or {}).get("precision", "auto")}
+    # a folder written before precisions were recorded: its encoder.json may still name the features' precision
+    precision = meta.get("precision") or {**UNRECORDED_PRECISION,
+                                          "features": enc.get("precision", UNRECORDED_PRECISION["features"])}
     return {
         "name": cfg.get("name"), "folder": str(d), "serkit_version": meta.get("serkit_version", __version__),
         "corpus": cfg.get("corpus") or cfg.get("manifest"), "class_set": cfg.get("class_set"),
@@ -41,7 +43,7 @@ def describe_model(model_dir: str | Path) -> dict:
         "refit": meta.get("refit"), "heads": heads, "recipe": cfg.get("recipe"), "model": cfg.get("model"),
         "encoder": enc.get("encoder"), "encoder_revision": enc.get("revision"), "encoder_mode": enc.get("mode"),
         "layers": enc.get("layers"), "feature_level": (cfg.get("features") or {}).get("level"),
-        "normalize": (cfg.get("features") or {}).get("normalize", "none"), "precision": precision,
+        "normalize": with_defaults(cfg)["features"]["normalize"] or "none", "precision": precision,
         "window_seconds": (cfg.get("predict") or {}).get("window_seconds"),
         "hop_seconds": (cfg.get("predict") or {}).get("hop_seconds"),
         "validation": val.get("heads") or {}, "validation_protocol": val.get("protocol"), "cv": val.get("cv"),
@@ -195,7 +197,7 @@ def _ensemble_lines(ensembles: dict) -> list[str]:
         sets = ", ".join(f"{s['name']} ({' + '.join(s['views'])}) x {w:g}"
                          for s, w in zip(e["score_sets"], e["weights"], strict=True))
         inputs = "; ".join(f"`{v['name']}`: layers {'all' if v.get('layers') is None else v['layers']}, "
-                           f"{v['pooling']} pooling, normalisation {v.get('normalize', 'none')}, width {v['width']}"
+                           f"{v['pooling']} pooling, normalisation {v['normalize']}, width {v['width']}"
                            for v in e["views"])
         what = "class probabilities" if e.get("class_scores") == "probs" else "scores"
         lines += [f"- {head} head: score sets combined as sum of weight x {what}: {sets}",

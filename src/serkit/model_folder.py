@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from serkit.config_defaults import with_defaults
+from serkit.config_defaults import DEFAULTS, with_defaults
 from serkit.data.labels import LabelMap
 from serkit.errors import SerkitError
 
@@ -94,7 +94,7 @@ class ModelFolder:
             layers = rec.get("layers") if isinstance(rec, dict) else None
             if not isinstance(rec, dict) or not isinstance(rec.get("encoder"), str) or not (
                     layers is None or (isinstance(layers, list) and all(type(x) is int for x in layers))) or \
-                    rec.get("mode", "native") not in ("native", "padded"):
+                    rec.get("mode", DEFAULTS["encoder"]["mode"]) not in ("native", "padded"):
                 raise SerkitError(f"{where}: not a usable serkit model file (expects an 'encoder' id, integer "
                                   f"'layers' and a mode native / padded)")
         root = d.resolve()

@@ -112,7 +112,7 @@ def run_precision(cfg: dict, source=None) -> dict:
     """What an experiment runs in (resolved, never ``auto``): ``{"features": fp32 | bf16, "train": Lightning
     precision}``. ``features`` is the feature store's precision (``source``), or with the encoder in the training
     loop (``features.source: waveform``, ``source`` None) the training precision's."""
-    train = lightning_precision(cfg["train"]["precision"], cfg["train"].get("accelerator", "auto"))
+    train = lightning_precision(cfg["train"]["precision"], cfg["train"]["accelerator"])
     if source is not None:
         features = getattr(source, "precision", "fp32")
     else:

@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path
 
+from serkit.config_defaults import DEFAULTS
 from serkit.errors import ConfigError
 
 SINGLE_CLIP = "single clip"
@@ -97,7 +98,7 @@ def summarise_run(run_dir: str | Path, command: str, name: str | None = None, lo
     name = name or run.name
     if not _NAME.match(name):
         raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
-    metric = "ua" if results.get("task", "classification") == "classification" else "ccc_mean"
+    metric = "ua" if results.get("task", DEFAULTS["task"]) == "classification" else "ccc_mean"
     folds = results.get("folds") or []
     if not folds or metric not in (results.get("mean") or {}):
         raise ConfigError(f"{run / 'results.json'}: no per-fold {metric} (is the run finished?)")

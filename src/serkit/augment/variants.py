@@ -203,7 +203,7 @@ def ensure_variant_store(manifest: pd.DataFrame, folds, spec: dict, encoder: dic
     from serkit.features.store import FeatureStore
 
     spec = {k: v for k, v in spec.items() if k not in ("mode",)}
-    name, k, seed = str(spec.get("name", "eam")).lower(), int(spec.get("k", 2)), int(spec.get("seed", 0))
+    name, k, seed = str(spec["name"]).lower(), int(spec["k"]), int(spec["seed"])
     key = variant_spec_key(spec, folds)
     root = Path(f"{base_dir}-variants-{name}-k{k}-{key}")
     table_path = root / "variants.csv"
@@ -219,7 +219,7 @@ def ensure_variant_store(manifest: pd.DataFrame, folds, spec: dict, encoder: dic
     log(f"rendering {len(plan)} {name} variants (k={k}) -> {root}")
     audio = root / "audio"
     table = render_variants(plan, manifest, mixup, audio, seed)
-    extract_to_cache(table[["id", "path", "duration"]], encoder["id"], encoder.get("layers", "all"), root,
+    extract_to_cache(table[["id", "path", "duration"]], encoder["id"], encoder["layers"], root,
                      **extraction_options(encoder), progress=progress)
     store = FeatureStore(root)
     missing = [i for i in table["id"] if i not in store]

@@ -211,7 +211,7 @@ def pool_frames(x: np.ndarray, k: int) -> np.ndarray:
 def loader_workers(train_cfg: dict) -> dict:
     """DataLoader keyword arguments for ``train.num_workers``: worker processes kept alive between epochs (no
     re-forking every epoch for every loader: on a GPU that start-up would cost more than an epoch's compute)."""
-    n = int(train_cfg.get("num_workers", 0) or 0)
+    n = int(train_cfg["num_workers"] or 0)
     return {"num_workers": n, "persistent_workers": n > 0}
 
 

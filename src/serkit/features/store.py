@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from serkit.config_defaults import UNRECORDED_PRECISION
 from serkit.errors import SerkitError
 from serkit.features.locking import store_lock
 from serkit.features.pooling import pooled_statistics
@@ -265,7 +266,7 @@ class FeatureStore:
     @property
     def precision(self) -> str:
         """Precision the encoder ran in (``fp32`` / ``bf16``); stores from before it was recorded are fp32."""
-        return str(self.spec.get("precision", "fp32"))
+        return str(self.spec.get("precision", UNRECORDED_PRECISION["features"]))
 
     def ids(self) -> list[str]:
         """Utterance ids with finished features (in the order they were written)."""

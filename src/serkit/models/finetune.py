@@ -118,7 +118,7 @@ def resolve_finetune(value) -> FinetuneOptions:
     extra = set(value) - set(KEYS)
     if extra:
         raise ConfigError(f"config: unknown key(s) {sorted(f'{WHERE}.{k}' for k in extra)}; known: {list(KEYS)}")
-    mode = value.get("mode", "frozen")
+    mode = value.get("mode", FinetuneOptions.mode)
     mode = {False: "frozen", None: "frozen", "none": "frozen", True: "full"}.get(mode, mode)
     if mode not in MODES:
         raise ConfigError(f"config: {WHERE}.mode={value.get('mode')!r} is not one of {MODES}")
@@ -129,15 +129,15 @@ def resolve_finetune(value) -> FinetuneOptions:
         top_k = _int(top_k, "top_k", 1)
     elif top_k is not None:
         _int(top_k, "top_k", 1)
-    gc = value.get("gradient_checkpointing", False)
+    gc = value.get("gradient_checkpointing", FinetuneOptions.gradient_checkpointing)
     if not isinstance(gc, bool):
         raise ConfigError(f"config: {WHERE}.gradient_checkpointing must be true or false, got {gc!r}")
     return FinetuneOptions(
         mode=mode,
         top_k=top_k if mode == "top" else 0,
         lora=_lora(value.get("lora")),
-        layer_decay=_float(value.get("layer_decay", 1.0), "layer_decay", 0.0, 1.0, low_open=True),
-        warmup_epochs=_int(value.get("warmup_epochs", 0), "warmup_epochs", 0),
+        layer_decay=_float(value.get("layer_decay", FinetuneOptions.layer_decay), "layer_decay", 0.0, 1.0, low_open=True),
+        warmup_epochs=_int(value.get("warmup_epochs", FinetuneOptions.warmup_epochs), "warmup_epochs", 0),
         gradient_checkpointing=gc,
     )
 
@@ -149,7 +149,7 @@ def check_config(cfg: dict) -> None:
     if not isinstance(enc, dict) or "finetune" not in enc:
         return
     opts = resolve_finetune(enc["finetune"])
-    if opts.trains_encoder and cfg.get("features", {}).get("source", "cache") != "waveform":
+    if opts.trains_encoder and cfg["features"]["source"] != "waveform":
         raise ConfigError(f"config: {WHERE} mode {opts.mode!r} trains the encoder inside the model: set "
                           f"features.source: waveform")
     if opts.mode == "lora":

@@ -73,7 +73,7 @@ class ScoreSetEnsemble(nn.Module):
                               f"{weights}")
         self.task, self.class_scores = task, description.get("class_scores", "probs")
         self.view_names = [v["name"] for v in views]
-        self.normalize = {v["name"]: v.get("normalize", "none") for v in views}
+        self.normalize = {v["name"]: v["normalize"] for v in views}
         self.views = nn.ModuleList(ViewInput(v["width"], v.get("layers"), v["pooling"]) for v in views)
         width = {v["name"]: int(v["width"]) for v in views}
         opts = dict(description.get("model") or {})

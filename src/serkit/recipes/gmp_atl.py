@@ -241,9 +241,9 @@ class GMPATLRecipe(Recipe):
         from serkit.encoders import load_encoder
 
         enc = cfg["encoder"]
-        key = (enc["id"], enc.get("mode", "native"), enc.get("revision"))
+        key = (enc["id"], enc["mode"], enc.get("revision"))
         if getattr(self, "_enc_key", None) != key:
-            self._enc_proto = load_encoder(enc["id"], mode=enc.get("mode", "native"), eval_mode=True,
+            self._enc_proto = load_encoder(enc["id"], mode=enc["mode"], eval_mode=True,
                                            revision=enc.get("revision"))
             self._enc_key = key
         return copy.deepcopy(self._enc_proto)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from serkit.config_defaults import AUGMENT_DEFAULTS
 from serkit.data.soft_labels import SoftLabelTrainSet
 from serkit.errors import ConfigError
 from serkit.models.registry import ModelSpec
@@ -37,10 +38,9 @@ log = logging.getLogger("serkit")
 # ------------------------------------------------------------------------------------------------------ helpers
 def augment_options(cfg: dict) -> dict:
     """The config's ``augment:`` with defaults and ``mode`` resolved (``variants`` | ``on_the_fly``)."""
-    aug = dict(cfg.get("augment") or {})
-    aug.setdefault("name", "none")
+    aug = {**AUGMENT_DEFAULTS, **(cfg.get("augment") or {})}
     aug["name"] = str(aug["name"]).lower()
-    mode = aug.get("mode", "auto")
+    mode = aug["mode"]
     source = cfg["features"]["source"]
     if mode == "auto":
         mode = "on_the_fly" if source == "waveform" else "variants"
@@ -88,7 +88,7 @@ def variant_store(cfg: dict, manifest):
     key = (str(base), repr(sorted(spec.items())), tuple(sorted(map(str, manifest["id"]))))
     if key not in _VARIANT_STORES:
         _VARIANT_STORES[key] = ensure_variant_store(manifest, folds, spec, cfg["encoder"], base,
-                                                    progress=bool(cfg["train"].get("progress", True)))
+                                                    progress=bool(cfg["train"]["progress"]))
     return _VARIANT_STORES[key]
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from serkit.config import dump, load_config
+from serkit.config_defaults import AUGMENT_DEFAULTS, UNRECORDED_PRECISION
 from serkit.errors import ConfigError
 from serkit.io import atomic_write_json, atomic_write_text
 from serkit.metrics import mean_std
@@ -129,7 +130,7 @@ def _check_fold_precision(out: Path, precision: dict) -> None:
     """Refuse to resume a run whose finished folds ran in another precision (folds before precisions were
     recorded ran fp32 features and 32-true training)."""
     for res_path in sorted(out.glob("fold*/result.json")):
-        done = json.loads(res_path.read_text()).get("precision", {"features": "fp32", "train": "32-true"})
+        done = json.loads(res_path.read_text()).get("precision", UNRECORDED_PRECISION)
         if done != precision:
             raise ConfigError(
                 f"{res_path} ran with precision {done}, this run would use {precision}; set encoder.precision / "
@@ -173,11 +174,11 @@ FEATURE_NORMALISATION = NORMALISATION_TEXT
 
 def describe_augmentation(cfg: dict) -> str:
     """One line for results and reports: which augmentation produced a number, and how (cached variants or live)."""
-    aug = cfg.get("augment") or {}
-    name = str(aug.get("name", "none")).lower()
+    aug = {**AUGMENT_DEFAULTS, **(cfg.get("augment") or {})}
+    name = str(aug["name"]).lower()
     if name == "none":
         return "none"
-    mode = aug.get("mode", "auto")
+    mode = aug["mode"]
     if mode == "auto":
         mode = "on_the_fly" if cfg["features"]["source"] == "waveform" else "variants"
     if mode == "variants":

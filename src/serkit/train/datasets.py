@@ -39,7 +39,7 @@ def as_feature_stage(cfg: dict, manifest: pd.DataFrame, fold: Fold, source):
 
     f = cfg["features"]
     if isinstance(source, FeatureStage):
-        if source.mode == f.get("normalize", "none") and source.layer_spec == f.get("layers"):
+        if source.mode == f["normalize"] and source.layer_spec == f.get("layers"):
             return source
         source = source.store  # a selection candidate with another normalisation: its own stage
     return FeatureStage(f, source, manifest, fold.train + fold.val + fold.test, reference_ids=fold.train)
@@ -60,8 +60,8 @@ def load_loop_encoder(cfg: dict):
     from serkit.encoders import load_encoder, parse_layers
 
     enc = cfg["encoder"]
-    encoder = load_encoder(enc["id"], mode=enc.get("mode", "native"), eval_mode=True, revision=enc.get("revision"))
-    layers, _ = parse_layers(enc.get("layers", "all"), encoder.num_layers)
+    encoder = load_encoder(enc["id"], mode=enc["mode"], eval_mode=True, revision=enc.get("revision"))
+    layers, _ = parse_layers(enc["layers"], encoder.num_layers)
     chosen = cfg["features"].get("layers")
     if chosen is not None:
         idx, _ = parse_layers(chosen, len(layers))

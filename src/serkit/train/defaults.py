@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from serkit.config_defaults import DEFAULTS
 from serkit.errors import ConfigError
 
 #: The default head: the RAVDESS baseline (pooled mean+std of every layer -> batch norm -> linear), with its
@@ -120,7 +121,7 @@ def table_config(target: str | Path, *, layout: str | None = None, recipe: str |
     if recipe in (None, "baseline"):
         cfg["train"].update(copy.deepcopy(HEAD_TRAINING[task]))
     cfg.update(data)
-    cfg["name"] = f"{target.stem}-{cfg.get('recipe', 'baseline')}"
+    cfg["name"] = f"{target.stem}-{cfg.get('recipe', DEFAULTS['recipe'])}"
     cfg["task"] = task
     cfg["protocol"] = data_protocol(manifest)
     if task == "regression":

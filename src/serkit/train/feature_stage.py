@@ -183,7 +183,7 @@ class SpeakerStatsItems(ItemsWithExtras):
 
 def applied_normalisation(records: list[dict]) -> str:
     """results.json's ``feature_normalisation`` from the folds' stage records (what every fold applied)."""
-    modes = {r.get("normalize", "none") for r in records}
+    modes = {r["normalize"] for r in records}
     if not modes:
         return "none"
     if len(modes) > 1:

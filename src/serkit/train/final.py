@@ -37,7 +37,7 @@ HEAD_FILES = {"speaker": "model.safetensors", "global": "model-global.safetensor
 
 def heads_for(cfg: dict) -> list[str]:
     """The heads a config trains: ``["speaker", "global"]`` with speaker normalisation, else ``["global"]``."""
-    return ["speaker", "global"] if cfg["features"].get("normalize", "none") == "speaker" else ["global"]
+    return ["speaker", "global"] if cfg["features"]["normalize"] == "speaker" else ["global"]
 
 
 def head_file(head: str, heads: list[str]) -> str:
@@ -310,7 +310,7 @@ def encoder_record(cfg: dict, source, precision: str) -> dict:
         return {"encoder": " + ".join(v["encoder"] for v in views.values()), "precision": precision,
                 "views": views}
     enc = dict(source.spec) if source is not None else {"encoder": cfg["encoder"]["id"], "mode": cfg["encoder"]["mode"]}
-    enc["layers_spec"] = cfg["encoder"].get("layers", "all")
+    enc["layers_spec"] = cfg["encoder"]["layers"]
     enc["precision"] = precision
     return enc
 

@@ -166,7 +166,7 @@ def fold_context(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, fold_dir
     features = {}
     for name, store in stores.items():
         opts = {**cfg["features"], **(views.get(name, {}).get("features") or {})}
-        if store is None and opts.get("normalize", "none") != "none" and cfg["features"]["source"] == "waveform":
+        if store is None and opts["normalize"] != "none" and cfg["features"]["source"] == "waveform":
             raise ConfigError("features.normalize with features.source: waveform needs the speakers' statistics "
                               "from the feature cache; the runner fills it (internal error: no store given)")
         features[name] = FeatureStage(opts, store, manifest, ids, name=name, reference_ids=fold.train)

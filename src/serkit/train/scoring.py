@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from serkit.config_defaults import DEFAULTS
 from serkit.data.features import to_device
 from serkit.data.labels import LabelMap
 from serkit.metrics import classification_metrics, regression_metrics
@@ -20,7 +21,7 @@ log = logging.getLogger("serkit")
 def inference_device(train_cfg: dict | None = None) -> torch.device:
     """Where no-grad passes outside Lightning run (test scoring, frame extraction): the GPU when training would use
     one (``train.accelerator`` auto / gpu / cuda and CUDA available), else the CPU."""
-    acc = str((train_cfg or {}).get("accelerator", "auto"))
+    acc = str((train_cfg or {}).get("accelerator", DEFAULTS["train"]["accelerator"]))
     if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")

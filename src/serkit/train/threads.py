@@ -16,7 +16,7 @@ import torch
 
 def training_threads(cfg: dict) -> int | None:
     """The thread count ``cfg`` asks training to use; None: torch's default (left as it is)."""
-    threads = cfg["train"].get("threads", "auto")
+    threads = cfg["train"]["threads"]
     if threads == "auto":
         return 1 if cfg["features"].get("level") == "pooled" else None
     return int(threads)

@@ -68,7 +68,7 @@ def make_loggers(cfg: dict, fold_dir: Path) -> list:
     import importlib.util
     import os
 
-    kind = cfg["train"].get("logger", "csv")
+    kind = cfg["train"]["logger"]
     if kind not in LOGGER_PACKAGES:
         raise ConfigError(f"config: train.logger={kind!r} is not one of {tuple(LOGGER_PACKAGES)}")
     need = LOGGER_PACKAGES[kind]
@@ -81,7 +81,7 @@ def make_loggers(cfg: dict, fold_dir: Path) -> list:
         loggers.append(L.pytorch.loggers.TensorBoardLogger(str(fold_dir), name="tensorboard", version=""))
     elif kind == "mlflow":
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(fold_dir).resolve().parent / "mlruns").as_uri()
-        loggers.append(L.pytorch.loggers.MLFlowLogger(experiment_name=str(cfg.get("name", "serkit")),
+        loggers.append(L.pytorch.loggers.MLFlowLogger(experiment_name=str(cfg["name"]),
                                                       run_name=Path(fold_dir).name, tracking_uri=uri))
     return loggers
 
@@ -105,7 +105,7 @@ def make_trainer(cfg: dict, fold_dir: Path, extra_callbacks=()) -> L.Trainer:
         # train.solver: ridge is fitted in closed form at the start: one epoch (its validation) is the whole run
         max_epochs=1 if t.get("solver") == "ridge" else int(t["epochs"]),
         min_epochs=1 if t.get("solver") == "ridge" else int(t["min_epochs"]), accelerator=t["accelerator"],
-        devices=t["devices"], num_nodes=int(t.get("num_nodes", 1)), strategy=t["strategy"], precision=precision,
+        devices=t["devices"], num_nodes=int(t["num_nodes"]), strategy=t["strategy"], precision=precision,
         callbacks=[best, last, early, *extra_callbacks],
         logger=logger, deterministic=bool(t["deterministic"]) and not torch.cuda.is_available(),
         gradient_clip_val=t["grad_clip"] or None, enable_progress_bar=bool(t["progress"]),
