@@ -10,6 +10,7 @@ from serkit.errors import ConfigError
 from serkit.results_page import (
     SINGLE_CLIP,
     SPEAKER_ADAPTIVE,
+    encoder_regime,
     load_summaries,
     render,
     summarise_run,
@@ -96,6 +97,8 @@ def test_both_tracks_share_a_row_and_the_cli_writes_summaries_and_page(tmp_path,
     assert row.index("0.5500") < row.index("0.8500")  # single clip first, speaker-adaptive beside it
     row = next(line for line in text.splitlines() if line.startswith("| baseline | fine-tuned (lora) |"))
     assert "0.6500" in row and "0.5500" not in row  # a fine-tuned encoder gets its own row
+    assert [encoder_regime({"encoder": {"finetune": f}}) for f in ("full", "top:2", {"mode": "frozen"}, None)] == [
+        "fine-tuned (full)", "fine-tuned (top)", "frozen", "frozen"]
     assert "`serkit cv glob.yaml`" in text and "`serkit cv spk.yaml`" in text
 
 

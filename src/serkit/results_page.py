@@ -47,9 +47,12 @@ def track_of(results: dict) -> str:
 
 
 def encoder_regime(results: dict) -> str:
-    """``"frozen"`` or ``"fine-tuned (<mode>)"``: how the run's encoder was trained (``encoder.finetune.mode``)."""
-    finetune = ((results.get("encoder") or {}).get("finetune") or {}).get("mode", "none")
-    return "frozen" if finetune in (None, "none") else f"fine-tuned ({finetune})"
+    """``"frozen"`` or ``"fine-tuned (<mode>)"``: how the run's encoder was trained (``encoder.finetune`` in any
+    form the config accepts)."""
+    from serkit.models.finetune import resolve_finetune
+
+    mode = resolve_finetune((results.get("encoder") or {}).get("finetune")).mode
+    return "frozen" if mode == "frozen" else f"fine-tuned ({mode})"
 
 
 def wall_seconds_from_log(path: str | Path) -> float | None:
