@@ -72,6 +72,15 @@ def _folds(args) -> int:
     return 0
 
 
+def _config(args) -> int:
+    """Print the resolved config: defaults filled, ``extends`` and ``--set`` applied, checked (what a run saves
+    as ``config.yaml``)."""
+    from serkit.config import dump, load_config
+
+    sys.stdout.write(dump(load_config(args.config, args.set)))
+    return 0
+
+
 #: command -> (module that registers it, one-line help)
 LAZY_COMMANDS = {
     "extract": ("serkit.features.cli", "extract encoder features of a manifest into a feature store"),
@@ -125,6 +134,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folds JSON")
     p.set_defaults(func=_folds)
+
+    p = sub.add_parser("config", help="print a config resolved: defaults, extends and --set applied, checked")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.set_defaults(func=_config)
 
     # Heavy sub-commands (torch, transformers, Lightning) are imported only when they are the command being run;
     # otherwise a light stub keeps them listed in --help. One table names each command's module.
