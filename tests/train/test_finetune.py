@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -226,7 +227,7 @@ def test_cv_fine_tunes_what_the_regime_names(tiny_corpus, whisper_dir, tmp_path,
 
 
 @pytest.mark.parametrize("regime", list(REGIMES))
-def test_train_then_predict_with_a_fine_tuned_encoder(tiny_corpus, whisper_dir, tmp_path, regime):
+def test_train_predict_and_export_a_fine_tuned_encoder(tiny_corpus, whisper_dir, tmp_path, regime):
     from safetensors.torch import load_file
 
     from serkit.inference import Recognizer
@@ -247,6 +248,14 @@ def test_train_then_predict_with_a_fine_tuned_encoder(tiny_corpus, whisper_dir, 
     assert len(out) == 3 and all(o["label"] in ("low", "mid", "high") for o in out)
     probs = np.array([list(o["probabilities"].values()) for o in out])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+    if importlib.util.find_spec("onnxruntime") is None:
+        return
+    from serkit.inference.onnx import OnnxRecognizer
+
+    assert main(["export", str(model_dir), "--format", "onnx"]) == 0  # the export checks torch against the graph
+    onnx_probs = np.array([list(o["probabilities"].values())
+                           for o in OnnxRecognizer.from_folder(model_dir, threads=1).predict_files(files)])
+    assert np.abs(onnx_probs - probs).max() <= 1e-3
 
 
 @pytest.mark.parametrize("level", ["frames", "pooled"])
