@@ -282,14 +282,19 @@ def test_lora_model_exports_to_onnx_within_tolerance(tiny_corpus, whisper_dir, t
     assert diff <= 1e-3
 
 
-def test_sigkilled_lora_cv_resumes_to_the_uninterrupted_result(tiny_corpus, whisper_dir, tmp_path):
-    """Killed after the head's warm-up, in the middle of an epoch that trains the adapters (with dropout in the
-    adapters and the head): the resumed run gives the uninterrupted run's figures and predictions."""
+@pytest.mark.parametrize("regime", ["full", "top", "lora"])
+def test_sigkilled_fine_tuning_cv_resumes_to_the_uninterrupted_result(tiny_corpus, whisper_dir, tmp_path, regime):
+    """Killed in the middle of an epoch that trains the encoder (LoRA: after the head's warm-up, with dropout in the
+    adapters; every regime with dropout in the head): the resumed run gives the uninterrupted run's figures and
+    predictions."""
     from serkit.train.cv import run_cv
     from tests.train.test_resume import FOLD, _figures, _killed_run
 
-    finetune = {"mode": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.1}, "warmup_epochs": 1,
-                "layer_decay": 0.8}
+    finetune = {
+        "full": {"mode": "full"},
+        "top": {"mode": "top", "top_k": 1, "layer_decay": 0.8},
+        "lora": {"mode": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.1}, "warmup_epochs": 1, "layer_decay": 0.8},
+    }[regime]
     cfg = _ft_config(tiny_corpus, whisper_dir, finetune, epochs=3, patience=5)
     cfg["model"]["dropout"] = 0.3
     cfg_path = tmp_path / "cfg.yaml"
