@@ -113,3 +113,22 @@ def test_random_protocol_scores_speaker_head(tiny_corpus, tmp_path):  # noqa: F8
     res = run_cv(cfg, tmp_path / "rnd", log=lambda *a: None)
     m = res["folds"][0]["metrics"]
     assert res["speaker_independent"] is False and {"speaker_wa", "speaker_ua", "speaker_eer"} <= set(m)
+
+
+def test_recipe_options_are_typed_and_unknown_keys_named(tiny_corpus):  # noqa: F811
+    import pytest
+
+    from serkit.config import load_config
+    from serkit.errors import ConfigError
+
+    recipe = get_recipe("hcld")
+    o = recipe.options(load_config(_tiny(tiny_corpus, recipe_options={"pair_sampler": False, "min_pos": 2})))
+    assert (o.pair_sampler, o.min_pos, o.min_neg, o.text_model) == (False, 2, 1, "roberta-base")
+    with pytest.raises(ConfigError, match=r"recipe_options \(hcld\): unknown key\(s\) \['min_pairs'\]"):
+        recipe.options(load_config(_tiny(tiny_corpus, recipe_options={"min_pairs": 2})))
+    with pytest.raises(ConfigError, match="recipe_options.frame_stride moved to the feature stage"):
+        from serkit.recipes.mll import check_recipe_options
+
+        check_recipe_options({"recipe_options": {"frame_stride": 2}})
+    with pytest.raises(ConfigError, match=r"recipe_options \(mll\): unknown key"):
+        check_recipe_options({"recipe_options": {"anything": 1}})

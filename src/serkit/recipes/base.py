@@ -61,7 +61,7 @@ class Recipe:
         from serkit.options import parse_options
 
         ro = cfg.get("recipe_options") or {}
-        if self.options_class is None:  # a recipe that validates its own options (to become a class)
+        if self.options_class is None:  # a recipe registered outside serkit without an options class
             return dict(ro)
         return parse_options(self.options_class, ro, f"recipe_options ({self.name})")
 

@@ -38,32 +38,49 @@ Table II baselines (emotion only, orthogonality decoupling, HCLD, without SupCon
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from serkit.data.labels import LabelMap
 from serkit.models.label_text import label_text_embeddings, label_words
 from serkit.models.registry import ModelSpec
 from serkit.recipes.base import Recipe, register_recipe
 
 
+@dataclass(frozen=True)
+class HCLDOptions:
+    """HCLD's ``recipe_options``. ``pair_sampler``: batches that guarantee ``min_pos`` positive pairs (same emotion,
+    another speaker) and ``min_neg`` negative pairs; false: a plain shuffle. ``text_model``: the label-text encoder
+    of the ``lcl`` term (a term's own ``text_model`` wins); ``label_text``: class -> word; ``text_cache_dir``: where
+    label-text embeddings are kept."""
+
+    pair_sampler: bool = True
+    min_pos: int = 1
+    min_neg: int = 1
+    text_model: str = "roberta-base"
+    label_text: dict | None = None
+    text_cache_dir: str | None = None
+
+
 @register_recipe("hcld")
 class HCLDRecipe(Recipe):
-    """The HCLD recipe (module docstring). ``recipe_options``: ``pair_sampler`` (default true), ``min_pos``,
-    ``min_neg`` (pairs guaranteed per batch, default 1 each), ``text_model`` (default ``roberta-base``; an ``lcl``
-    term's own ``text_model`` wins), ``label_text`` (class -> word mapping), ``text_cache_dir``."""
+    """The HCLD recipe (module docstring); ``recipe_options``: :class:`HCLDOptions`."""
+
+    options_class = HCLDOptions
 
     def objective_context(self, cfg: dict, labels: LabelMap, train_enc: dict, spec: ModelSpec) -> dict:
         ctx = super().objective_context(cfg, labels, train_enc, spec)
         lcl_terms = [t for t in cfg["objective"] if t.get("name") == "lcl" and "label_embeddings" not in t]
         if lcl_terms:
-            ro = cfg.get("recipe_options") or {}
-            text_model = lcl_terms[0].get("text_model", ro.get("text_model", "roberta-base"))
-            words = label_words(list(labels.classes), ro.get("label_text"))
-            ctx["label_embeddings"] = label_text_embeddings(words, text_model, ro.get("text_cache_dir"))
+            o = self.options(cfg)
+            text_model = lcl_terms[0].get("text_model", o.text_model)
+            words = label_words(list(labels.classes), o.label_text)
+            ctx["label_embeddings"] = label_text_embeddings(words, text_model, o.text_cache_dir)
         ctx["feature_dim"] = int(cfg["model"].get("dim", 256))
         return ctx
 
     def train_sampler(self, cfg: dict, dataset, seed: int):
-        ro = cfg.get("recipe_options") or {}
-        if not ro.get("pair_sampler", True):
+        o = self.options(cfg)
+        if not o.pair_sampler:
             return super().train_sampler(cfg, dataset, seed)
         import warnings
 
@@ -73,7 +90,7 @@ class HCLDRecipe(Recipe):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "no pair of a kind" on degenerate data: the guarantee is dropped
             sampler = PairBatchSampler(dataset.enc["emotion"], dataset.enc["speaker"], batch_size=bs,
-                                       min_pos=int(ro.get("min_pos", 1)), min_neg=int(ro.get("min_neg", 1)),
+                                       min_pos=o.min_pos, min_neg=o.min_neg,
                                        seed=seed, drop_last=len(dataset) > bs)
         return ("batch_sampler", sampler)
 

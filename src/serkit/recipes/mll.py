@@ -30,7 +30,7 @@ from serkit.config_defaults import AUGMENT_DEFAULTS
 from serkit.data.soft_labels import SoftLabelTrainSet
 from serkit.errors import ConfigError
 from serkit.models.registry import ModelSpec
-from serkit.recipes.base import Recipe, register_recipe
+from serkit.recipes.base import NoOptions, Recipe, register_recipe
 
 log = logging.getLogger("serkit")
 
@@ -60,13 +60,12 @@ MOVED_OPTIONS = {"frame_stride": "features.pool_frames", "prenormalize": "featur
 
 
 def check_recipe_options(cfg: dict) -> None:
-    """The mll recipe has no ``recipe_options``; its old keys are refused with their new place named."""
-    ro = dict(cfg.get("recipe_options") or {})
-    for key in ro:
+    """The mll recipe has no ``recipe_options`` (:class:`~serkit.recipes.base.NoOptions`); its old keys are refused
+    with their new place named."""
+    for key in cfg.get("recipe_options") or {}:
         if key in MOVED_OPTIONS:
             raise ConfigError(f"recipe_options.{key} moved to the feature stage: use {MOVED_OPTIONS[key]}")
-    if ro:
-        raise ConfigError(f"recipe_options: unknown key(s) {sorted(ro)} for recipe mll")
+    MLLRecipe().options(cfg)
 
 
 _VARIANT_STORES: dict = {}
@@ -104,6 +103,8 @@ def _pad_waves(waves: list, device) -> tuple[torch.Tensor, torch.Tensor]:
 @register_recipe("mll")
 class MLLRecipe(Recipe):
     """MLL: waveform mixup (EAM/LAM) + the ``mll`` model + KL/focal/center/frame-SupCon on soft labels."""
+
+    options_class = NoOptions
 
     def build_model(self, cfg: dict, spec: ModelSpec) -> nn.Module:
         check_recipe_options(cfg)
