@@ -64,16 +64,20 @@ class BaselineModel(nn.Module):
 @register_model("pooled_mlp")
 class PooledMLP(nn.Module):
     """Utterance-level model on cached pooled statistics ``batch["pooled"]`` ``(batch, layers, 2*dim)``:
-    standardise -> (weighted sum or concatenation of layers) -> MLP head. A fast reference downstream."""
+    (nuisance projection) -> standardise -> (weighted sum or concatenation of layers) -> MLP head. A fast reference
+    downstream. ``nuisance_rank`` > 0: a :class:`~serkit.models.nuisance.NuisanceProjection` of that rank on the
+    chosen layers' concatenated statistics, fitted on the training utterances by :meth:`fit_input`."""
 
     def __init__(self, spec: ModelSpec, layers="all", hidden: list[int] | None = None, dropout: float = 0.2,
-                 combine: str = "concat", input_norm: str = "batchnorm"):
+                 combine: str = "concat", input_norm: str = "batchnorm", nuisance_rank: int = 0):
         super().__init__()
         from serkit.encoders.featurizer import parse_layers
+        from serkit.models.nuisance import NuisanceProjection
 
         self.indices, weighted = parse_layers(layers, spec.num_layers)
         self.combine = "weighted" if weighted else combine
         d = 2 * spec.hidden_size
+        self.nuisance = NuisanceProjection(d * len(self.indices), nuisance_rank) if nuisance_rank else None
         # batchnorm: per-feature standardisation with running statistics of the training data (what a
         # StandardScaler does for a linear model); layernorm: per-utterance, per-layer normalisation
         if input_norm == "batchnorm":
@@ -95,7 +99,10 @@ class PooledMLP(nn.Module):
         self.task = spec.task
 
     def forward(self, batch: dict) -> dict:
-        x = self.norm(batch["pooled"][:, self.indices])  # (batch, k, 2*dim)
+        x = batch["pooled"][:, self.indices]  # (batch, k, 2*dim)
+        if self.nuisance is not None:
+            x = self.nuisance(x.flatten(1)).reshape(x.shape)
+        x = self.norm(x)
         if self.combine == "weighted":
             x = torch.einsum("k,bkd->bd", torch.softmax(self.weights, 0), x)
         else:
@@ -103,6 +110,18 @@ class PooledMLP(nn.Module):
         x = self.dropout(x)
         y = self.head(x)
         return {"embedding": x, "logits" if self.task == "classification" else "prediction": y}
+
+    @property
+    def fits_input(self) -> bool:
+        """Whether the input has fitted operations (:meth:`fit_input`) to fit before training."""
+        return self.nuisance is not None
+
+    @torch.no_grad()
+    def fit_input(self, batch: dict) -> None:
+        """Fit the input's fitted operations (the nuisance projection) on the whole training set ``batch``
+        (``pooled`` ``(n, layers, 2*dim)``, ``speaker``, ``emotion`` ``(n,)``); nothing without them."""
+        if self.nuisance is not None:
+            self.nuisance.fit(batch["pooled"][:, self.indices].flatten(1), batch["speaker"], batch["emotion"])
 
     @torch.no_grad()
     def fit_ridge(self, pooled: torch.Tensor, targets: torch.Tensor, alpha: float) -> None:

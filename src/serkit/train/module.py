@@ -65,11 +65,19 @@ class SERModule(L.LightningModule):
             self.model.set_epoch(self.current_epoch)
 
     def on_train_start(self) -> None:
-        if self.cfg["solver"] == "ridge":  # closed form on the whole training set, then no steps
-            from serkit.data.features import collate
+        """Fitted input operations (``model.fit_input`` where ``model.fits_input``) and the closed-form solver
+        see the whole training set in index order: the same fit in a run and in its resumption."""
+        fits_input = getattr(self.model, "fits_input", False)
+        ridge = self.cfg["solver"] == "ridge"
+        if not (ridge or fits_input):
+            return
+        from serkit.data.features import collate
 
-            ds = self.trainer.train_dataloader.dataset
-            batch = collate([ds[i] for i in range(len(ds))])
+        ds = self.trainer.train_dataloader.dataset
+        batch = collate([ds[i] for i in range(len(ds))])
+        if fits_input:
+            self.model.fit_input(batch)
+        if ridge:  # closed form on the whole training set, then no steps
             self.model.fit_ridge(batch["pooled"], batch["targets"], float(self.cfg["ridge_alpha"]))
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
