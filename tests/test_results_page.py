@@ -13,6 +13,7 @@ from serkit.results_page import (
     encoder_regime,
     load_summaries,
     render,
+    setting_of,
     summarise_run,
     track_of,
     wall_seconds_from_log,
@@ -86,20 +87,25 @@ def test_both_tracks_share_a_row_and_the_cli_writes_summaries_and_page(tmp_path,
     glob = _fake_run(tmp_path, "glob", "none", [0.6, 0.5])
     tuned = _fake_run(tmp_path, "tuned", "none", [0.7, 0.6], extra={"encoder": {"id": "e", "finetune": {"mode": "lora"}}})
     out = tmp_path / "summaries"
-    for run in (spk, glob, tuned):
-        assert main(["results", "add", str(run), "--command", f"serkit cv {run.name}.yaml",
-                     "--results-dir", str(out)]) == 0
+    commands = {spk: "serkit cv configs/emodb/mine.yaml", glob: "serkit cv configs/emodb/mine-single-clip.yaml",
+                tuned: "serkit cv configs/emodb/mine-ft.yaml"}
+    for run, command in commands.items():
+        assert main(["results", "add", str(run), "--command", command, "--results-dir", str(out)]) == 0
     page = tmp_path / "results.md"
     assert main(["results", "page", "--results-dir", str(out), "--page", str(page)]) == 0
     text = page.read_text()
-    assert "| recipe | encoder | single clip: UA | speaker-adaptive: UA |" in text
-    row = next(line for line in text.splitlines() if line.startswith("| baseline | frozen |"))
+    assert "| recipe | encoder | setting | single clip: UA | speaker-adaptive: UA |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| baseline | frozen | mine |"))
     assert row.index("0.5500") < row.index("0.8500")  # single clip first, speaker-adaptive beside it
-    row = next(line for line in text.splitlines() if line.startswith("| baseline | fine-tuned (lora) |"))
+    row = next(line for line in text.splitlines() if line.startswith("| baseline | fine-tuned (lora) | mine-ft |"))
     assert "0.6500" in row and "0.5500" not in row  # a fine-tuned encoder gets its own row
     assert [encoder_regime({"encoder": {"finetune": f}}) for f in ("full", "top:2", {"mode": "frozen"}, None)] == [
         "fine-tuned (full)", "fine-tuned (top)", "frozen", "frozen"]
-    assert "`serkit cv glob.yaml`" in text and "`serkit cv spk.yaml`" in text
+    assert "`serkit cv configs/emodb/mine-single-clip.yaml`" in text and "`serkit cv configs/emodb/mine.yaml`" in text
+    assert [setting_of({"name": "n", "command": c}) for c in (
+        "serkit cv configs/emodb/single-clip.yaml", "serkit cv configs/emodb/baseline.yaml --set a=1",
+        "serkit cv configs/emodb/hcld-single-clip.yaml", "serkit cv configs/emodb/single-clip-nap.yaml",
+        "serkit cv table.csv")] == ["baseline", "baseline", "hcld", "single-clip-nap", "n"]
 
 
 def test_a_folder_without_results_is_one_line_error(tmp_path, capsys):

@@ -190,6 +190,27 @@ def _regime(s: dict) -> str:
     return s.get("encoder_regime", "frozen")
 
 
+def setting_of(s: dict) -> str:
+    """The setting a run's row names: its config file's stem with the track left out, so that ``X.yaml`` (speaker-
+    adaptive) and ``X-single-clip.yaml`` share a row (the baseline's ``single-clip.yaml`` pairs with
+    ``baseline.yaml``); the run's name where the command names no config file."""
+    import re
+    import shlex
+
+    words = shlex.split(s.get("command") or "")
+    stem = next((Path(w).stem for w in words if re.search(r"\.ya?ml$", w)), None)
+    if stem is None:
+        return s["name"]
+    if stem == "single-clip":
+        return "baseline"
+    return stem.removesuffix("-single-clip")
+
+
+def _row_key(s: dict) -> tuple[str, str, str]:
+    """(recipe, encoder regime, setting): the runs that share a row of a corpus's table."""
+    return s["recipe"], _regime(s), setting_of(s)
+
+
 def render(summaries: list[dict]) -> str:
     """The Markdown page: per corpus a table with one row per recipe and the two tracks side by side, then every
     run's details (command, config, version, commit, machine, precision, threads, wall time, per fold)."""
@@ -211,17 +232,17 @@ def render(summaries: list[dict]) -> str:
         runs = by_corpus[corpus]
         metric = METRIC_TITLES.get(runs[0]["metric"], runs[0]["metric"])
         lines += ["", f"## {CORPUS_TITLES.get(corpus, corpus)}", ""]
-        rows = sorted({(s["recipe"], _regime(s)) for s in runs}, key=lambda r: (r[0] != "baseline", r[0], r[1] != "frozen", r[1]))
+        rows = sorted({_row_key(s) for s in runs}, key=lambda r: (r[0] != "baseline", r[0], r[1] != "frozen", r[1],
+                                                                  r[2]))
         tracks = [t for t in TRACKS if any(s["track"] == t for s in runs)]
-        lines += [f"| recipe | encoder | {' | '.join(f'{t}: {metric}' for t in tracks)} |",
-                  "|---|---|" + "---|" * len(tracks)]
-        for recipe, regime in rows:
-            cells = {t: [s for s in runs if (s["recipe"], _regime(s)) == (recipe, regime) and s["track"] == t]
-                     for t in tracks}
+        lines += [f"| recipe | encoder | setting | {' | '.join(f'{t}: {metric}' for t in tracks)} |",
+                  "|---|---|---|" + "---|" * len(tracks)]
+        for key in rows:
+            cells = {t: [s for s in runs if _row_key(s) == key and s["track"] == t] for t in tracks}
             for i in range(max(len(v) for v in cells.values())):
                 row = [(f"{_score(v[i])} ([{v[i]['name']}](#{v[i]['name'].lower()}))" if i < len(v) else "-")
                        for v in cells.values()]
-                lines.append(f"| {recipe} | {regime} | {' | '.join(row)} |")
+                lines.append(f"| {' | '.join(key)} | {' | '.join(row)} |")
         for s in sorted(runs, key=lambda s: s["name"]):
             other = ", ".join(f"{METRIC_TITLES.get(k, k)} {v:.4f}" for k, v in (s.get("other_metrics") or {}).items())
             protocol = s.get("protocol") or {}
