@@ -112,8 +112,8 @@ def run_one(args) -> dict:
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
             "threads": torch.get_num_threads(), "trainable": trainable,
             "steps_per_s": args.steps / t_train, "utt_per_s": utts / t_train, "audio_s_per_s": audio / t_train,
-            "eval_utt_per_s": utts / t_eval, "peak_mib": peak, "growth_mib": None if dev.type == "cuda" else peak - rss0,
-            "clip_seconds": audio_s / len(items)}
+            "eval_utt_per_s": utts / t_eval, "peak_mib": peak,
+            "growth_mib": None if dev.type == "cuda" else peak - rss0, "clip_seconds": audio_s / len(items)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     per_step_audio = audio_s / len(batches)
     print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}), "
           f"{'bf16 autocast' if bf16 else 'fp32'}, {cfg['encoder']['id']}, batch {args.batch}, "
-          f"{steps} timed steps after {args.warmup} warm-up, {per_step_audio / args.batch:.2f} s of audio per utterance")
+          f"{steps} timed steps after {args.warmup} warm-up, "
+          f"{per_step_audio / args.batch:.2f} s of audio per utterance")
     print(f"dataset set-up (reading {len(ids)} files): {t_ds:.2f} s; DataLoader pass, {args.workers} workers: "
           f"{1000 * t_load / len(batches):.1f} ms/batch ({len(batches) * args.batch / t_load:.0f} utt/s)")
     print("| phase | ms / step | utt / s | audio s / s |")

@@ -35,7 +35,8 @@ def _batch(rng, layers: int, dim: int, batch: int, frames: int, ks) -> dict:
 
     lens = np.clip(rng.normal(frames, 0.1 * frames, batch).astype(int), 16, None)
     t = int(lens.max())
-    items = [{"features": rng.standard_normal((layers, int(n), dim)).astype(np.float16), "emotion": int(rng.integers(8)),
+    items = [{"features": rng.standard_normal((layers, int(n), dim)).astype(np.float16),
+              "emotion": int(rng.integers(8)),
               "speaker_mean": np.zeros((layers, dim), np.float32), "speaker_std": np.ones((layers, dim), np.float32),
               "pooled": rng.standard_normal((layers, 2 * dim)).astype(np.float32),
               "pseudo": np.stack([rng.integers(0, k, t) for k in ks])} for n in lens]
@@ -43,7 +44,8 @@ def _batch(rng, layers: int, dim: int, batch: int, frames: int, ks) -> dict:
 
 
 def _time_step(model, batch, loss_fn, steps: int, fused: bool = False) -> float:
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-4, **({"fused": True} if fused else {}))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-4,
+                           **({"fused": True} if fused else {}))
     times = []
     for i in range(steps + 1):
         t0 = time.perf_counter()
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         b = lean if masked else full
         rows.append(("stage 2", "heads on masked frames, pooled statistics" if masked else "heads on every frame",
                      _time_step(s2, b, PseudoLabelCE(), args.steps)))
-    print(f"| stage | input | s / step (batch {args.batch}, ~{args.frames} frames, {torch.get_num_threads()} threads) |")
+    print(f"| stage | input | s / step (batch {args.batch}, ~{args.frames} frames, "
+          f"{torch.get_num_threads()} threads) |")
     print("|---|---|---|")
     for stage, name, s in rows:
         print(f"| {stage} | {name} | {s:.3f} |")
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                                         for i in range(0, len(lengths), args.batch)]),
                           ("length-grouped (groups of 8)", list(LengthGroupedBatchSampler(lengths, args.batch, 8)))):
         padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
-        print(f"padding, {name}: {padded / sum(lengths[i] for b in batches for i in b):.3f} frames computed per real frame")
+        print(f"padding, {name}: {padded / sum(lengths[i] for b in batches for i in b):.3f} "
+              "frames computed per real frame")
 
 
 if __name__ == "__main__":

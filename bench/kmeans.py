@@ -8,8 +8,9 @@ Usage::
 
 ``--config`` takes the corpus and encoder of an experiment config and clusters hidden state ``--layer`` of
 every utterance (from serkit's feature cache; extracted first when missing). Without either, times random
-Gaussian data of shape (n, dim). The torch backend runs on ``--device`` (auto: the GPU when there is one). Prints a markdown table: fit and assignment
-seconds, and inertia per point (mean squared L2 distance to the nearest centroid, over all n points).
+Gaussian data of shape (n, dim). The torch backend runs on ``--device`` (auto: the GPU when there is one). Prints a
+markdown table: fit and assignment seconds, and inertia per point (mean squared L2 distance to the nearest centroid,
+over all n points).
 """
 
 from __future__ import annotations

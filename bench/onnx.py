@@ -80,7 +80,8 @@ def main(argv=None) -> int:
           f"clips/s, {seconds / t_torch:.1f} audio s/s, {c_torch / n:.3f} CPU s per clip")
     print(f"onnxruntime {ort.__version__} ({args.threads or 'default'} threads): {t_onnx:.1f} s, {n / t_onnx:.2f} "
           f"clips/s, {seconds / t_onnx:.1f} audio s/s, {c_onnx / n:.3f} CPU s per clip")
-    print(f"speed-up {t_torch / t_onnx:.2f}x (wall), {c_torch / c_onnx:.2f}x (CPU); max |probability difference| {diff:.1e} (probabilities rounded to "
+    print(f"speed-up {t_torch / t_onnx:.2f}x (wall), {c_torch / c_onnx:.2f}x (CPU); "
+          f"max |probability difference| {diff:.1e} (probabilities rounded to "
           f"1e-4 in results); same label on {same}/{len(files)} clips")
     print(f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, numpy {np.__version__}")
     return 0

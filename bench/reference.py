@@ -61,7 +61,8 @@ def main() -> None:
             reg.fit(X[tr], Y[tr])
             per.append(regression_metrics(reg.predict(X[te]), Y[te], cfg["targets"]))
     mean, std = mean_std(per)
-    keys = ["wa", "ua", "macro_f1"] if cfg["task"] == "classification" else ["ccc_arousal", "ccc_valence", "ccc_dominance", "ccc_mean"]
+    keys = (["wa", "ua", "macro_f1"] if cfg["task"] == "classification"
+            else ["ccc_arousal", "ccc_valence", "ccc_dominance", "ccc_mean"])
     print(f"{cfg['name']}: reference on pooled mean+std of layers {store.layers} "
           f"(normalisation: {cfg['features'].get('normalize', 'none')}), {len(folds)} folds, "
           f"{time.time() - t0:.0f} s")

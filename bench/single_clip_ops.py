@@ -67,7 +67,8 @@ def feats(X, kind):
 def run(kind, Cs=(0.01, 0.1, 1.0), ranks=(0,)):
     res = []
     for f in folds:
-        tr = np.array([idx[u] for u in f.train]); va = np.array([idx[u] for u in f.val]); te = np.array([idx[u] for u in f.test])
+        tr = np.array([idx[u] for u in f.train]); va = np.array([idx[u] for u in f.val])
+        te = np.array([idx[u] for u in f.test])
         X = feats(P, kind)
         sc = StandardScaler().fit(X[tr]); Z = sc.transform(X).astype(np.float32)
         best = None
@@ -82,7 +83,8 @@ def run(kind, Cs=(0.01, 0.1, 1.0), ranks=(0,)):
                     best = (v, r, C, ua(y[te], clf.predict(Zr[te])))
         res.append(best)
     r = np.array([b[3] for b in res]); v = np.array([b[0] for b in res])
-    print(f"{kind:8s} ranks={ranks} Cs={Cs}: test UA {r.mean():.4f} ± {r.std():.4f} val {v.mean():.4f} chosen {[(b[1], b[2]) for b in res]}", flush=True)
+    print(f"{kind:8s} ranks={ranks} Cs={Cs}: test UA {r.mean():.4f} ± {r.std():.4f} val {v.mean():.4f} "
+          f"chosen {[(b[1], b[2]) for b in res]}", flush=True)
 
 t = time.time()
 for kind in sys.argv[2].split(","):

@@ -73,7 +73,8 @@ def test_leakage_guard_refuses_leaky_fold():
     df = _toy()
     good = make_folds(df, {"name": "speaker_kfold", "k": 4})[0]
     leaky_id = df.loc[df["speaker"] == good.test_speakers[0], "id"].iloc[0]
-    leaky = Fold(0, "speaker_kfold", True, good.train + [f"{leaky_id}"], good.val, [u for u in good.test if u != leaky_id])
+    leaky = Fold(0, "speaker_kfold", True, good.train + [f"{leaky_id}"], good.val,
+                 [u for u in good.test if u != leaky_id])
     other = df.loc[df["speaker"] == good.test_speakers[0], "id"].iloc[1]
     assert other in leaky.test
     with pytest.raises(LeakageError, match="refusing to run"):

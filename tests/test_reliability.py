@@ -508,7 +508,8 @@ def test_an_unwritable_out_is_one_line_naming_the_path(command, model_dir, tiny_
     manifest, config = str(_manifest(tmp_path)), str(_config_file(tiny_corpus, tmp_path))
     args = {
         "check": ["check", manifest, "--report", str(blocker / "report.csv")],
-        "folds": ["folds", manifest, "--protocol", "{name: speaker_kfold, k: 3, val_speakers: 1}", "--out", str(blocker / "f.json")],
+        "folds": ["folds", manifest, "--protocol", "{name: speaker_kfold, k: 3, val_speakers: 1}",
+                  "--out", str(blocker / "f.json")],
         "extract": ["extract", manifest, "--encoder", "fbank-40", "--out", str(blocker / "store")],
         "predict": ["predict", str(model_dir), str(tmp_path / "a.wav"), "--out", str(blocker / "p.csv"),
                     "--no-progress"],
@@ -654,7 +655,8 @@ def test_a_fifo_as_audio_is_refused_without_reading(model_dir, tmp_path):  # noq
     assert fatal(";".join(rep.problems)) == ["not a regular file"]
     df = pd.DataFrame({"id": ["ok", "pipe"], "path": [str(_tone(tmp_path / "ok.wav")), str(fifo)]})
     rep = _bounded(lambda: extract_to_cache(df, "fbank-40", "all", tmp_path / "store", progress=False), fifo=fifo)
-    assert rep.computed == 1 and rep.failures == [("pipe", str(fifo), "not a regular file: a FIFO, refused before reading")]
+    assert rep.computed == 1
+    assert rep.failures == [("pipe", str(fifo), "not a regular file: a FIFO, refused before reading")]
     rec = Recognizer.from_pretrained(model_dir, device="cpu")
     (res,) = _bounded(lambda: rec.predict_files([fifo]), fifo=fifo)
     assert "not a regular file" in res["error"]

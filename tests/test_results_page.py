@@ -85,7 +85,8 @@ def test_summary_of_a_run_folder(tmp_path):
 def test_both_tracks_share_a_row_and_the_cli_writes_summaries_and_page(tmp_path, capsys):
     spk = _fake_run(tmp_path, "spk", "speaker: z-scored per speaker", [0.9, 0.8])
     glob = _fake_run(tmp_path, "glob", "none", [0.6, 0.5])
-    tuned = _fake_run(tmp_path, "tuned", "none", [0.7, 0.6], extra={"encoder": {"id": "e", "finetune": {"mode": "lora"}}})
+    tuned = _fake_run(tmp_path, "tuned", "none", [0.7, 0.6],
+                      extra={"encoder": {"id": "e", "finetune": {"mode": "lora"}}})
     out = tmp_path / "summaries"
     commands = {spk: "serkit cv configs/emodb/mine.yaml", glob: "serkit cv configs/emodb/mine-single-clip.yaml",
                 tuned: "serkit cv configs/emodb/mine-ft.yaml"}

@@ -62,7 +62,8 @@ def test_segments_of_a_long_recording_fall_on_the_joins(tmp_path):
            "predict": {"window_seconds": 3.0, "hop_seconds": 1.5}}
     model = train_final(cfg, tmp_path / "model", refit=False, log=lambda *a: None)
 
-    clips = [("angry", p) for p in sorted(wav.glob("03*W*.flac"))] + [("sad", p) for p in sorted(wav.glob("03*T*.flac"))]
+    clips = ([("angry", p) for p in sorted(wav.glob("03*W*.flac"))]
+             + [("sad", p) for p in sorted(wav.glob("03*T*.flac"))])
     gap = np.zeros(int(0.9 * 16000), np.float32)
     parts, edges, t = [np.zeros(8000, np.float32)], [], 0.5
     for emo, p in clips:

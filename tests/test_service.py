@@ -82,7 +82,8 @@ def test_predict_errors_are_clear_4xx(client):
     assert "over the limit of 200000 bytes" in detail(
         client.post("/predict", files={"file": ("big.wav", big, "audio/wav")}), 413)
     chunks = (big[i : i + 50_000] for i in range(0, len(big), 50_000))  # no Content-Length: chunked
-    assert "over the limit" in detail(client.post("/predict", content=chunks, headers={"content-type": "audio/wav"}), 413)
+    assert "over the limit" in detail(
+        client.post("/predict", content=chunks, headers={"content-type": "audio/wav"}), 413)
     # the service still answers after the refusals
     assert client.get("/health").status_code == 200
 

@@ -21,7 +21,8 @@ from tests.conftest import CORPORA, needs_shared
 from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401  (session fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
 
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="chromium not found (scripts/setup.sh installs Debian's chromium)"),

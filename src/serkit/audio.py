@@ -176,8 +176,8 @@ def read_audio(
     """Read ``path`` (any format soundfile reads) as mono float32 ``(samples,)`` at ``target_sr`` Hz.
 
     ``start`` / ``stop`` (seconds) read a segment. Raises :class:`AudioError` naming the file when it is missing,
-    unreadable, empty, longer than ``max_seconds``, non-finite, out of range, or silent (when ``allow_silent`` is False).
-    Multichannel audio is averaged to mono and other rates are resampled with soxr.
+    unreadable, empty, longer than ``max_seconds``, non-finite, out of range, or silent (when ``allow_silent`` is
+    False). Multichannel audio is averaged to mono and other rates are resampled with soxr.
     """
     path = Path(path)
     if not path.exists():

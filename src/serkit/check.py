@@ -81,7 +81,8 @@ def check_file(uid: str, path: str, cfg: CheckConfig = CheckConfig()) -> FileRep
         rep.problems.append("too long")
         rep.notes.append(f"{rep.duration:.1f} s > {cfg.max_seconds} s")
     try:
-        data, _ = sf.read(path, dtype="float32", always_2d=True, frames=int(min(info["frames"], 3600 * info["sample_rate"])))
+        data, _ = sf.read(path, dtype="float32", always_2d=True,
+                          frames=int(min(info["frames"], 3600 * info["sample_rate"])))
     except Exception as exc:
         rep.problems.append("unreadable")
         rep.notes.append(str(exc).splitlines()[0][:200])
@@ -127,7 +128,8 @@ def check_manifest(df: pd.DataFrame, cfg: CheckConfig = CheckConfig(), progress:
     from tqdm import tqdm
 
     reports = []
-    for uid, path in tqdm(list(zip(df["id"], df["path"], strict=True)), desc="check", disable=not progress, unit="file"):
+    for uid, path in tqdm(list(zip(df["id"], df["path"], strict=True)), desc="check", disable=not progress,
+                          unit="file"):
         r = check_file(str(uid), str(path), cfg)
         reports.append({"id": r.id, "path": r.path, "duration": r.duration, "peak": r.peak,
                         "edge_silence": r.edge_silence, "problems": ";".join(r.problems),

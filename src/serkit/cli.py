@@ -23,7 +23,8 @@ def _prepare(args) -> int:
     print("  gender:  " + ", ".join(f"{k} {v}" for k, v in class_distribution(df, "gender").items()))
     for dim in ("arousal", "valence", "dominance"):
         if dim in df.columns:
-            print(f"  {dim}: mean {df[dim].mean():.3f} std {df[dim].std():.3f} range [{df[dim].min():.3f}, {df[dim].max():.3f}]")
+            print(f"  {dim}: mean {df[dim].mean():.3f} std {df[dim].std():.3f} "
+                  f"range [{df[dim].min():.3f}, {df[dim].max():.3f}]")
     return 0
 
 
@@ -114,7 +115,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="read a corpus into a manifest (CSV or Parquet by suffix)",
                        epilog=_corpus_sources() if command == "prepare" else None,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("corpus", help="ravdess, emodb, tava, iemocap, msp-podcast, msp-improv, savee, crema-d, tess, csv, folder")
+    p.add_argument("corpus",
+                   help="ravdess, emodb, tava, iemocap, msp-podcast, msp-improv, savee, crema-d, tess, csv, folder")
     p.add_argument("--root", help="corpus folder (csv: the table); default $SERKIT_DATA/corpora/<corpus>")
     p.add_argument("--out", required=True, help="manifest file (.csv or .parquet)")
     p.add_argument("--class-set", help="named class set of the corpus (e.g. 4class) to map / drop classes")

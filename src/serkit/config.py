@@ -116,7 +116,8 @@ def _check_subkeys(cfg: dict):
         allowed = set(DEFAULTS["encoder"]) | {"revision", "chunk_seconds", "name", "finetune", "dtype"}
         extra = set(cfg["encoder"]) - allowed
         if extra:
-            raise ConfigError(f"config: unknown key(s) {sorted('encoder.' + k for k in extra)}; known: {sorted(allowed)}")
+            raise ConfigError(f"config: unknown key(s) {sorted('encoder.' + k for k in extra)}; "
+                              f"known: {sorted(allowed)}")
 
 
 def _precisions(cfg: dict) -> None:
@@ -163,7 +164,8 @@ def validate(cfg: dict) -> dict:
     if cfg["corpus"] is None and cfg["manifest"] is None:
         raise ConfigError("config: give 'corpus' (a reader name) or 'manifest' (a prepared table)")
     if not isinstance(cfg["features"]["pool_frames"], int) or cfg["features"]["pool_frames"] < 1:
-        raise ConfigError(f"config: features.pool_frames must be an integer >= 1, got {cfg['features']['pool_frames']!r}")
+        raise ConfigError("config: features.pool_frames must be an integer >= 1, "
+                          f"got {cfg['features']['pool_frames']!r}")
     mf = cfg["features"]["max_frames"]
     if mf is not None and (not isinstance(mf, int) or mf < 1):
         raise ConfigError(f"config: features.max_frames must be a positive integer or null, got {mf!r}")
@@ -175,7 +177,8 @@ def validate(cfg: dict) -> dict:
     if not (math.isfinite(cfg["train"]["lr"]) and cfg["train"]["lr"] > 0):
         raise ConfigError(f"config: train.lr must be a finite number > 0, got {cfg['train']['lr']!r}")
     if not (math.isfinite(cfg["train"]["weight_decay"]) and cfg["train"]["weight_decay"] >= 0):
-        raise ConfigError(f"config: train.weight_decay must be a finite number >= 0, got {cfg['train']['weight_decay']!r}")
+        raise ConfigError("config: train.weight_decay must be a finite number >= 0, "
+                          f"got {cfg['train']['weight_decay']!r}")
     for dotted, (kind, optional) in NUMERIC.items():
         if dotted.startswith("encoder.") and not isinstance(cfg["encoder"], dict):
             continue

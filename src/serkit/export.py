@@ -191,7 +191,8 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, opset: 
         import onnx
         import onnxruntime  # noqa: F401
     except ImportError as exc:
-        raise SerkitError(f"export needs onnx and onnxruntime ({exc.name} is missing): pip install 'serkit[export]'") from None
+        raise SerkitError(f"export needs onnx and onnxruntime ({exc.name} is missing): "
+                          "pip install 'serkit[export]'") from None
     from serkit.inference import Recognizer
     from serkit.io import atomic_write_bytes
 
@@ -234,7 +235,8 @@ def export_onnx(model_dir: str | Path, out: str | Path | None = None, *, opset: 
         "layers": dict(graph.layers) if isinstance(graph, MultiViewGraph) else list(graph.layers),
         "views": list(graph.views) if isinstance(graph, MultiViewGraph) else None,
         "level": getattr(graph, "level", "pooled"), "encoder": rec.encoder_info.get("encoder"),
-        "encoder_mode": rec.encoder_info.get("mode"), "precision": "fp32", "torch": torch.__version__, "onnx": onnx.__version__,
+        "encoder_mode": rec.encoder_info.get("mode"), "precision": "fp32", "torch": torch.__version__,
+        "onnx": onnx.__version__,
         "check": check, "export_seconds": round(export_seconds, 1),
     }
     entry = proto.metadata_props.add()
@@ -256,7 +258,8 @@ def _check(model_bytes: bytes, graph: RecognizerGraph) -> dict:
     with torch.no_grad():
         ref = graph(*_arguments(graph, feed))
     got = session.run(graph.output_names(), feed)
-    diffs = {name: float(np.abs(g - r.numpy()).max()) for name, g, r in zip(graph.output_names(), got, ref, strict=True)}
+    diffs = {name: float(np.abs(g - r.numpy()).max())
+             for name, g, r in zip(graph.output_names(), got, ref, strict=True)}
     scores = max(v for k, v in diffs.items() if k.startswith("scores_"))
     return {"max_abs_diff": scores, "outputs": diffs, "seconds": CHECK_SECONDS}
 

@@ -48,8 +48,8 @@ def describe_model(model_dir: str | Path) -> dict:
         "hop_seconds": (cfg.get("predict") or {}).get("hop_seconds"),
         "validation": val.get("heads") or {}, "validation_protocol": val.get("protocol"), "cv": val.get("cv"),
         "train_wall_seconds": meta.get("train_wall_seconds"),
-        "views": enc.get("views") or {}, "ensembles": {h: e["ensemble"] for h, e in (meta.get("head_extra") or {}).items()
-                                                       if "ensemble" in e},
+        "views": enc.get("views") or {},
+        "ensembles": {h: e["ensemble"] for h, e in (meta.get("head_extra") or {}).items() if "ensemble" in e},
     }
 
 

@@ -282,7 +282,8 @@ def _official_fold(df: pd.DataFrame, protocol: dict) -> list[Fold]:
     va = df.loc[split == "validation", "id"].tolist()
     te = df.loc[split == test_name, "id"].tolist()
     if not (tr and va and te):
-        raise ConfigError(f"protocol 'official': empty part (train {len(tr)}, validation {len(va)}, {test_name} {len(te)})")
+        raise ConfigError(f"protocol 'official': empty part (train {len(tr)}, validation {len(va)}, "
+                          f"{test_name} {len(te)})")
     test_spk = sorted(set(df.loc[split == test_name, "speaker"]) - {"unknown"})
     fold = Fold(0, "official", True, tr, va, te, test_spk)
     check_leakage(fold, df, ignore_speakers={"unknown"})

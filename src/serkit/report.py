@@ -147,7 +147,8 @@ def choices_section(summary: dict) -> list[str]:
         if not sel and not norm.get("fallback_speakers"):
             continue
         chosen = ", ".join(f"{k}={v}" for k, v in sel["chosen"].items()) if sel else "-"
-        scores = " / ".join(f"{c['val']:.3f}" if c["val"] is not None else "-" for c in sel["candidates"]) if sel else "-"
+        scores = (" / ".join(f"{c['val']:.3f}" if c["val"] is not None else "-" for c in sel["candidates"])
+                  if sel else "-")
         fb = " ".join(norm.get("fallback_speakers", [])) or "-"
         rows.append(f"| {f['fold']} | {chosen} | {scores} | {fb} |")
     if not rows:
@@ -259,7 +260,8 @@ def write_report(out_dir: str | Path, summary: dict, cfg: dict) -> Path:
             plot_confusion(total, classes, fig_dir / "confusion.png", "confusion, all test folds (row %)")
             lines += ["## Confusion matrix (all folds)", "", "![confusion](figures/confusion.png)", ""]
             rec = {c: summary["mean"].get(f"recall_{c}") for c in classes}
-            lines += ["Per-class recall (mean over folds): " + ", ".join(f"{c} {v:.3f}" for c, v in rec.items() if v is not None), ""]
+            lines += ["Per-class recall (mean over folds): "
+                      + ", ".join(f"{c} {v:.3f}" for c, v in rec.items() if v is not None), ""]
     else:
         keys = [k for k in summary["mean"] if k.startswith("ccc_")]
     plot_folds(summary, keys, fig_dir / "folds.png")

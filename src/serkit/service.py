@@ -361,7 +361,8 @@ def _serve(args) -> int:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError as exc:
-        raise SerkitError(f"serve needs FastAPI and uvicorn ({exc.name} is missing): pip install 'serkit[serve]'") from None
+        raise SerkitError(f"serve needs FastAPI and uvicorn ({exc.name} is missing): "
+                          "pip install 'serkit[serve]'") from None
     from serkit.audio import MAX_SECONDS
     from serkit.inference import Recognizer
 
@@ -391,6 +392,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20,
                    help="request size limit in MiB (413 above it; default %(default)g)")
     p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
-                   help="longest upload in seconds of audio, read from its header before decoding (default %(default)g)")
+                   help="longest upload in seconds of audio, read from its header before decoding "
+                        "(default %(default)g)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_serve)

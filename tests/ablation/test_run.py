@@ -31,7 +31,8 @@ def test_serkit_ablate_runs_a_grid_table_and_writes_it(tiny_corpus, tmp_path, ca
     assert "| head | none | speaker |" in md and "| not run |" not in md
     assert "Config tiny: corpus csv, protocol speaker_kfold, encoder fbank-40." in md
     ua = json.loads((out / "spk-linear" / "results.json").read_text())["mean"]["ua"]
-    assert f"| linear | {100 * json.loads((out / 'global-linear' / 'results.json').read_text())['mean']['ua']:.2f}" in md
+    assert ("| linear | "
+            f"{100 * json.loads((out / 'global-linear' / 'results.json').read_text())['mean']['ua']:.2f}") in md
     assert f"{100 * ua:.2f} ± 0.00 |" in md and (out / "g.png").exists() and (out / "g.csv").exists()
     capsys.readouterr()
     assert main(args[:-2] + ["--table-only"]) == 0 and (out / "g.md").read_text() == md

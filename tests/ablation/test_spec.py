@@ -10,7 +10,8 @@ from serkit.errors import ConfigError
 
 BASE = {"objective": [{"name": "kl", "weight": 0.5}, {"name": "center", "dim": 4, "weight": 0.01}]}
 GRID = {
-    "mix": {"none": {"label": "off", "set": ["augment.name=none"]}, "eam": {"label": "EAM", "set": ["augment.name=eam"]}},
+    "mix": {"none": {"label": "off", "set": ["augment.name=none"]},
+            "eam": {"label": "EAM", "set": ["augment.name=eam"]}},
     "pool": {"mean": ["model.pooling=mean"], "flam": {"set": ["model.pooling=flam"], "note": "attention"}},
     "loss": {"k": {"label": "KL", "terms": ["kl"]}, "kc": {"label": "KL+C", "terms": ["kl", "center"]}},
 }

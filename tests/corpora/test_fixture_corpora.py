@@ -28,7 +28,8 @@ def _iemocap(root):
             f = root / f"Session{ses}" / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
             f.parent.mkdir(parents=True, exist_ok=True)
             header = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
-            f.write_text(header + "\n".join(l + "\nC-E1:\tNeutral;\t()\nA-E1:\tval 3; act 2; dom  2;\t()" for l in ls) + "\n")
+            f.write_text(header + "\n".join(l + "\nC-E1:\tNeutral;\t()\nA-E1:\tval 3; act 2; dom  2;\t()" for l in ls)
+                         + "\n")
 
 
 def test_iemocap(tmp_path):
@@ -75,7 +76,8 @@ def test_msp_improv(tmp_path):
     lines = []
     for name, emo in names:
         ses = int(name.split("-")[1][1:])
-        write_tone(tmp_path / "Audio" / f"session{ses}" / name.split("-")[0] / name.split("-")[2] / f"MSP-IMPROV-{name}.wav", seconds=0.3)
+        write_tone(tmp_path / "Audio" / f"session{ses}" / name.split("-")[0] / name.split("-")[2]
+                   / f"MSP-IMPROV-{name}.wav", seconds=0.3)
         lines.append(f"UTD-IMPROV-{name}.avi; {emo}; A:3.2; V:2.4; D:2.6; N:4.2")
         lines.append("Male, 12; A; A:3.0; V:2.0; D:3.0; N:4.0")
     (tmp_path / "Evaluation.txt").write_text("\n".join(lines) + "\n")

@@ -138,7 +138,8 @@ def _save_tiny(family, path):
 
     torch.manual_seed(0)
     cfg = tiny_encoder_config(family)
-    model = transformers.WhisperForAudioClassification(cfg) if family == "whisper" else transformers.AutoModel.from_config(cfg)
+    model = (transformers.WhisperForAudioClassification(cfg) if family == "whisper"
+             else transformers.AutoModel.from_config(cfg))
     model.save_pretrained(str(path))
     return str(path)
 

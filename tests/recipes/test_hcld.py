@@ -12,7 +12,8 @@ from tests.models.test_hcld import SMALL, _batch
 from tests.train.conftest import tiny_config, tiny_corpus  # noqa: F401
 
 #: the objective of configs/*/hcld.yaml, which the Table II rows of configs/ablations/hcld.yaml name term by term
-HCLD_OBJECTIVE = [{"name": "cross_entropy"}, {"name": "hcld_speaker_ce"}, {"name": "icld", "margin": 0.5, "hinge": "text"},
+HCLD_OBJECTIVE = [{"name": "cross_entropy"}, {"name": "hcld_speaker_ce"},
+                  {"name": "icld", "margin": 0.5, "hinge": "text"},
                   {"name": "supcon", "feature_key": "emotion_features"}, {"name": "lcl"}]
 ROWS_FILE = "configs/ablations/hcld.yaml"
 

@@ -154,7 +154,8 @@ def test_table3_grid_rows_and_table(tiny_corpus, tmp_path):  # noqa: F811
     (tmp_path / "eam-flam-all" / "results.json").write_text(json.dumps(
         {"folds": [{"fold": 0, "metrics": {"wa": 0.45, "ua": 0.35}}, {"fold": 1, "metrics": {"wa": 0.55, "ua": 0.45}}],
          "wall_seconds": 12.0}))
-    (tmp_path / "eam-flam-all" / "config.yaml").write_text("augment: {name: eam, mode: on_the_fly}\ntrain: {epochs: 7}\n")
+    (tmp_path / "eam-flam-all" / "config.yaml").write_text(
+        "augment: {name: eam, mode: on_the_fly}\ntrain: {epochs: 7}\n")
     md = write_table(tmp_path, table, "classification", "t")
     assert "| row | mixup | pooling | losses | mode | epochs | folds | WA (%) | UA (%) | wall s |" in md
     assert ("| eam-flam-all | EAM | FLAM | KL+Focal+Center+SupCon | on_the_fly | 7 | 2 (0 1) | 50.00 ± 7.07 | "

@@ -22,7 +22,8 @@ def tiny_corpus(tmp_path_factory):
                 p = write_tone(root / f"spk{s}" / f"{emo}_{u}.wav", seconds=0.4 + 0.1 * u, freq=f * (1 + 0.03 * s),
                                seed=s * 100 + u)
                 rows.append({"path": str(p), "emotion": emo, "speaker": f"spk{s}",
-                             "gender": "female" if s % 2 else "male", "arousal": {"low": -0.5, "mid": 0.0, "high": 0.5}[emo] + 0.05 * u,
+                             "gender": "female" if s % 2 else "male",
+                             "arousal": {"low": -0.5, "mid": 0.0, "high": 0.5}[emo] + 0.05 * u,
                              "valence": 0.1 * u - 0.1, "id": f"spk{s}_{emo}_{u}"})
     table = root / "table.csv"
     pd.DataFrame(rows).to_csv(table, index=False)

@@ -90,7 +90,8 @@ def test_the_shipped_model_predicts_a_clip_without_the_training_libraries(tmp_pa
 def test_a_training_command_names_the_extra_in_one_line(tiny_corpus, tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(json.dumps(tiny_config(tiny_corpus)))
-    for command in (["cv", str(cfg), "--out", str(tmp_path / "run")], ["train", str(cfg), "--out", str(tmp_path / "m")]):
+    for command in (["cv", str(cfg), "--out", str(tmp_path / "run")],
+                    ["train", str(cfg), "--out", str(tmp_path / "m")]):
         proc = serkit_core(*command)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr

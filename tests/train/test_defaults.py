@@ -27,7 +27,8 @@ def _table(tmp_path, speakers=4, per=6, classes=("a", "b", "c")):
 def test_table_config_defaults(tmp_path):
     cfg = load_config(table_config(_table(tmp_path)))
     assert cfg["corpus"] == "csv" and cfg["protocol"] == {"name": "speaker_kfold", "k": 4}
-    assert cfg["features"]["normalize"] == "auto" and cfg["train"]["select"] == {"train.weight_decay": [0.1, 10.0, 100.0]}
+    assert cfg["features"]["normalize"] == "auto"
+    assert cfg["train"]["select"] == {"train.weight_decay": [0.1, 10.0, 100.0]}
     assert cfg["objective"] == [{"name": "cross_entropy", "class_weights": "balanced"}]
     # a user-layout config that leaves normalisation out gets auto; a published corpus's gets none
     assert load_config({"corpus": "csv", "root": "t.csv"})["features"]["normalize"] == "auto"

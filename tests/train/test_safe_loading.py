@@ -97,7 +97,8 @@ def test_load_tensors_refuses_pickles_and_reads_plain_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="not a readable torch file"):
         load_tensors(tmp_path / "cut.pt")
     assert not marker.exists()
-    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3, "loops": {"a": [1, 2.0, "x", None]}}, tmp_path / "ok.pt")
+    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3, "loops": {"a": [1, 2.0, "x", None]}},
+               tmp_path / "ok.pt")
     assert load_tensors(tmp_path / "ok.pt")["epoch"] == 3
 
 

@@ -61,7 +61,8 @@ def test_auto_normalisation_is_chosen_on_validation(tmp_path):
     store = PooledStore(man)
     folds = make_folds(man, {"name": "speaker_kfold", "k": 5, "val_speakers": 2})
     for fold in folds[:1]:
-        res = fit_fold(_cfg(normalize="auto", speaker_min_utterances=8), man, fold, store, tmp_path / f"auto{fold.index}")
+        res = fit_fold(_cfg(normalize="auto", speaker_min_utterances=8), man, fold, store,
+                       tmp_path / f"auto{fold.index}")
         sel = res["selection"]
         scores = {c["choice"]["features.normalize"]: c["val"] for c in sel["candidates"]}
         chosen = sel["chosen"]["features.normalize"]

@@ -41,7 +41,8 @@ def test_pack_keeps_what_prediction_needs_without_local_paths(tiny_corpus, tmp_p
     packed = pack(model, tmp_path / "pkg" / "default_model")
     saved = yaml.safe_load((packed / "config.yaml").read_text())
     assert saved["root"] is None and saved["features"]["cache_dir"] is None
-    assert str(tmp_path) not in "".join(p.read_text() for p in packed.iterdir() if p.suffix in (".yaml", ".json", ".md"))
+    assert str(tmp_path) not in "".join(p.read_text() for p in packed.iterdir()
+                                        if p.suffix in (".yaml", ".json", ".md"))
     assert LICENCE in (packed / "README.md").read_text()
     clip = tiny_corpus / "spk0" / "high_0.wav"
     assert Recognizer.from_pretrained(packed).predict(clip)["label"] == Recognizer.from_pretrained(model).predict(

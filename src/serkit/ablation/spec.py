@@ -19,8 +19,9 @@ a row's objective: each entry names a term of the config's objective (by ``key``
 options) or is a whole term ``{name: ...}``, so a row that drops or adds a loss keeps every other term as the config
 tunes it. ``layout``: ``rows`` are the axes that label a table line (default: every axis but ``columns``);
 ``columns`` spreads one axis over the columns (then one metric fills the cells); ``metrics`` are result keys
-(default: the task's primary metrics); ``config`` adds columns of each row's resolved setting (``augment.mode``). Every row runs in ``DIR/<row>/``, so rows of one name in two tables share
-their run when they resolve to the same config (``run_cv`` refuses a folder whose finished folds used another).
+(default: the task's primary metrics); ``config`` adds columns of each row's resolved setting (``augment.mode``). Every
+row runs in ``DIR/<row>/``, so rows of one name in two tables share their run when they resolve to the same config
+(``run_cv`` refuses a folder whose finished folds used another).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def _grid_rows(where: str, grid, only, own: dict) -> tuple[list[Row], dict[str, 
             spec = {"set": spec} if isinstance(spec, list) else (spec or {})
             unknown = sorted(set(spec) - _VALUE_KEYS) if isinstance(spec, dict) else [spec]
             if unknown:
-                raise ConfigError(f"{where}: grid.{axis}.{value}: unknown key(s) {unknown}; allowed {sorted(_VALUE_KEYS)}")
+                raise ConfigError(f"{where}: grid.{axis}.{value}: unknown key(s) {unknown}; "
+                                  f"allowed {sorted(_VALUE_KEYS)}")
             axes[str(axis)].append((str(value), spec))
     rows = []
     for combo in itertools.product(*axes.values()):

@@ -209,5 +209,6 @@ def write_table(out_dir, table: Table, task: str, title: str, context: str = "")
     if figure(table, results, metrics, title, out / f"{table.name}.png"):
         md += f"\n![{table.name}]({table.name}.png)\n"
     atomic_write_text(out / f"{table.name}.md", md)
-    atomic_write_text(out / f"{table.name}.csv", pd.DataFrame(_records(out, table, results, metrics)).to_csv(index=False))
+    atomic_write_text(out / f"{table.name}.csv",
+                      pd.DataFrame(_records(out, table, results, metrics)).to_csv(index=False))
     return md

@@ -15,7 +15,8 @@ from serkit.corpora.base import CorpusReader, register
 from serkit.errors import CorpusError
 
 EMOTIONS = {"A": "angry", "H": "happy", "S": "sad", "N": "neutral", "O": "other", "X": "no_agreement"}
-LINE = re.compile(r"^UTD-IMPROV-(?P<name>\S+?)\.avi;\s*(?P<emo>\w);\s*A:(?P<a>[\d.]+);\s*V:(?P<v>[\d.]+);\s*D:(?P<d>[\d.]+)")
+LINE = re.compile(r"^UTD-IMPROV-(?P<name>\S+?)\.avi;\s*(?P<emo>\w);"
+                  r"\s*A:(?P<a>[\d.]+);\s*V:(?P<v>[\d.]+);\s*D:(?P<d>[\d.]+)")
 NAME = re.compile(r"^(?P<sent>S\d+[A-Z])-(?P<spk>[FM])(?P<ses>\d+)-(?P<scen>[A-Z])-(?P<rest>\S+)$")
 
 

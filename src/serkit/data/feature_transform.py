@@ -5,8 +5,8 @@ speaker normalisation with given statistics, frame normalisation and frame pooli
 config (:meth:`FeatureTransform.from_options`) and called unchanged by the training datasets
 (:class:`serkit.data.features.FeatureDataset`, one item at a time through :meth:`FeatureTransform.apply`), by
 :class:`serkit.Recognizer` (a batch of windows) and inside the exported ONNX graph (:mod:`serkit.export`), so the
-three cannot drift apart. The part of the stage that is *fitted* on a fold's training utterances (the standardisation of the
-head's input, ``input_norm``) belongs to the head and is saved with its weights.
+three cannot drift apart. The part of the stage that is *fitted* on a fold's training utterances (the standardisation of
+the head's input, ``input_norm``) belongs to the head and is saved with its weights.
 
 Inputs, in the stored layout of the feature cache:
 

@@ -64,8 +64,8 @@ class FeatureDataset(_LabelledUtterances):
     ``"frames"`` serves ``features``; ``"pooled"`` serves ``pooled``. ``preload`` reads everything into memory once
     (float16), which is what makes CPU training fast; ``max_frames`` crops long items (random crop when
     ``train``, centre otherwise). On reading, in this order: ``layers`` selects stored layers (only those are read),
-    ``normalizer`` speaker-normalises them with their own statistics, ``frame_norm="layer"`` layer-normalises every frame of every layer (no
-    parameters, over ``dim``), ``pool_frames`` averages windows of frames.
+    ``normalizer`` speaker-normalises them with their own statistics, ``frame_norm="layer"`` layer-normalises every
+    frame of every layer (no parameters, over ``dim``), ``pool_frames`` averages windows of frames.
 
     Frames that ``frame_norm`` or ``pool_frames`` processed are kept for the process (:data:`PROCESSED_FRAMES`)
     under everything that determines them (store, id, layers, the speaker's statistics, the two options), so the
@@ -73,8 +73,9 @@ class FeatureDataset(_LabelledUtterances):
     """
 
     def __init__(self, store, manifest: pd.DataFrame, ids: Sequence[str], labels: LabelMap, level: str = "frames",
-                 preload: bool = True, max_frames: int | None = None, train: bool = False, layers: list[int] | None = None,
-                 normalizer=None, pool_frames: int = 1, speaker_stats: bool = False, frame_norm: str = "none"):
+                 preload: bool = True, max_frames: int | None = None, train: bool = False,
+                 layers: list[int] | None = None, normalizer=None, pool_frames: int = 1, speaker_stats: bool = False,
+                 frame_norm: str = "none"):
         self.store, self.level, self.max_frames, self.layers = store, level, max_frames, layers
         if frame_norm not in ("none", "layer"):
             raise ValueError(f"FeatureDataset: frame_norm={frame_norm!r} is not 'none' or 'layer'")
@@ -231,7 +232,8 @@ def collate(items: list[dict]) -> dict:
             lengths = [v.shape[1] for v in vals]
             T = max(lengths)
             L, _, D = vals[0].shape
-            buf = torch.zeros((len(vals), L, T, D), dtype=torch.float16 if vals[0].dtype == np.float16 else torch.float32)
+            buf = torch.zeros((len(vals), L, T, D),
+                              dtype=torch.float16 if vals[0].dtype == np.float16 else torch.float32)
             for j, v in enumerate(vals):
                 buf[j, :, : v.shape[1]] = torch.from_numpy(np.ascontiguousarray(v))
             out["features"] = buf
@@ -251,7 +253,8 @@ def collate(items: list[dict]) -> dict:
         elif torch.is_tensor(vals[0]):
             out[k] = torch.stack(vals)
         elif isinstance(vals[0], np.ndarray):
-            out[k] = torch.from_numpy(np.stack(vals).astype(vals[0].dtype if vals[0].dtype != np.float16 else np.float32))
+            out[k] = torch.from_numpy(
+                np.stack(vals).astype(vals[0].dtype if vals[0].dtype != np.float16 else np.float32))
         elif isinstance(vals[0], (int, np.integer)):
             out[k] = torch.tensor(vals, dtype=torch.long)
         elif isinstance(vals[0], (float, np.floating)):

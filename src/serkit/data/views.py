@@ -37,8 +37,8 @@ def resolve_pooling(pooling: str, encoder_id: str) -> str:
 def view_matrix(store, ids: Sequence[str], layer: int = -1, pooling: str = "mean") -> np.ndarray:
     """``(len(ids), dim)`` float32 (``mean``) or ``(len(ids), 2*dim)`` (``stats``) of one stored layer.
 
-    ``layer`` indexes the store's layers (axis 0 of :meth:`~serkit.features.store.FeatureStore.pooled`), so ``-1`` is the
-    last stored hidden state (the final layer when the store holds ``layers: all``).
+    ``layer`` indexes the store's layers (axis 0 of :meth:`~serkit.features.store.FeatureStore.pooled`), so ``-1`` is
+    the last stored hidden state (the final layer when the store holds ``layers: all``).
     """
     if pooling not in ("mean", "stats"):
         raise ConfigError(f"view_matrix: pooling must be 'mean' or 'stats', got {pooling!r}")

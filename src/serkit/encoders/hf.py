@@ -112,7 +112,8 @@ class HFSpeechEncoder(Encoder):
         hidden = hidden_state.to(param.dtype)
         frame_mask = frame_mask.bool().to(hidden.device)
         if frame_mask.shape != hidden.shape[:2]:
-            raise ValueError(f"frame_mask must be (batch, frames)={tuple(hidden.shape[:2])}, got {tuple(frame_mask.shape)}")
+            raise ValueError(f"frame_mask must be (batch, frames)={tuple(hidden.shape[:2])}, "
+                             f"got {tuple(frame_mask.shape)}")
         if mask_time_indices is not None:
             emb = getattr(model, "masked_spec_embed", None)
             if emb is None:

@@ -216,7 +216,8 @@ class WhisperSpeechEncoder(Encoder):
         hidden = hidden_state.to(enc.conv1.weight.dtype)
         n = hidden.shape[1]
         if frame_mask.shape != hidden.shape[:2]:
-            raise ValueError(f"frame_mask must be (batch, frames)={tuple(hidden.shape[:2])}, got {tuple(frame_mask.shape)}")
+            raise ValueError(f"frame_mask must be (batch, frames)={tuple(hidden.shape[:2])}, "
+                             f"got {tuple(frame_mask.shape)}")
         if mask_time_indices is not None:
             check_time_mask(mask_time_indices, frame_mask)
             fill = self.mask_embedding.to(hidden.dtype) + enc.embed_positions.weight[:n].to(hidden.dtype)

@@ -1,8 +1,8 @@
 """Prediction with a multi-view model (IF-MVSE): several encoders, each view with its own feature stage.
 
-:class:`MultiViewRecognizer` is the :class:`~serkit.inference.recognizer.Recognizer` of a model folder whose ``encoder.json``
-lists ``views`` (``{view: {encoder, revision, mode, layers, ...}}``); everything else (windows, heads, enrolment,
-files, manifests, segments) is the Recognizer's. It replaces only the seams that assume one encoder:
+:class:`MultiViewRecognizer` is the :class:`~serkit.inference.recognizer.Recognizer` of a model folder whose
+``encoder.json`` lists ``views`` (``{view: {encoder, revision, mode, layers, ...}}``); everything else (windows, heads,
+enrolment, files, manifests, segments) is the Recognizer's. It replaces only the seams that assume one encoder:
 
 * ``_encode``: every window through every view's encoder, as the feature cache stores it: pooled statistics
   ``{view: (stored layers, 2*dim)}`` float32, and per view the owned frames' statistics for the speaker's;
@@ -95,7 +95,8 @@ class MultiViewRecognizer(Recognizer):
         speaker_views = [v for v, mode in model.normalize.items() if mode == "speaker"]
         if speaker_views and stats is None:
             raise SerkitError(f"the {head} head normalises view(s) {', '.join(speaker_views)} per speaker and needs "
-                              f"at least {self.min_enroll_seconds:.0f} s of the speaker's audio (--enroll / --same-speaker)")
+                              f"at least {self.min_enroll_seconds:.0f} s of the speaker's audio "
+                              "(--enroll / --same-speaker)")
         key = "probs" if self.labels.task == "classification" else "prediction"
         out = []
         for i in range(0, len(inputs), self.batch_size):

@@ -63,8 +63,8 @@ def load_recorded_encoder(info: dict, device, dtype):
     with a warning when the loaded revision is not the one the model was trained on."""
     from serkit.encoders import load_encoder
 
-    encoder = load_encoder(info["encoder"], mode=info.get("mode", DEFAULTS["encoder"]["mode"]), device=device, revision=None,
-                           dtype=dtype)
+    encoder = load_encoder(info["encoder"], mode=info.get("mode", DEFAULTS["encoder"]["mode"]), device=device,
+                           revision=None, dtype=dtype)
     rev = info.get("revision")
     if rev and getattr(encoder, "revision", rev) not in (rev, "local"):
         import warnings
@@ -140,7 +140,8 @@ class WindowScorer:
         self.cfg, self.labels, self.encoder_info = cfg, labels, encoder_info
         self.batch_size = max(1, int(batch_size))
         #: the encoder's precision (fp32 / bf16): as the model's features were extracted unless asked otherwise
-        self.precision = resolve_precision(precision or encoder_info.get("precision", UNRECORDED_PRECISION["features"]), self.device)
+        self.precision = resolve_precision(
+            precision or encoder_info.get("precision", UNRECORDED_PRECISION["features"]), self.device)
         self.model_dir = model_dir
         #: the feature width the heads were trained on (meta.json ``spec.hidden_size``; None: not checked)
         self.feature_width: int | None = None

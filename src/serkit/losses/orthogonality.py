@@ -24,7 +24,8 @@ _SCALES = ("batch_sq", "batch", "none")
 
 def orthogonality_loss(emotion_features: torch.Tensor, speaker_features: torch.Tensor, normalize: bool = True,
                        scale: str = "batch_sq") -> torch.Tensor:
-    """``||X_e^T X_s||_F^2`` (optionally row-normalised, scaled by ``B^2``/``B``/1); inputs ``(B, d_e)``, ``(B, d_s)``."""
+    """``||X_e^T X_s||_F^2`` (optionally row-normalised, scaled by ``B^2``/``B``/1); inputs ``(B, d_e)``,
+    ``(B, d_s)``."""
     if scale not in _SCALES:
         raise ConfigError(f"orthogonality: scale must be one of {_SCALES}, got {scale!r}")
     if emotion_features.shape[0] != speaker_features.shape[0]:

@@ -1,11 +1,13 @@
 """Multi-scale frame-level pseudo-label cross-entropy ("pseudo_label_ce"), GMP-ATL Sec. 3.2 (HuBERT-style).
 
 Keys read:
-    ``out["pseudo_logits"]``   dict ``k -> (batch, frames, k)``  from :class:`serkit.models.pseudo_label_head.PseudoLabelHead`,
-                               or ``k -> (frames, k)`` of frames the model already selected (e.g. the masked ones;
-                               labels and ``span_mask`` then ``(frames,)``)
-    ``out["span_mask"]``       (batch, frames) bool            True on masked frames (see :mod:`serkit.augment.masking`);
-                                                               needed only when ``masked_only``
+    ``out["pseudo_logits"]``   dict ``k -> (batch, frames, k)``  from
+                               :class:`serkit.models.pseudo_label_head.PseudoLabelHead`, or ``k -> (frames, k)`` of
+                               frames the model already selected (e.g. the masked ones; labels and ``span_mask`` then
+                               ``(frames,)``)
+    ``out["span_mask"]``       (batch, frames) bool            True on masked frames
+                                                               (see :mod:`serkit.augment.masking`); needed only when
+                                                               ``masked_only``
     ``batch["pseudo_labels"]`` dict ``k -> (batch, frames)`` long, cluster index, -1 on padding / unlabelled frames
                                (``out["pseudo_labels"]`` wins when the model returns them cropped to its frames)
 Dict keys may be ints or their strings (``64`` or ``"64"``).

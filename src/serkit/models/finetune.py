@@ -136,7 +136,8 @@ def resolve_finetune(value) -> FinetuneOptions:
         mode=mode,
         top_k=top_k if mode == "top" else 0,
         lora=_lora(value.get("lora")),
-        layer_decay=_float(value.get("layer_decay", FinetuneOptions.layer_decay), "layer_decay", 0.0, 1.0, low_open=True),
+        layer_decay=_float(value.get("layer_decay", FinetuneOptions.layer_decay), "layer_decay", 0.0, 1.0,
+                           low_open=True),
         warmup_epochs=_int(value.get("warmup_epochs", FinetuneOptions.warmup_epochs), "warmup_epochs", 0),
         gradient_checkpointing=gc,
     )

@@ -1,4 +1,5 @@
-"""Masked poolings over frames: ``(batch, frames, dim)`` + mask ``(batch, frames)`` (True = real) -> ``(batch, out)``."""
+"""Masked poolings over frames: ``(batch, frames, dim)`` + mask ``(batch, frames)`` (True = real) ->
+``(batch, out)``."""
 
 from __future__ import annotations
 
@@ -86,5 +87,6 @@ def build_pooling(name: str, dim: int) -> nn.Module:
 
         return AttentionPooling(dim)
     if name not in POOLINGS:
-        raise ConfigError(f"model.pooling={name!r} is unknown; choose one of {sorted(POOLINGS) + ['attention', 'flam']}")
+        raise ConfigError(f"model.pooling={name!r} is unknown; "
+                          f"choose one of {sorted(POOLINGS) + ['attention', 'flam']}")
     return POOLINGS[name](dim)

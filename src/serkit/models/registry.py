@@ -1,5 +1,6 @@
-"""Downstream model specs and the registration decorator (:mod:`serkit.models.catalog` builds them). A model is an ``nn.Module`` mapping a batch dict to an output dict (see
-:mod:`serkit.losses.base` for the keys) and is built from a :class:`ModelSpec` plus config options."""
+"""Downstream model specs and the registration decorator (:mod:`serkit.models.catalog` builds them). A model is an
+``nn.Module`` mapping a batch dict to an output dict (see :mod:`serkit.losses.base` for the keys) and is built from a
+:class:`ModelSpec` plus config options."""
 
 from __future__ import annotations
 

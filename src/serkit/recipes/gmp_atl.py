@@ -35,8 +35,8 @@ selection rule for this stage.
 
 Stage 3 (fine-tuning, Sec. 3.3, Fig. 1c): the stage-2 encoder (stage-1 encoder without GMPs) with the stage-1
 head structure and an AM-softmax classifier (s = 30, m = 0.2; ``loss: cross_entropy`` for the CE ablation);
-``init_head: true`` starts the head (and layer weights) from stage 1's (same ``head`` and sizes); the checkpoint with the best validation UA
-is scored on the test speakers.
+``init_head: true`` starts the head (and layer weights) from stage 1's (same ``head`` and sizes); the checkpoint with
+the best validation UA is scored on the test speakers.
 
 Encoder placement per stage (``recipe_options.stageN.finetune``):
 

@@ -48,7 +48,8 @@ def augment_options(cfg: dict) -> dict:
         raise ConfigError(f"augment.mode={mode!r}: choose variants, on_the_fly or auto")
     if aug["name"] != "none":
         if mode == "on_the_fly" and source != "waveform":
-            raise ConfigError("augment.mode=on_the_fly mixes waveforms before the encoder: set features.source: waveform")
+            raise ConfigError("augment.mode=on_the_fly mixes waveforms before the encoder: "
+                              "set features.source: waveform")
         if mode == "variants" and source != "cache":
             raise ConfigError("augment.mode=variants uses pre-extracted features: set features.source: cache")
     aug["mode"] = mode

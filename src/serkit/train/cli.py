@@ -114,8 +114,8 @@ def _add_data_options(p) -> None:
 
 def split_model_argument(args: list[str]) -> tuple[str | None, list[str]]:
     """``(model, inputs)`` of ``serkit predict``'s positional arguments: the first is the model when it is a model
-    folder (it holds meta.json or config.yaml) or reads as a hub id ``owner/name`` that is no path here and no audio file name;
-    otherwise every argument is an input and the shipped model answers."""
+    folder (it holds meta.json or config.yaml) or reads as a hub id ``owner/name`` that is no path here and no audio
+    file name; otherwise every argument is an input and the shipped model answers."""
     from serkit.inputs import AUDIO_SUFFIXES
 
     first = args[0]

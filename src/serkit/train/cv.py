@@ -74,7 +74,8 @@ def run_cv(config, out_dir: str | Path, overrides: list[str] | None = None, fold
                           f"folder (or delete it) to change settings")
     manifest = load_experiment_manifest(cfg)
     protocol = experiment_protocol(cfg, manifest)
-    planned = check_folds(cfg, make_folds(manifest, protocol, seed=int(cfg["train"]["seed"])), manifest)  # before extraction
+    # before extraction
+    planned = check_folds(cfg, make_folds(manifest, protocol, seed=int(cfg["train"]["seed"])), manifest)
     unknown = sorted(set(folds_only or ()) - {f.index for f in planned})
     if unknown:
         raise ConfigError(f"--folds {','.join(map(str, unknown))}: no such fold; the protocol gives {len(planned)} "

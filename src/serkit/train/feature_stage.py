@@ -1,8 +1,8 @@
 """The feature stage: what every model sees of an encoder's hidden states, owned by the runner.
 
 ``features: {layers, normalize, frame_norm, pool_frames, max_frames, level}`` is applied here, before any model
-sees a feature (as s3prl's runner owns its featurizer), for pooled statistics, for frames, and for models that run encoder blocks
-in the loop (they get the speaker statistics with each batch and normalise the encoder's outputs,
+sees a feature (as s3prl's runner owns its featurizer), for pooled statistics, for frames, and for models that run
+encoder blocks in the loop (they get the speaker statistics with each batch and normalise the encoder's outputs,
 :func:`serkit.data.normalize.normalize_hidden`):
 
 * ``layers``: which stored hidden states the model gets: an index (``-1``), a list (``"0,2,4"``, ``[0, 2]``),
@@ -47,8 +47,8 @@ class FeatureStage:
 
     Args:
         options: the config's ``features:`` section (a view may override ``layers`` / ``level``).
-        store: a :class:`~serkit.features.store.FeatureStore` (its pooled statistics give the speaker statistics), or None
-            when there is no cache (waveforms, no normalisation).
+        store: a :class:`~serkit.features.store.FeatureStore` (its pooled statistics give the speaker statistics), or
+            None when there is no cache (waveforms, no normalisation).
         manifest, ids: the fold's rows; speaker statistics use every utterance of ``ids`` (train + val + test).
         reference_ids: the training fold's ids, whose global statistics replace a speaker's own when it has less
             than ``features.speaker_min_seconds`` / ``speaker_min_utterances`` of speech.

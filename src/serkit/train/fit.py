@@ -234,7 +234,8 @@ def select_on_validation(cfg: dict, manifest: pd.DataFrame, fold: Fold, source, 
 
 def _stage_base(ctx: StageContext) -> dict:
     cfg, fold = ctx.cfg, ctx.fold
-    return {"fold": stable_hash([sorted(map(str, fold.train)), sorted(map(str, fold.val)), sorted(map(str, fold.test))]),
+    return {"fold": stable_hash([sorted(map(str, fold.train)), sorted(map(str, fold.val)),
+                                 sorted(map(str, fold.test))]),
             "seed": ctx.seed, "encoder": cfg["encoder"], "source": cfg["features"]["source"],
             "features": {k: v for k, v in cfg["features"].items() if k not in ("cache_dir", "preload")},
             "classes": list(ctx.labels.classes), "targets": list(ctx.labels.targets), "task": cfg["task"]}

@@ -59,8 +59,10 @@ def fold_result(ctx: StageContext, stages: list, records: dict) -> dict:
         train_rows = manifest.set_index("id").loc[[str(i) for i in fold.train]].reset_index()
         seen = set(labels.encode(train_rows)["emotion"].tolist())
         res["ua_classes"] = [c for i, c in enumerate(labels.classes) if i in set(y_true.tolist())]
-        res["absent_from_test"] = [c for i, c in enumerate(labels.classes) if i in seen and c not in res["ua_classes"]]
-        res["unseen_in_training"] = [c for i, c in enumerate(labels.classes) if c in res["ua_classes"] and i not in seen]
+        res["absent_from_test"] = [c for i, c in enumerate(labels.classes)
+                                   if i in seen and c not in res["ua_classes"]]
+        res["unseen_in_training"] = [c for i, c in enumerate(labels.classes)
+                                     if c in res["ua_classes"] and i not in seen]
         res["confusion"] = confusion(y_true, y_pred, len(labels.classes)).tolist()
         pred_table["true"] = [labels.classes[i] for i in y_true]
         pred_table["label"] = [labels.classes[i] for i in y_pred]
