@@ -146,14 +146,9 @@ def _load_hf(source: str, *, mode: str, config, revision: str | None) -> Encoder
     else:
         rev, pretrained = "random", False
     model_type = config.model_type
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the unused Whisper decoder / heads warn when absent
-    bars = _hide_loading_bar(transformers)
-    try:
+    with quiet_transformers_loading():  # the unused Whisper decoder / heads warn when absent
         if model_type == "whisper":
-            cls = (
-                transformers.WhisperForAudioClassification
-            )  # encoder-only class; weights load without decoder
+            cls = transformers.WhisperForAudioClassification  # encoder-only class; weights load without decoder
             model = cls.from_pretrained(source, config=config, **kwargs) if pretrained else cls(config)
             encoder = model.encoder
             mel = whisper_mel_filters(config.num_mel_bins, source if pretrained else None)
@@ -175,9 +170,6 @@ def _load_hf(source: str, *, mode: str, config, revision: str | None) -> Encoder
                 do_normalize=do_normalize,
                 mode=mode,
             )
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        _hide_loading_bar(transformers, bars)
     raise ConfigError(
         f"encoder {source!r}: model_type {model_type!r} is not supported; expected whisper or one of {SSL_MODEL_TYPES}"
     )
