@@ -37,3 +37,15 @@ def write_tone(path: Path, seconds: float = 0.6, sr: int = 16000, freq: float = 
 @pytest.fixture
 def tone(tmp_path):
     return lambda name, **kw: write_tone(tmp_path / name, **kw)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Every test starts with the thread count the session started with (a test that imports silero, or sets a
+    count, must not change the floats of the tests after it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)

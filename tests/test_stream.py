@@ -143,3 +143,15 @@ def test_frames_are_checked_and_decoded():
         check_frame(np.zeros(40000, np.float32))
     with pytest.raises(SerkitError, match="audio frame: "):
         check_frame(np.array([np.nan], np.float32))
+
+
+def test_starting_a_stream_leaves_torch_threads_as_they_were():
+    """Importing silero sets torch to one thread for the whole process; a stream (the first thing a live service
+    may load) must not leave every later prediction on one thread."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2); from serkit.stream import StreamingVad; StreamingVad(); "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-1] == "2"

@@ -166,12 +166,12 @@ class StreamingVad:
 
     def __init__(self, options: VadOptions | None = None, model=None):
         if model is None:
-            from silero_vad import load_silero_vad
-
             from serkit.vad import load_vad
 
             load_vad()  # the first import of silero sets torch's threads; load_vad undoes that
             threads = torch.get_num_threads()
+            from silero_vad import load_silero_vad
+
             model = load_silero_vad()  # a model per stream: its recurrent state is the stream's
             torch.set_num_threads(threads)
         self.model = model
