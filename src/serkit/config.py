@@ -166,6 +166,11 @@ def validate(cfg: dict) -> dict:
     if not isinstance(cfg["features"]["pool_frames"], int) or cfg["features"]["pool_frames"] < 1:
         raise ConfigError("config: features.pool_frames must be an integer >= 1, "
                           f"got {cfg['features']['pool_frames']!r}")
+    from serkit.augment.speed import check_factors
+
+    cfg["features"]["speed_perturb"] = check_factors(cfg["features"]["speed_perturb"])
+    if cfg["features"]["speed_perturb"] and cfg["features"]["source"] != "cache":
+        raise ConfigError("config: features.speed_perturb adds pre-extracted copies: set features.source: cache")
     mf = cfg["features"]["max_frames"]
     if mf is not None and (not isinstance(mf, int) or mf < 1):
         raise ConfigError(f"config: features.max_frames must be a positive integer or null, got {mf!r}")

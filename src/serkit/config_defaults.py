@@ -20,7 +20,7 @@ DEFAULTS: dict = {
     # the feature stage (serkit.train.feature_stage): what every model sees of the encoder's hidden states
     "features": {"source": "cache", "cache_dir": None, "crop": "none", "level": "frames", "preload": True,
                  "normalize": None, "speaker_min_seconds": 10.0, "speaker_min_utterances": 5, "layers": None,
-                 "pool_frames": 1, "max_frames": None, "frame_norm": "none"},
+                 "pool_frames": 1, "max_frames": None, "frame_norm": "none", "speed_perturb": []},
     "model": {"name": "baseline"},
     "objective": None,
     "augment": None,

@@ -19,7 +19,9 @@ Functions:
     :func:`fold_test_groups` (id -> group), :func:`plan_variants` (who mixes with whom, no audio),
     :func:`render_variants` (mix and write audio files), :func:`valid_variants` (per fold),
     :func:`soft_labels` (rows of class probabilities), :func:`build_mixup` (config -> a mixup object),
-    :func:`ensure_variant_store` (plan + render + extract into a store keyed by the mixup spec; resumable).
+    :func:`ensure_variant_store` (plan + render + extract into a store keyed by the mixup spec; resumable),
+    :func:`extract_rendered` / :func:`open_rendered` (rendered audio -> a finished store; shared with
+    :mod:`serkit.augment.speed`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ from serkit.errors import ConfigError
 __all__ = [
     "build_mixup",
     "ensure_variant_store",
+    "extract_rendered",
     "fold_test_groups",
+    "open_rendered",
     "plan_variants",
     "render_variants",
     "soft_labels",
@@ -199,26 +203,45 @@ def ensure_variant_store(manifest: pd.DataFrame, folds, spec: dict, encoder: dic
     ``<base_dir>-variants-<name>-k<k>-<key>``; returns ``(FeatureStore, variants table)``. Resumable: a finished
     store (``variants.csv`` written and every id present) is opened without rendering anything; the temporary audio
     files are deleted after extraction."""
-    from serkit.features.extraction import extract_to_cache, extraction_options
-    from serkit.features.store import FeatureStore
-
     spec = {k: v for k, v in spec.items() if k not in ("mode",)}
     name, k, seed = str(spec["name"]).lower(), int(spec["k"]), int(spec["seed"])
     key = variant_spec_key(spec, folds)
     root = Path(f"{base_dir}-variants-{name}-k{k}-{key}")
-    table_path = root / "variants.csv"
-    if table_path.exists() and (root / "store.json").exists():
-        table = pd.read_csv(table_path, dtype={"id": str, "parent": str, "partner": str, "speaker": str})
-        store = FeatureStore(root)
-        if all(i in store for i in table["id"]):
-            return store, table
+    done = open_rendered(root)
+    if done is not None:
+        return done
     mixup = build_mixup(name, **{k: v for k, v in spec.items() if k != "name"})
     if mixup is None:
         raise ConfigError("augment.mode=variants needs augment.name eam or lam")
     plan = plan_variants(manifest, folds, k, seed, bool(spec.get("different_class", False)))
     log(f"rendering {len(plan)} {name} variants (k={k}) -> {root}")
-    audio = root / "audio"
-    table = render_variants(plan, manifest, mixup, audio, seed)
+    table = render_variants(plan, manifest, mixup, root / "audio", seed)
+    return extract_rendered(table, encoder, root, progress=progress, log=log)
+
+
+def open_rendered(root: str | Path):
+    """``(FeatureStore, table)`` of a finished variant store at ``root`` (``variants.csv`` written and every id
+    extracted), else None."""
+    from serkit.features.store import FeatureStore
+
+    root = Path(root)
+    table_path = root / "variants.csv"
+    if not (table_path.exists() and (root / "store.json").exists()):
+        return None
+    table = pd.read_csv(table_path, dtype={"id": str, "parent": str, "partner": str, "speaker": str})
+    store = FeatureStore(root)
+    return (store, table) if all(i in store for i in table["id"]) else None
+
+
+def extract_rendered(table: pd.DataFrame, encoder: dict, root: str | Path, progress: bool = True, log=print):
+    """Extract the rendered audio of ``table`` (``id``, ``path``, ``duration``) with ``encoder`` (a config's
+    ``encoder`` section) into the feature store ``root``; write ``variants.csv`` (``table`` without paths; rows
+    that failed are left out and counted) and delete the audio. Returns ``(FeatureStore, table)``. Resumable: ids
+    already in the store are not extracted again."""
+    from serkit.features.extraction import extract_to_cache, extraction_options
+    from serkit.features.store import FeatureStore
+
+    root = Path(root)
     extract_to_cache(table[["id", "path", "duration"]], encoder["id"], encoder["layers"], root,
                      **extraction_options(encoder), progress=progress)
     store = FeatureStore(root)
@@ -226,6 +249,6 @@ def ensure_variant_store(manifest: pd.DataFrame, folds, spec: dict, encoder: dic
     if missing:
         log(f"{len(missing)} variant(s) have no features (see {root}/errors.json); they are left out")
         table = table[table["id"].isin(set(store.ids()))].reset_index(drop=True)
-    table.drop(columns=["path"]).to_csv(table_path, index=False)
-    shutil.rmtree(audio, ignore_errors=True)
+    table.drop(columns=["path"]).to_csv(root / "variants.csv", index=False)
+    shutil.rmtree(root / "audio", ignore_errors=True)
     return store, table

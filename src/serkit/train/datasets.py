@@ -30,7 +30,35 @@ def build_datasets(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: LabelM
         mk = lambda ids, train: features.with_speaker_stats(WaveformDataset(manifest, ids, labels, crop=crop,
                                                                             train=train))
         return mk(fold.train, True), mk(fold.val, False), mk(fold.test, False)
-    return features.datasets(fold, labels)
+    train, val, test = features.datasets(fold, labels)
+    if f.get("speed_perturb"):
+        train = with_speed_variants(cfg, manifest, fold, labels, features, train)
+    return train, val, test
+
+
+_SPEED_STORES: dict = {}
+
+
+def with_speed_variants(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: LabelMap, features, train):
+    """``train`` followed by the speed-perturbed copies (``features.speed_perturb``) of the fold's training
+    utterances, read through the same feature stage (layers, each copy under its parent's speaker statistics,
+    frame normalisation, pooling). The copies are extracted once per corpus and factor set, then reused."""
+    from serkit.augment.speed import ensure_speed_store, fold_speed_variants
+    from serkit.data.extended import ExtendedTrainSet
+    from serkit.train.features import store_dir
+
+    factors = cfg["features"]["speed_perturb"]
+    base = store_dir(cfg, manifest)
+    key = (str(base), tuple(factors), tuple(sorted(map(str, manifest["id"]))))
+    if key not in _SPEED_STORES:
+        _SPEED_STORES[key] = ensure_speed_store(manifest, factors, cfg["encoder"], base,
+                                                progress=bool(cfg["train"]["progress"]), log=log.info)
+    store, table = _SPEED_STORES[key]
+    rows = fold_speed_variants(table, fold.train)
+    extra = features.dataset(rows["id"].tolist(), labels, True, store=store, manifest=rows)
+    log.info("fold %d: %d training utterances + %d speed-perturbed copies (factors %s)", fold.index, len(train),
+             len(rows), factors)
+    return ExtendedTrainSet(train, extra)
 
 
 def as_feature_stage(cfg: dict, manifest: pd.DataFrame, fold: Fold, source):

@@ -165,7 +165,9 @@ class FeatureStage:
         """What this stage applied: ``normalize`` is ``speaker`` only when the normaliser really served items."""
         return {"view": self.name, "normalize": self.mode if self.normalised else "none",
                 "normalised_items": self.normalised, "layers": self.layer_spec, "frame_norm": self.frame_norm,
-                "pool_frames": self.pool, "max_frames": self.max_frames, "level": self.level}
+                "pool_frames": self.pool, "max_frames": self.max_frames, "level": self.level,
+                **({"speed_perturb": list(self.options["speed_perturb"])}
+                   if self.options.get("speed_perturb") else {})}
 
 
 class SpeakerStatsItems(ItemsWithExtras):

@@ -1,0 +1,93 @@
+"""Speed perturbation: copies at another speed shift every frequency, reach only the fold that trains on their
+parents, carry their parents' labels and are extracted once."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from serkit.augment.speed import check_factors, plan_speed_variants, speed_perturb
+from serkit.config import load_config
+from serkit.constants import SAMPLE_RATE
+from serkit.errors import ConfigError
+from tests.train.conftest import (
+    tiny_config,
+    tiny_corpus,  # noqa: F401
+)
+
+
+def _peak_hz(x: np.ndarray) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE)[np.argmax(spec)])
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_a_copy_at_another_speed_scales_duration_and_pitch(factor):
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    tone = np.sin(2 * np.pi * 200.0 * t).astype(np.float32)
+    y = speed_perturb(tone, factor)
+    assert y.dtype == np.float32
+    assert abs(len(y) - SAMPLE_RATE / factor) <= 2
+    assert abs(_peak_hz(y) - 200.0 * factor) < 2.0
+
+
+def test_factors_are_checked_with_the_key_named(tiny_corpus):  # noqa: F811
+    assert check_factors([1.1, 0.9]) == [0.9, 1.1]
+    for bad in ([1.0], ["fast"], [0.9, 0.9], 0.9, [3.0]):
+        with pytest.raises(ConfigError, match="features.speed_perturb"):
+            check_factors(bad)
+    with pytest.raises(ConfigError, match="features.speed_perturb"):
+        load_config(tiny_config(tiny_corpus, features={"speed_perturb": [1.0]}))
+    with pytest.raises(ConfigError, match="features.source: cache"):
+        load_config(tiny_config(tiny_corpus, features={"speed_perturb": [0.9], "source": "waveform"}))
+
+
+def test_a_copy_keeps_its_parents_labels_and_speaker():
+    import pandas as pd
+
+    man = pd.DataFrame({"id": ["a", "b"], "path": ["a.wav", "b.wav"], "speaker": ["s1", "s2"],
+                        "emotion": ["angry", "sad"], "arousal": [0.5, -0.5]})
+    plan = plan_speed_variants(man, [1.1, 0.9])
+    assert list(plan["id"]) == ["a~speed0.9", "b~speed0.9", "a~speed1.1", "b~speed1.1"]
+    assert list(plan["parent"]) == ["a", "b", "a", "b"] and list(plan["speaker"]) == ["s1", "s2", "s1", "s2"]
+    assert list(plan["emotion"]) == ["angry", "sad"] * 2 and list(plan["arousal"]) == [0.5, -0.5] * 2
+
+
+def test_a_fold_trains_on_copies_of_its_training_utterances_only(tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
+    from serkit.augment import speed
+    from serkit.data.extended import ExtendedTrainSet
+    from serkit.train import datasets
+    from serkit.train.cv import run_cv
+
+    seen = []
+    original = ExtendedTrainSet.__init__
+
+    def record(self, base, extra):
+        original(self, base, extra)
+        seen.append(self)
+
+    monkeypatch.setattr(ExtendedTrainSet, "__init__", record)
+    monkeypatch.setattr(datasets, "_SPEED_STORES", {})
+    cfg = tiny_config(tiny_corpus, features={"speed_perturb": [0.9, 1.1], "cache_dir": str(tmp_path / "cache")},
+                      train={"epochs": 2, "refit": True})
+    out = tmp_path / "run"
+    run_cv(cfg, out, folds_only=[0], log=lambda *a: None)
+    folds = json.loads((out / "folds.json").read_text())
+    fold = next(f for f in folds if f["index"] == 0)
+    search, refit = seen[0], seen[-1]
+    for ds, allowed in ((search, set(fold["train"])), (refit, set(fold["train"]) | set(fold["val"]))):
+        parents = [i.split("~speed")[0] for i in ds.extra.ids]
+        assert len(ds) == 3 * ds.n_base and set(parents) == allowed
+        assert sorted(parents) == sorted(list(ds.ids) * 2)
+        assert not set(parents) & set(fold["test"])
+    res = json.loads((out / "results.json").read_text())
+    assert json.dumps(res).count('"speed_perturb": [0.9, 1.1]') >= 1  # the fold's record says what trained
+
+    # a second run (a new process: no in-memory copy) opens the finished store without rendering anything
+    monkeypatch.setattr(datasets, "_SPEED_STORES", {})
+    monkeypatch.setattr(speed, "render_speed_variants", lambda *a, **k: pytest.fail("rendered again"))
+    run_cv(cfg, tmp_path / "again", folds_only=[0], log=lambda *a: None)
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again["folds"][0]["metrics"] == res["folds"][0]["metrics"]
