@@ -91,3 +91,34 @@ def test_a_fold_trains_on_copies_of_its_training_utterances_only(tiny_corpus, tm
     run_cv(cfg, tmp_path / "again", folds_only=[0], log=lambda *a: None)
     again = json.loads((tmp_path / "again" / "results.json").read_text())
     assert again["folds"][0]["metrics"] == res["folds"][0]["metrics"]
+
+
+@pytest.mark.parametrize("name", ["hcld", "mll", "gmp_atl", "if_mvse"])
+def test_each_recipe_trains_on_the_copies_or_refuses_them(name, tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
+    """HCLD and MLL train on the feature stage's training sets, so the copies reach them; GMP-ATL (frame
+    pseudo-labels) and IF-MVSE (per-view matrices) build their own and refuse the option, naming why."""
+    from serkit.data.extended import ExtendedTrainSet
+    from serkit.recipes.catalog import get_recipe
+    from serkit.train import datasets
+    from serkit.train.cv import run_cv
+    from tests.train.test_runner import recipe_config
+
+    extra = []
+    original = ExtendedTrainSet.__init__
+
+    def record(self, base, more):
+        original(self, base, more)
+        extra.append(len(more))
+
+    monkeypatch.setattr(ExtendedTrainSet, "__init__", record)
+    monkeypatch.setattr(datasets, "_SPEED_STORES", {})
+    cfg = recipe_config(name, tiny_corpus, tmp_path / "enc")
+    cfg["features"] = {**cfg["features"], "normalize": "none", "speed_perturb": [1.1],
+                       "cache_dir": str(tmp_path / "cache")}
+    if get_recipe(name).no_speed_copies:
+        with pytest.raises(ConfigError, match=f"speed_perturb does not apply to the {name} recipe"):
+            run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
+        assert not (tmp_path / "cache").exists()  # refused before any extraction
+        return
+    run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
+    assert extra and all(n > 0 for n in extra)

@@ -55,6 +55,9 @@ class Recipe:
     default_source = "cache"
     #: typed options class (a dataclass whose fields are the allowed ``recipe_options`` keys), or None (no options)
     options_class: type | None = None
+    #: None when its training sets are the feature stage's (so ``features.speed_perturb``'s copies reach them);
+    #: else why they are not (the runner refuses the option with this reason)
+    no_speed_copies: str | None = None
 
     def options(self, cfg: dict):
         """``recipe_options`` as :attr:`options_class` (validated, unknown keys named); None without a class."""

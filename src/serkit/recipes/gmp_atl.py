@@ -231,6 +231,9 @@ class WithPooledStats(ItemsWithExtras):
 class GMPATLRecipe(Recipe):
     """Declares GMP-ATL's stages (module docstring); the runner runs them."""
 
+    no_speed_copies = ("its stage 2 trains on frame-level k-means pseudo-labels of the real training utterances, "
+                       "which a copy at another speed (another frame count) has not")
+
     options_class = GMPOptions
 
     def stage_root(self, cfg: dict) -> str | None:

@@ -227,6 +227,7 @@ class IFMVSERecipe(Recipe):
     """Score-set stages and the validation-weighted combination (module docstring)."""
 
     options_class = MVSEOptions
+    no_speed_copies = "its score sets train on pooled matrices of every view, built from the real utterances only"
 
     def feature_views(self, cfg: dict) -> list[dict]:
         return [{"name": v["name"], "encoder": v["encoder"], "features": v["features"]} for v in view_specs(cfg)]

@@ -38,11 +38,15 @@ def feature_source(cfg: dict, manifest: pd.DataFrame, out_dir: Path, log=print):
     normalisation; with it the store gives the speakers' statistics)."""
     from serkit.recipes.catalog import get_recipe
 
+    recipe = get_recipe(cfg["recipe"])
+    if cfg["features"]["speed_perturb"] and recipe.no_speed_copies:
+        raise ConfigError(f"config: features.speed_perturb does not apply to the {cfg['recipe']} recipe: "
+                          f"{recipe.no_speed_copies}")
     if cfg["features"]["source"] != "cache" and cfg["features"]["normalize"] == "none":
         return None
     from serkit.train.features import ensure_features
 
-    views = get_recipe(cfg["recipe"]).feature_views(cfg)
+    views = recipe.feature_views(cfg)
     stores = {v["name"]: ensure_features(manifest, cfg, out_dir, encoder=v["encoder"], log=log) for v in views}
     return stores["main"] if list(stores) == ["main"] else stores
 
