@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fine-tuned encoders on a GPU, in one call: RAVDESS, each fine-tuned config (configs/ravdess/<name>-ft.yaml) and
-# its frozen counterpart (<name>-single-clip.yaml (single-clip.yaml for the baseline)) on the same folds, plus bench/finetune_regimes.py. Results go under
+# its frozen counterpart (<name>-single-clip.yaml (single-clip-plain.yaml for the baseline)) on the same folds, plus bench/finetune_regimes.py. Results go under
 # OUT (default $OUT or /tmp/out): env.txt, bench.md, summary.md (one row per run: wall time, mean UA +- std),
 # logs/<config>.log and results.tgz (every run's results.json, report.md and per-fold result.json / metrics.csv).
 # The run folders themselves stay in /tmp/ft-runs on the machine (a dry run: OUT/runs). Exit status 1 when a run
@@ -148,7 +148,7 @@ for name in $NAMES; do
     fi
     for kind in ft single-clip; do
         cfg="$CONFIGS/$name-$kind.yaml"
-        if [ "$name-$kind" = baseline-single-clip ]; then cfg="$CONFIGS/single-clip.yaml"; fi
+        if [ "$name-$kind" = baseline-single-clip ]; then cfg="$CONFIGS/single-clip-plain.yaml"; fi
         [ -f "$cfg" ] || continue
         budget=$(left)
         if [ "$budget" -le 10 ]; then
