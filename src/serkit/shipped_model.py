@@ -22,6 +22,9 @@ from serkit.errors import SerkitError
 #: Where the shipped model lives inside the installed package.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 #: Files a packed model keeps (the heads as meta.json names them are added).
+#: the config whose cross-validation gives the card's figures: the shipped model's head, features and copies on the
+#: six classes, within and across the two corpora
+CARD_CV_CONFIG = "configs/cross/ravdess-emodb-single-clip-speed.yaml"
 PACKED_FILES = ("config.yaml", "labels.json", "encoder.json", "meta.json", "validation.json")
 #: Terms of the corpora the shipped model was trained on (its weights follow the most restrictive).
 LICENCE = ("Trained on RAVDESS (CC BY-NC-SA 4.0) and Berlin EmoDB (free for research): for non-commercial "
@@ -54,32 +57,36 @@ def pack(model_dir: str | Path, dest: str | Path, cv_results: str | Path | None 
             (tmp / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
         elif (src / name).exists():
             shutil.copyfile(src / name, tmp / name)
+    speeds = (yaml.safe_load((src / "config.yaml").read_text()).get("features") or {}).get("speed_perturb") or []
     (tmp / "README.md").write_text(card(meta, json.loads((src / "labels.json").read_text()),
-                                        json.loads(Path(cv_results).read_text()) if cv_results else None))
+                                        json.loads(Path(cv_results).read_text()) if cv_results else None, speeds))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
 
 
-def card(meta: dict, labels: dict, cv: dict | None) -> str:
-    """The shipped model's card: what it is, its figures (single-clip track) and its licence terms."""
+def card(meta: dict, labels: dict, cv: dict | None, speeds: list | None = None) -> str:
+    """The shipped model's card: what it is, its figures (single-clip track) and its licence terms. ``speeds``:
+    the speed factors of the copies it also trained on (``features.speed_perturb``)."""
     classes = labels.get("classes") or []
+    copies = (f", with copies of every training utterance at {' and '.join(f'{f:g}x' for f in speeds)} speed"
+              if speeds else "")
     lines = ["---", "license: cc-by-nc-sa-4.0", "language: [en, de]", "datasets: [RAVDESS, EmoDB]",
              "metrics: [unweighted_accuracy]", "tags: [speech-emotion-recognition, serkit]", "---", "",
              "# serkit default model: whisper-base, six emotions", "",
              (f"Classes: {', '.join(classes)}. Trained on {meta.get('n_train')} utterances of "
               f"{meta.get('n_speakers')} speakers of RAVDESS (English, acted) and EmoDB (German, acted), on global "
-              "features of `openai/whisper-base` (mean and std of every hidden state): it needs no other recording "
-              "of the speaker. Probabilities are temperature-scaled on validation speakers; `--abstain` answers "
-              "`unknown` below the confidence at which 90% of its validation answers were right."), "",
+              f"features of `openai/whisper-base` (mean and std of every hidden state){copies}: it needs no other "
+              "recording of the speaker. Probabilities are temperature-scaled on validation speakers; `--abstain` "
+              "answers `unknown` below the confidence at which 90% of its validation answers were right."), "",
              "```bash", "serkit predict clip.wav            # this model, no training needed", "```", ""]
     table = cv.get("cross_corpus") if cv else None
     if isinstance(table, dict):
         metric = table.get("metric", "ua")
-        lines += ["## Figures (single-clip track: `serkit cv configs/cross/ravdess-emodb-single-clip.yaml`)", "",
-                  (f"The same head and features on the six classes, {metric.upper()} on test speakers never heard "
-                   "in training: within each corpus (speaker-independent folds) and trained on one corpus, tested "
-                   "on the other (how far a model of this kind carries to new recording conditions; the shipped "
+        lines += [f"## Figures (single-clip track: `serkit cv {CARD_CV_CONFIG}`)", "",
+                  (f"The same head, features and copies on the six classes, {metric.upper()} on test speakers never "
+                   "heard in training: within each corpus (speaker-independent folds) and trained on one corpus, "
+                   "tested on the other (how far a model of this kind carries to new recording conditions; the shipped "
                    "model itself is trained on both corpora)."), "",
                   f"| trained on | tested on | {metric.upper()} |", "|---|---|---|"]
         for corpus, r in (table.get("in_corpus") or {}).items():
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("pack", help="copy a model folder into the package as the shipped model")
     p.add_argument("model")
     p.add_argument("dest")
-    p.add_argument("--cv", help="results.json of `serkit cv configs/cross/ravdess-emodb-single-clip.yaml`")
+    p.add_argument("--cv", help=f"results.json of `serkit cv {CARD_CV_CONFIG}`")
     args = ap.parse_args(argv)
     print(pack(args.model, args.dest, args.cv))
     return 0
