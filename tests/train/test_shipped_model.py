@@ -13,7 +13,8 @@ import yaml
 from serkit.train.cli import split_model_argument
 from tests.train.conftest import tiny_config
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
 
 
 def test_the_first_argument_is_a_model_only_when_it_is_one(tmp_path):
@@ -71,3 +72,13 @@ def test_the_card_gives_in_corpus_and_cross_corpus_figures():
     text = card({"n_train": 10, "n_speakers": 2}, {"classes": ["a", "b"]}, {"cross_corpus": entry})
     assert "| ravdess | emodb | 0.412 |" in text and "0.810 ± 0.050 (5 folds)" in text and LICENCE in text
     assert text.startswith("---\nlicense: cc-by-nc-sa-4.0")
+
+
+def test_the_card_names_the_copies_the_model_trained_on_and_the_config_of_its_figures():
+    from serkit.shipped_model import CARD_CV_CONFIG, card
+
+    entry = {"metric": "ua", "in_corpus": {}, "rows": []}
+    plain = card({"n_train": 10, "n_speakers": 2}, {"classes": ["a"]}, {"cross_corpus": entry})
+    sped = card({"n_train": 10, "n_speakers": 2}, {"classes": ["a"]}, {"cross_corpus": entry}, [0.9, 1.1])
+    assert "copies" not in plain.split("```")[0] and "at 0.9x and 1.1x speed" in sped
+    assert f"`serkit cv {CARD_CV_CONFIG}`" in sped and (REPO / CARD_CV_CONFIG).exists()
