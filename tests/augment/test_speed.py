@@ -122,3 +122,33 @@ def test_each_recipe_trains_on_the_copies_or_refuses_them(name, tiny_corpus, tmp
         return
     run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
     assert extra and all(n > 0 for n in extra)
+
+
+def test_another_class_set_of_the_corpus_reuses_the_copies_it_shares(tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
+    """One store of copies per corpus store and factor set: a second manifest (a subset) renders its copies again
+    but extracts nothing the store holds; a third call with the same manifest renders nothing."""
+    import pandas as pd
+
+    from serkit.augment import speed
+    from serkit.features import extraction
+
+    reports = []
+    original = extraction.extract_to_cache
+
+    def spy(*a, **k):
+        reports.append(original(*a, **k))
+        return reports[-1]
+
+    monkeypatch.setattr(extraction, "extract_to_cache", spy)
+    man = pd.read_csv(tiny_corpus / "table.csv")
+    enc = {"id": "fbank-40", "layers": "all"}
+    base = tmp_path / "tiny" / "fbank-40-native-all"
+    _, full = speed.ensure_speed_store(man, [1.1], enc, base, progress=False, log=lambda *a: None)
+    sub = man[man["emotion"] != "high"].reset_index(drop=True)
+    store, part = speed.ensure_speed_store(sub, [1.1], enc, base, progress=False, log=lambda *a: None)
+    assert [r.computed for r in reports] == [len(man), 0] and reports[1].reused == len(sub)
+    assert set(part["id"]) < set(full["id"]) and all(i in store for i in part["id"])
+    assert sorted(p.name for p in base.parent.iterdir()) == ["fbank-40-native-all-speed-1.1"]
+    monkeypatch.setattr(speed, "render_speed_variants", lambda *a, **k: pytest.fail("rendered again"))
+    again = speed.ensure_speed_store(sub, [1.1], enc, base, progress=False, log=lambda *a: None)[1]
+    assert list(again["id"]) == list(part["id"]) and list(again.columns) == list(part.columns)

@@ -11,8 +11,9 @@ speaker statistics (``features.normalize: speaker``) are the parent's, computed 
 
 Functions:
     :func:`speed_perturb` (one waveform), :func:`plan_speed_variants` (the copies, no audio),
-    :func:`render_speed_variants` (write their audio), :func:`ensure_speed_store` (plan + render + extract into a
-    store keyed by the factors; resumable), :func:`fold_speed_variants` (the copies a fold may train on).
+    :func:`render_speed_variants` (write their audio), :func:`ensure_speed_store` (plan + render + extract into
+    the corpus's store of copies, :func:`speed_store_dir`; resumable), :func:`fold_speed_variants` (the copies a
+    fold may train on).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from serkit.constants import SAMPLE_RATE
 from serkit.errors import ConfigError
 
 __all__ = ["check_factors", "ensure_speed_store", "fold_speed_variants", "plan_speed_variants",
-           "render_speed_variants", "speed_perturb"]
+           "render_speed_variants", "speed_perturb", "speed_store_dir", "speed_store_key"]
 
 
 def check_factors(factors, key: str = "features.speed_perturb") -> list[float]:
@@ -105,30 +106,41 @@ def render_speed_variants(plan: pd.DataFrame, out_dir: str | Path, read=None) ->
 
 
 def speed_store_key(manifest: pd.DataFrame, factors) -> str:
-    """Short hash of what makes a speed store: the factors and the utterances (ids and files)."""
+    """Short hash of a copies table: the factors and the utterances (ids and files)."""
     rows = sorted(zip(manifest["id"].astype(str), manifest["path"].astype(str)))
     blob = json.dumps({"factors": check_factors(list(factors)), "rows": rows})
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+def speed_store_dir(base_dir: str | Path, factors) -> Path:
+    """``<base_dir>-speed-<factors>``: one store of copies per corpus store and factor set, shared by every
+    manifest (class set, subset) of that corpus."""
+    return Path(f"{base_dir}-speed-{'_'.join(f'{f:g}' for f in check_factors(list(factors)))}")
+
+
 def ensure_speed_store(manifest: pd.DataFrame, factors, encoder: dict, base_dir: str | Path,
                        progress: bool = True, log=print):
-    """The speed-perturbed copies of every utterance of ``manifest`` at every factor, extracted with ``encoder``
-    into ``<base_dir>-speed-<factors>-<key>``; returns ``(FeatureStore, table)`` (the table: one row per copy, as
-    :func:`plan_speed_variants`). Resumable: a finished store is opened without rendering anything, a killed
-    extraction keeps what it stored."""
+    """The speed-perturbed copies of every utterance of ``manifest`` (one corpus) at every factor, extracted with
+    ``encoder`` into :func:`speed_store_dir`; returns ``(FeatureStore, table)`` (the table: one row per copy, as
+    :func:`plan_speed_variants`, kept as ``variants-<key>.csv``). A manifest whose table is written and whose copies
+    are all in the store is opened without rendering anything; otherwise every copy is rendered again
+    (deterministic) and only audio the store does not hold yet is extracted (another class set of the same corpus
+    reuses the copies it shares; a changed corpus file gives a copy of another content, extracted again)."""
     from serkit.augment.variants import extract_rendered, open_rendered
 
     factors = check_factors(list(factors))
-    tag = "_".join(f"{f:g}" for f in factors)
-    root = Path(f"{base_dir}-speed-{tag}-{speed_store_key(manifest, factors)}")
-    done = open_rendered(root)
+    root = speed_store_dir(base_dir, factors)
+    key = speed_store_key(manifest, factors)
+    table_name = f"variants-{key}.csv"
+    done = open_rendered(root, table_name)
     if done is not None:
         return done
     plan = plan_speed_variants(manifest, factors)
     log(f"rendering {len(plan)} speed-perturbed copies (factors {factors}) -> {root}")
-    table = render_speed_variants(plan, root / "audio")
-    return extract_rendered(table, encoder, root, progress=progress, log=log)
+    audio = root / f"audio-{key}"
+    table = render_speed_variants(plan, audio)
+    return extract_rendered(table, encoder, root, progress=progress, log=log, table_name=table_name,
+                            audio_dir=audio)
 
 
 def fold_speed_variants(table: pd.DataFrame, train_ids) -> pd.DataFrame:

@@ -219,13 +219,13 @@ def ensure_variant_store(manifest: pd.DataFrame, folds, spec: dict, encoder: dic
     return extract_rendered(table, encoder, root, progress=progress, log=log)
 
 
-def open_rendered(root: str | Path):
-    """``(FeatureStore, table)`` of a finished variant store at ``root`` (``variants.csv`` written and every id
-    extracted), else None."""
+def open_rendered(root: str | Path, table_name: str = "variants.csv"):
+    """``(FeatureStore, table)`` of a finished variant store at ``root`` (its table ``table_name`` written and
+    every id extracted), else None."""
     from serkit.features.store import FeatureStore
 
     root = Path(root)
-    table_path = root / "variants.csv"
+    table_path = root / table_name
     if not (table_path.exists() and (root / "store.json").exists()):
         return None
     table = pd.read_csv(table_path, dtype={"id": str, "parent": str, "partner": str, "speaker": str})
@@ -233,11 +233,13 @@ def open_rendered(root: str | Path):
     return (store, table) if all(i in store for i in table["id"]) else None
 
 
-def extract_rendered(table: pd.DataFrame, encoder: dict, root: str | Path, progress: bool = True, log=print):
+def extract_rendered(table: pd.DataFrame, encoder: dict, root: str | Path, progress: bool = True, log=print,
+                     table_name: str = "variants.csv", audio_dir: str | Path | None = None):
     """Extract the rendered audio of ``table`` (``id``, ``path``, ``duration``) with ``encoder`` (a config's
-    ``encoder`` section) into the feature store ``root``; write ``variants.csv`` (``table`` without paths; rows
-    that failed are left out and counted) and delete the audio. Returns ``(FeatureStore, table)``. Resumable: ids
-    already in the store are not extracted again."""
+    ``encoder`` section) into the feature store ``root``; write its table ``table_name`` (``table`` without paths;
+    rows that failed are left out and counted) and delete the audio (``audio_dir``, default ``root/audio``).
+    Returns ``(FeatureStore, table)``. Resumable: audio the store already holds (same content) is not extracted
+    again."""
     from serkit.features.extraction import extract_to_cache, extraction_options
     from serkit.features.store import FeatureStore
 
@@ -249,6 +251,9 @@ def extract_rendered(table: pd.DataFrame, encoder: dict, root: str | Path, progr
     if missing:
         log(f"{len(missing)} variant(s) have no features (see {root}/errors.json); they are left out")
         table = table[table["id"].isin(set(store.ids()))].reset_index(drop=True)
-    table.drop(columns=["path"]).to_csv(root / "variants.csv", index=False)
-    shutil.rmtree(root / "audio", ignore_errors=True)
+    from serkit.io import atomic_write_text
+
+    table = table.drop(columns=["path"])  # the audio is deleted below
+    atomic_write_text(root / table_name, table.to_csv(index=False))
+    shutil.rmtree(Path(audio_dir) if audio_dir else root / "audio", ignore_errors=True)
     return store, table

@@ -45,15 +45,24 @@ def with_speed_variants(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: L
     frame normalisation, pooling). The copies are extracted once per corpus and factor set, then reused."""
     from serkit.augment.speed import ensure_speed_store, fold_speed_variants
     from serkit.data.extended import ExtendedTrainSet
-    from serkit.train.features import store_dir
+    from serkit.train.features import StoreUnion, store_dir
 
     factors = cfg["features"]["speed_perturb"]
-    base = store_dir(cfg, manifest)
-    key = (str(base), tuple(factors), tuple(sorted(map(str, manifest["id"]))))
-    if key not in _SPEED_STORES:
-        _SPEED_STORES[key] = ensure_speed_store(manifest, factors, cfg["encoder"], base,
-                                                progress=bool(cfg["train"]["progress"]), log=log.info)
-    store, table = _SPEED_STORES[key]
+    corpora = [manifest] if "corpus" not in manifest.columns else \
+        [m.reset_index(drop=True) for _, m in manifest.groupby("corpus", sort=True)]
+    parts = {}
+    for m in corpora:  # one store of copies per corpus, beside the corpus's feature store
+        base = store_dir(cfg, m)
+        key = (str(base), tuple(factors), tuple(sorted(map(str, m["id"]))))
+        if key not in _SPEED_STORES:
+            _SPEED_STORES[key] = ensure_speed_store(m, factors, cfg["encoder"], base,
+                                                    progress=bool(cfg["train"]["progress"]), log=log.info)
+        parts[str(base)] = _SPEED_STORES[key]
+    if len(parts) == 1:
+        store, table = next(iter(parts.values()))
+    else:
+        store = StoreUnion({name: st for name, (st, _) in parts.items()})
+        table = pd.concat([t for _, t in parts.values()], ignore_index=True)
     rows = fold_speed_variants(table, fold.train)
     extra = features.dataset(rows["id"].tolist(), labels, True, store=store, manifest=rows)
     log.info("fold %d: %d training utterances + %d speed-perturbed copies (factors %s)", fold.index, len(train),
