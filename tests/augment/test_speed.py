@@ -103,12 +103,13 @@ def test_each_recipe_trains_on_the_copies_or_refuses_them(name, tiny_corpus, tmp
     from serkit.train.cv import run_cv
     from tests.train.test_runner import recipe_config
 
-    extra = []
+    extra, n_base = [], []
     original = ExtendedTrainSet.__init__
 
     def record(self, base, more):
         original(self, base, more)
         extra.append(len(more))
+        n_base.append(len(base))
 
     monkeypatch.setattr(ExtendedTrainSet, "__init__", record)
     monkeypatch.setattr(datasets, "_SPEED_STORES", {})
@@ -120,8 +121,16 @@ def test_each_recipe_trains_on_the_copies_or_refuses_them(name, tiny_corpus, tmp
             run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
         assert not (tmp_path / "cache").exists()  # refused before any extraction
         return
+    sampled = []
+    if name == "hcld":  # its pair sampler draws from the labels of every item, copies included
+        from serkit.data.pairs import PairBatchSampler
+
+        batches = PairBatchSampler.__iter__
+        monkeypatch.setattr(PairBatchSampler, "__iter__", lambda self: (sampled.extend(b) or b for b in batches(self)))
     run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
     assert extra and all(n > 0 for n in extra)
+    if name == "hcld":
+        assert max(sampled) >= n_base[0]  # beyond the real utterances: copies were drawn
 
 
 def test_another_class_set_of_the_corpus_reuses_the_copies_it_shares(tiny_corpus, tmp_path, monkeypatch):  # noqa: F811

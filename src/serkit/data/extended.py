@@ -1,12 +1,13 @@
 """A fold's training items followed by extra labelled items (e.g. speed-perturbed copies of them).
 
-Items are the datasets' own dicts; ``enc`` / ``rows`` / ``ids`` are the base set's, so class weights and
-per-utterance records come from the real utterances.
+Items are the datasets' own dicts; ``enc`` (encoded labels per item, what samplers and class weights read),
+``rows`` and ``ids`` cover both parts in item order.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from torch.utils.data import Dataset
 
 from serkit.data.features import item_lengths
@@ -17,7 +18,9 @@ class ExtendedTrainSet(Dataset):
 
     def __init__(self, base, extra):
         self.base, self.extra = base, extra
-        self.enc, self.rows, self.ids = base.enc, base.rows, list(base.ids)
+        self.enc = {k: np.concatenate([np.asarray(v), np.asarray(extra.enc[k])]) for k, v in base.enc.items()}
+        self.rows = pd.concat([base.rows, extra.rows], ignore_index=True)
+        self.ids = list(base.ids) + list(extra.ids)
         self.n_base = len(base)
 
     def __len__(self) -> int:
@@ -33,4 +36,9 @@ class ExtendedTrainSet(Dataset):
         return None if a is None or b is None else np.concatenate([a, b])
 
     def __getitem__(self, i: int) -> dict:
-        return self.base[i] if i < self.n_base else self.extra[i - self.n_base]
+        if i < self.n_base:
+            return self.base[i]
+        item = dict(self.extra[i - self.n_base])
+        if "index" in item:
+            item["index"] = i  # the item's place in this set
+        return item
