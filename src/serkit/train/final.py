@@ -134,7 +134,9 @@ def _train_head(cfg: dict, manifest: pd.DataFrame, split, source, work: Path, re
         rcfg = copy.deepcopy(cfg)
         rcfg["train"].update(epochs=epochs, min_epochs=epochs, patience=epochs + 1)
         everyone = Fold(0, "serkit-train-refit", True, train + val, val, [], [], val_spk)
-        log(f"  refit on all {len(train) + len(val)} utterances for {epochs} epoch(s) (best validation "
+        speeds = cfg["features"].get("speed_perturb")
+        copies = f" (+ their copies at {', '.join(f'{f:g}x' for f in speeds)} speed)" if speeds else ""
+        log(f"  refit on all {len(train) + len(val)} utterances{copies} for {epochs} epoch(s) (best validation "
             f"{monitor} {best[monitor]:.4f} at epoch {best['epoch']})")
         module, labels, *_ = train_module(rcfg, manifest, everyone, source, work / "refit", select=False)
         record.update(refit_epochs=epochs, n_refit=len(train) + len(val))
