@@ -80,7 +80,7 @@ def test_a_fold_trains_on_copies_of_its_training_utterances_only(tiny_corpus, tm
     for ds, allowed in ((search, set(fold["train"])), (refit, set(fold["train"]) | set(fold["val"]))):
         parents = [i.split("~speed")[0] for i in ds.extra.ids]
         assert len(ds) == 3 * ds.n_base and set(parents) == allowed
-        assert sorted(parents) == sorted(list(ds.ids) * 2)
+        assert sorted(parents) == sorted(list(ds.base.ids) * 2) and ds.ids[:ds.n_base] == list(ds.base.ids)
         assert not set(parents) & set(fold["test"])
     res = json.loads((out / "results.json").read_text())
     assert json.dumps(res).count('"speed_perturb": [0.9, 1.1]') >= 1  # the fold's record says what trained
