@@ -114,3 +114,14 @@ def test_a_folder_without_results_is_one_line_error(tmp_path, capsys):
         summarise_run(tmp_path, "serkit cv x.yaml")
     assert main(["results", "add", str(tmp_path), "--command", "x"]) == 2
     assert "results.json" in capsys.readouterr().err
+
+
+def test_a_multi_view_run_names_every_view_and_its_regime(tmp_path):
+    """An IF-MVSE run records a list of encoders: the summary names them all (no traceback)."""
+    views = [{"id": "openai/whisper-base", "name": "a"}, {"id": "fbank-80", "name": "b"}]
+    run = _fake_run(tmp_path, "mv", "none", [0.7, 0.8], extra={"encoder": views})
+    s = summarise_run(run, "serkit cv configs/tava/if-mvse-single-clip.yaml")
+    assert s["encoder"] == "openai/whisper-base + fbank-80" and s["encoder_regime"] == "frozen"
+    views[1]["finetune"] = {"mode": "top", "top_k": 1}
+    run = _fake_run(tmp_path, "mv2", "none", [0.7, 0.8], extra={"encoder": views})
+    assert summarise_run(run, "x")["encoder_regime"] == "fine-tuned (top)"

@@ -46,12 +46,25 @@ def track_of(results: dict) -> str:
     return SINGLE_CLIP
 
 
+def _encoders(results: dict) -> list[dict]:
+    """The run's encoder sections: one, or one per view of a multi-view run (IF-MVSE)."""
+    enc = results.get("encoder") or {}
+    return [e for e in enc if isinstance(e, dict)] if isinstance(enc, list) else [enc]
+
+
+def encoder_ids(results: dict) -> str | None:
+    """The run's encoder id, or its views' ids joined with `` + ``."""
+    ids = [str(e["id"]) for e in _encoders(results) if e.get("id")]
+    return " + ".join(ids) if ids else None
+
+
 def encoder_regime(results: dict) -> str:
     """``"frozen"`` or ``"fine-tuned (<mode>)"``: how the run's encoder was trained (``encoder.finetune`` in any
-    form the config accepts)."""
+    form the config accepts; a multi-view run: the first view that fine-tunes)."""
     from serkit.models.finetune import resolve_finetune
 
-    mode = resolve_finetune((results.get("encoder") or {}).get("finetune")).mode
+    modes = [resolve_finetune(e.get("finetune")).mode for e in _encoders(results)]
+    mode = next((m for m in modes if m != "frozen"), "frozen")
     return "frozen" if mode == "frozen" else f"fine-tuned ({mode})"
 
 
@@ -121,7 +134,7 @@ def summarise_run(run_dir: str | Path, command: str, name: str | None = None, lo
         "track": track_of(results),
         "protocol": {k: protocol[k] for k in ("name", "k") if k in protocol},
         "speaker_independent": results.get("speaker_independent"),
-        "encoder": (results.get("encoder") or {}).get("id"),
+        "encoder": encoder_ids(results),
         "encoder_regime": encoder_regime(results),
         "serkit_version": results.get("serkit_version", current.get("serkit_version")),
         "git_commit": git_commit or results.get("git_commit", current.get("git_commit")),
