@@ -146,6 +146,23 @@ def _precisions(cfg: dict) -> None:
                           f"(or a Lightning precision: {lightning})")
 
 
+def check_factors(factors, key: str = "features.speed_perturb") -> list[float]:
+    """``features.speed_perturb`` (:mod:`serkit.augment.speed`) as a sorted list of distinct floats in (0.5, 2],
+    none of them 1; a clear error naming ``key`` otherwise."""
+    if factors is None:
+        return []
+    if not isinstance(factors, (list, tuple)):
+        raise ConfigError(f"config: {key} must be a list of speed factors, e.g. [0.9, 1.1]; got {factors!r}")
+    out = []
+    for f in factors:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.5 < float(f) <= 2.0 or float(f) == 1.0:
+            raise ConfigError(f"config: {key} holds {f!r}: each factor must be a number in (0.5, 2], not 1")
+        out.append(float(f))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"config: {key} repeats a factor: {factors!r}")
+    return sorted(out)
+
+
 def validate(cfg: dict) -> dict:
     for k, t in TYPES.items():
         if not isinstance(cfg.get(k), t):
@@ -166,8 +183,6 @@ def validate(cfg: dict) -> dict:
     if not isinstance(cfg["features"]["pool_frames"], int) or cfg["features"]["pool_frames"] < 1:
         raise ConfigError("config: features.pool_frames must be an integer >= 1, "
                           f"got {cfg['features']['pool_frames']!r}")
-    from serkit.augment.speed import check_factors
-
     cfg["features"]["speed_perturb"] = check_factors(cfg["features"]["speed_perturb"])
     if cfg["features"]["speed_perturb"] and cfg["features"]["source"] != "cache":
         raise ConfigError("config: features.speed_perturb adds pre-extracted copies: set features.source: cache")

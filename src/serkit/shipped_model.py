@@ -49,15 +49,15 @@ def pack(model_dir: str | Path, dest: str | Path, cv_results: str | Path | None 
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    cfg = yaml.safe_load((src / "config.yaml").read_text())
+    speeds = (cfg.get("features") or {}).get("speed_perturb") or []
     for name in files:
         if name == "config.yaml":
-            cfg = yaml.safe_load((src / name).read_text())
             cfg["root"], cfg["manifest"] = None, None
             cfg["features"]["cache_dir"] = None
             (tmp / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
         elif (src / name).exists():
             shutil.copyfile(src / name, tmp / name)
-    speeds = (yaml.safe_load((src / "config.yaml").read_text()).get("features") or {}).get("speed_perturb") or []
     (tmp / "README.md").write_text(card(meta, json.loads((src / "labels.json").read_text()),
                                         json.loads(Path(cv_results).read_text()) if cv_results else None, speeds))
     shutil.rmtree(dest, ignore_errors=True)

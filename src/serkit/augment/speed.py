@@ -25,28 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from serkit.config import check_factors
 from serkit.constants import SAMPLE_RATE
-from serkit.errors import ConfigError
 
 __all__ = ["check_factors", "ensure_speed_store", "fold_speed_variants", "plan_speed_variants",
            "render_speed_variants", "speed_perturb", "speed_store_dir", "speed_store_key"]
-
-
-def check_factors(factors, key: str = "features.speed_perturb") -> list[float]:
-    """``factors`` as a sorted list of distinct floats in (0.5, 2], none of them 1; a clear error naming ``key``
-    otherwise."""
-    if factors is None:
-        return []
-    if not isinstance(factors, (list, tuple)):
-        raise ConfigError(f"config: {key} must be a list of speed factors, e.g. [0.9, 1.1]; got {factors!r}")
-    out = []
-    for f in factors:
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.5 < float(f) <= 2.0 or float(f) == 1.0:
-            raise ConfigError(f"config: {key} holds {f!r}: each factor must be a number in (0.5, 2], not 1")
-        out.append(float(f))
-    if len(set(out)) != len(out):
-        raise ConfigError(f"config: {key} repeats a factor: {factors!r}")
-    return sorted(out)
 
 
 def speed_perturb(wave: np.ndarray, factor: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -64,19 +47,18 @@ def _variant_id(parent: str, factor: float) -> str:
 
 def plan_speed_variants(manifest: pd.DataFrame, factors) -> pd.DataFrame:
     """One row per ``(utterance, factor)``: the parent's manifest row (labels, speaker, gender, ...) with ``id``
-    ``<parent>~speed<factor>``, ``parent``, ``partner`` (the parent: a copy mixes in nobody) and ``factor``; the
-    parent's ``path`` and ``duration`` are replaced when the audio is rendered."""
+    ``<parent>~speed<factor>``, ``parent`` and ``factor``; the parent's ``path`` and ``duration`` are replaced
+    when the audio is rendered."""
     df = manifest.assign(id=manifest["id"].astype(str)).reset_index(drop=True)
     parts = []
     for f in check_factors(list(factors)):
         part = df.copy()
         part["parent"] = part["id"]
-        part["partner"] = part["id"]
         part["factor"] = f
         part["id"] = [_variant_id(u, f) for u in part["parent"]]
         parts.append(part)
     if not parts:
-        return df.iloc[:0].assign(parent=[], partner=[], factor=[])
+        return df.iloc[:0].assign(parent=[], factor=[])
     return pd.concat(parts, ignore_index=True)
 
 
