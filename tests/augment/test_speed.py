@@ -95,8 +95,9 @@ def test_a_fold_trains_on_copies_of_its_training_utterances_only(tiny_corpus, tm
 
 @pytest.mark.parametrize("name", ["hcld", "mll", "gmp_atl", "if_mvse"])
 def test_each_recipe_trains_on_the_copies_or_refuses_them(name, tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
-    """HCLD and MLL train on the feature stage's training sets, so the copies reach them; GMP-ATL (frame
-    pseudo-labels) and IF-MVSE (per-view matrices) build their own and refuse the option, naming why."""
+    """HCLD and MLL train on the feature stage's training sets, so the copies reach them; GMP-ATL's stages 1 and 3
+    train on them, its stage 2 (frame pseudo-labels of real utterances) does not; IF-MVSE (per-view matrices)
+    builds its own sets and refuses the option, naming why."""
     from serkit.data.extended import ExtendedTrainSet
     from serkit.recipes.catalog import get_recipe
     from serkit.train import datasets
@@ -116,6 +117,12 @@ def test_each_recipe_trains_on_the_copies_or_refuses_them(name, tiny_corpus, tmp
     cfg = recipe_config(name, tiny_corpus, tmp_path / "enc")
     cfg["features"] = {**cfg["features"], "normalize": "none", "speed_perturb": [1.1],
                        "cache_dir": str(tmp_path / "cache")}
+    if name == "gmp_atl":  # every stage, the stats heads (pooled statistics in stage 1, frames + statistics after)
+        cfg["recipe_options"] = {
+            "stages": [1, 2, 3], "stage1": {"head": "stats", "proj_dim": 4},
+            "cluster": {"ks": [2, 3], "backend": "torch", "niter": 2, "max_points_per_centroid": 8},
+            "stage2": {"finetune": "top:1", "hidden": 4, "train": {"epochs": 1}},
+            "stage3": {"head": "stats", "proj_dim": 4, "finetune": "top:1"}}
     if get_recipe(name).no_speed_copies:
         with pytest.raises(ConfigError, match=f"speed_perturb does not apply to the {name} recipe"):
             run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
@@ -127,10 +134,20 @@ def test_each_recipe_trains_on_the_copies_or_refuses_them(name, tiny_corpus, tmp
 
         batches = PairBatchSampler.__iter__
         monkeypatch.setattr(PairBatchSampler, "__iter__", lambda self: (sampled.extend(b) or b for b in batches(self)))
+    pseudo_ids = []
+    if name == "gmp_atl":  # stage 2's training set: the real utterances with their frames' pseudo-labels
+        from serkit.recipes.gmp_atl import PseudoLabelItems
+
+        made = PseudoLabelItems.__init__
+        monkeypatch.setattr(PseudoLabelItems, "__init__",
+                            lambda self, base, pseudo: pseudo_ids.extend(base.ids) or made(self, base, pseudo))
     run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
     assert extra and all(n > 0 for n in extra)
     if name == "hcld":
         assert max(sampled) >= n_base[0]  # beyond the real utterances: copies were drawn
+    if name == "gmp_atl":
+        assert pseudo_ids and not [i for i in pseudo_ids if "~speed" in i]
+        assert len(extra) >= 3  # stage 1's pooled set, stage 3's frames and statistics
 
 
 def test_another_class_set_of_the_corpus_reuses_the_copies_it_shares(tiny_corpus, tmp_path, monkeypatch):  # noqa: F811

@@ -51,6 +51,10 @@ Encoder placement per stage (``recipe_options.stageN.finetune``):
   each utterance's cached hidden state at the blocks' input as frames and every hidden state's pooled statistics
   for the frozen layers below it (:class:`WithPooledStats`), not the frames of every layer.
 
+Speed-perturbed copies (``features.speed_perturb``, :mod:`serkit.augment.speed`): stages 1 and 3 train on the fold's
+training utterances and their copies; the GMPs and stage 2 use the real training utterances only (a copy has another
+frame count, and no pseudo-labels).
+
 ``train.refit: true`` refits the last stage on train + validation for the epoch count validation chose; earlier
 stages keep their validation-chosen checkpoints.
 
@@ -212,6 +216,15 @@ class PseudoLabelItems(ItemsWithExtras):
         return {"pseudo": buf}
 
 
+def _with_copies(cfg: dict, manifest, fold, labels, stage, train, read: dict):
+    """``train`` and, with ``features.speed_perturb``, the copies of its utterances read the same way (``read``)."""
+    if not cfg["features"].get("speed_perturb"):
+        return train
+    from serkit.train.datasets import with_speed_variants
+
+    return with_speed_variants(cfg, manifest, fold, labels, stage, train, **read)
+
+
 class WithPooledStats(ItemsWithExtras):
     """A frames dataset whose items also carry ``pooled`` ``(layers, 2*dim)`` from a pooled-level dataset of the same
     utterances (the frozen layers' statistics, :meth:`GMPStageModel.layer_statistics`)."""
@@ -230,9 +243,6 @@ class WithPooledStats(ItemsWithExtras):
 @register_recipe("gmp_atl")
 class GMPATLRecipe(Recipe):
     """Declares GMP-ATL's stages (module docstring); the runner runs them."""
-
-    no_speed_copies = ("its stage 2 trains on frame-level k-means pseudo-labels of the real training utterances, "
-                       "which a copy at another speed (another frame count) has not")
 
     options_class = GMPOptions
 
@@ -282,7 +292,9 @@ class GMPATLRecipe(Recipe):
         if cfg["features"]["source"] == "waveform":
             return super().build_datasets(cfg, manifest, fold, labels, features)
         self._check_store(features)
-        return features.datasets(fold, labels, layers=list(range(len(features.store.layers))), speaker_stats=True)
+        read = {"layers": list(range(len(features.store.layers))), "speaker_stats": True}
+        train, val, test = features.datasets(fold, labels, **read)
+        return _with_copies(cfg, manifest, fold, labels, features, train, read), val, test
 
     @staticmethod
     def _check_store(features) -> None:
@@ -346,7 +358,9 @@ class GMPATLRecipe(Recipe):
     def _pooled_datasets(self, ctx, labels) -> tuple:
         stage = ctx.feature()
         self._check_store(stage)
-        return stage.datasets(ctx.fold, labels, level="pooled", layers=list(range(len(stage.store.layers))))
+        read = {"level": "pooled", "layers": list(range(len(stage.store.layers)))}
+        train, val, test = stage.datasets(ctx.fold, labels, **read)
+        return _with_copies(ctx.cfg, ctx.manifest, ctx.fold, labels, stage, train, read), val, test
 
     @staticmethod
     def _refit(cfg: dict, o) -> bool:
@@ -410,23 +424,30 @@ class GMPATLRecipe(Recipe):
                 with torch.no_grad():
                     model.am.weight.copy_(state["head.emotion.weight"])
 
-    def _block_datasets(self, ctx, labels, finetune) -> tuple:
+    def _block_datasets(self, ctx, labels, finetune, copies: bool = True) -> tuple:
         """From the cache: each utterance's raw hidden state at the input of the trainable top blocks (with its
         speaker's statistics, for the blocks' outputs) and every hidden state's pooled statistics,
         speaker-normalised by the feature stage (the frozen layers' statistics: the model does not read and
-        normalise their frames at every step); from waveforms: :meth:`build_datasets`."""
+        normalise their frames at every step); from waveforms: :meth:`build_datasets`. ``copies``: the training
+        set also holds the speed-perturbed copies (``features.speed_perturb``)."""
         stage = ctx.feature()
         if ctx.cfg["features"]["source"] == "waveform":
             return self.build_datasets(ctx.cfg, ctx.manifest, ctx.fold, labels, stage)
         self._check_store(stage)
         n = len(stage.store.layers)
         first = n - 1 - self._trained_top(ctx.cfg, finetune)
-        frames = stage.datasets(ctx.fold, labels, layers=[first], speaker_stats=True)
-        pooled = stage.datasets(ctx.fold, labels, level="pooled", layers=list(range(n)))
-        return tuple(WithPooledStats(f, p) for f, p in zip(frames, pooled, strict=True))
+        parts = []
+        for read in ({"layers": [first], "speaker_stats": True}, {"level": "pooled", "layers": list(range(n))}):
+            train, val, test = stage.datasets(ctx.fold, labels, **read)
+            if copies:
+                train = _with_copies(ctx.cfg, ctx.manifest, ctx.fold, labels, stage, train, read)
+            parts.append((train, val, test))
+        return tuple(WithPooledStats(f, p) for f, p in zip(*parts, strict=True))
 
     def _pseudo_datasets(self, ctx, labels) -> tuple:
-        train, val, test = self._block_datasets(ctx, labels, self.options(ctx.cfg).stage2.finetune)
+        """Stage 2's sets: the real training utterances with their frames' pseudo-labels (k-means of real frames;
+        the speed-perturbed copies have none and stay out of this stage)."""
+        train, val, test = self._block_datasets(ctx, labels, self.options(ctx.cfg).stage2.finetune, copies=False)
         arrays = ctx.results["gmps"].arrays
         return PseudoLabelItems(train, [arrays[str(i)] for i in train.ids]), val, test
 

@@ -39,10 +39,12 @@ def build_datasets(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: LabelM
 _SPEED_STORES: dict = {}
 
 
-def with_speed_variants(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: LabelMap, features, train):
+def with_speed_variants(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: LabelMap, features, train, **read):
     """``train`` followed by the speed-perturbed copies (``features.speed_perturb``) of the fold's training
     utterances, read through the same feature stage (layers, each copy under its parent's speaker statistics,
-    frame normalisation, pooling). The copies are extracted once per corpus and factor set, then reused."""
+    frame normalisation, pooling) and ``read``, the keywords ``train`` was read with
+    (:meth:`~serkit.train.feature_stage.FeatureStage.dataset`: e.g. ``level``, ``layers``). The copies are
+    extracted once per corpus and factor set, then reused."""
     from serkit.augment.speed import ensure_speed_store, fold_speed_variants
     from serkit.data.extended import ExtendedTrainSet
     from serkit.train.features import StoreUnion, store_dir
@@ -64,7 +66,7 @@ def with_speed_variants(cfg: dict, manifest: pd.DataFrame, fold: Fold, labels: L
         store = StoreUnion({name: st for name, (st, _) in parts.items()})
         table = pd.concat([t for _, t in parts.values()], ignore_index=True)
     rows = fold_speed_variants(table, fold.train)
-    extra = features.dataset(rows["id"].tolist(), labels, True, store=store, manifest=rows)
+    extra = features.dataset(rows["id"].tolist(), labels, True, store=store, manifest=rows, **read)
     log.info("fold %d: %d training utterances + %d speed-perturbed copies (factors %s)", fold.index, len(train),
              len(rows), factors)
     return ExtendedTrainSet(train, extra)
