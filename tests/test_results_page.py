@@ -109,6 +109,18 @@ def test_both_tracks_share_a_row_and_the_cli_writes_summaries_and_page(tmp_path,
         "serkit cv table.csv")] == ["baseline", "baseline", "hcld", "single-clip-nap", "n"]
 
 
+def test_a_table_experiment_is_filed_under_its_manifests_corpus(tmp_path):
+    """`serkit cv TABLE.csv` writes no corpus key: the manifest's corpus column names it; without one, one line."""
+    run = _fake_run(tmp_path, "tab", "none", [0.7, 0.8])
+    table = tmp_path / "t.csv"
+    table.write_text("id,path,emotion,speaker,corpus\na,a.wav,sad,s1,emodb\nb,b.wav,angry,s2,emodb\n")
+    (run / "config.yaml").write_text(f"name: tab\ncorpus: null\nmanifest: {table}\n")
+    assert summarise_run(run, "serkit cv t.csv", name="emodb-table")["corpus"] == "emodb"
+    table.write_text("id,path,emotion,speaker\na,a.wav,sad,s1\n")
+    with pytest.raises(ConfigError, match="no 'corpus' key, and no manifest"):
+        summarise_run(run, "serkit cv t.csv")
+
+
 def test_a_folder_without_results_is_one_line_error(tmp_path, capsys):
     with pytest.raises(ConfigError, match="results.json"):
         summarise_run(tmp_path, "serkit cv x.yaml")

@@ -92,10 +92,27 @@ def _corpus(run_dir: Path) -> str:
     path = run_dir / "config.yaml"
     if not path.exists():
         raise ConfigError(f"{path}: not found (a `serkit cv` run folder holds its config.yaml)")
-    corpus = (yaml.safe_load(path.read_text()) or {}).get("corpus")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    corpus = cfg.get("corpus") or _manifest_corpus(cfg.get("manifest"))
     if not corpus:
-        raise ConfigError(f"{path}: no 'corpus' key")
+        raise ConfigError(f"{path}: no 'corpus' key, and no manifest with a 'corpus' column")
     return "+".join(corpus) if isinstance(corpus, list) else str(corpus)
+
+
+def _manifest_corpus(manifest) -> list[str] | None:
+    """The corpora a table experiment's manifest names (its ``corpus`` column, as ``serkit prepare`` writes it)."""
+    if not manifest or not Path(manifest).is_file():
+        return None
+    import pandas as pd
+
+    path = Path(manifest)
+    try:
+        table = pd.read_parquet(path, columns=["corpus"]) if path.suffix == ".parquet" else \
+            pd.read_csv(path, usecols=["corpus"])
+    except (ValueError, OSError):
+        return None
+    names = sorted(str(c) for c in table["corpus"].dropna().unique())
+    return names or None
 
 
 def summarise_run(run_dir: str | Path, command: str, name: str | None = None, log: str | Path | None = None,
