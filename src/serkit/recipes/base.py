@@ -55,8 +55,9 @@ class Recipe:
     default_source = "cache"
     #: typed options class (a dataclass whose fields are the allowed ``recipe_options`` keys), or None (no options)
     options_class: type | None = None
-    #: None when its training sets are the feature stage's (so ``features.speed_perturb``'s copies reach them);
-    #: else why they are not (the runner refuses the option with this reason)
+    #: None when ``features.speed_perturb``'s copies reach its training sets (the feature stage's, or its own sets
+    #: extended by :func:`serkit.train.datasets.with_speed_variants`); else why they cannot (the runner refuses the
+    #: option with this reason)
     no_speed_copies: str | None = None
 
     def options(self, cfg: dict):
