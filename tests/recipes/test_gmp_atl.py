@@ -336,7 +336,7 @@ def test_stats_head_stages_from_cache_init_head(tiny_corpus, tmp_path):  # noqa:
 
 
 def test_head_options_checked_and_bilstm_keys_kept():
-    from serkit.recipes.gmp_atl import _without_train
+    from serkit.recipes.gmp_atl_options import stage_key
 
     with pytest.raises(ConfigError, match="head"):
         gmp_options({"recipe_options": {"stage1": {"head": "mlp"}}})
@@ -347,8 +347,8 @@ def test_head_options_checked_and_bilstm_keys_kept():
         gmp_options({"recipe_options": {"stage1": {"class_weights": "inverse"}}})
     o = gmp_options({})
     # stages trained before the head option existed keep their keys (and are reused)
-    assert set(_without_train(o.stage1)) == {"finetune", "hidden", "proj_dim", "alpha"}
-    assert "dropout" in _without_train(gmp_options({"recipe_options": {"stage1": {"head": "stats"}}}).stage1)
+    assert set(stage_key(o.stage1)) == {"finetune", "hidden", "proj_dim", "alpha"}
+    assert "dropout" in stage_key(gmp_options({"recipe_options": {"stage1": {"head": "stats"}}}).stage1)
 
 
 def test_refit_retrains_only_the_last_stage(tiny_corpus, tmp_path):  # noqa: F811

@@ -75,7 +75,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -83,117 +83,15 @@ from torch import nn
 
 from serkit.data.features import ItemsWithExtras
 from serkit.errors import ConfigError
-from serkit.models.gmp_atl import HEADS
 from serkit.models.registry import ModelSpec
 from serkit.recipes.base import Recipe, register_recipe
+from serkit.recipes.gmp_atl_options import GMPOptions, stage_key
 
 log = logging.getLogger("serkit")
-
-STAGE3_LOSSES = ("am_softmax", "cross_entropy")
-CLASS_WEIGHTS = (None, "balanced")
-
-
-def _check_head(where: str, head: str, dropout: float) -> None:
-    if head not in HEADS:
-        raise ValueError(f"{where}.head must be one of {HEADS}, got {head!r}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"{where}.dropout must be in [0, 1), got {dropout!r}")
-
-
-@dataclass
-class Stage1Options:
-    finetune: bool | str = False
-    head: str = "bilstm"
-    hidden: int = 256
-    proj_dim: int = 256
-    dropout: float = 0.3
-    alpha: float = 0.9
-    class_weights: str | None = None
-    train: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        _check_head("stage1", self.head, self.dropout)
-        if self.class_weights not in CLASS_WEIGHTS:
-            raise ValueError(f"stage1.class_weights must be null or 'balanced', got {self.class_weights!r}")
-
-
-@dataclass
-class ClusterOptions:
-    layer: int = -3
-    ks: list = field(default_factory=lambda: [64, 512, 4096])
-    backend: str = "auto"
-    niter: int = 25
-    max_points_per_centroid: int | None = 256
-    seed: int = 0
-
-
-@dataclass
-class Stage2Options:
-    finetune: bool | str = True
-    mask_prob: float = 0.08
-    span: int = 10
-    min_masks: int = 2
-    hidden: int = 256
-    masked_only: bool = True
-    train: dict = field(default_factory=dict)
-
-
-@dataclass
-class Stage3Options:
-    finetune: bool | str = True
-    head: str = "bilstm"
-    loss: str = "am_softmax"
-    s: float = 30.0
-    m: float = 0.2
-    hidden: int = 256
-    proj_dim: int = 256
-    dropout: float = 0.3
-    init_head: bool = False
-    train: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        _check_head("stage3", self.head, self.dropout)
-        if self.loss not in STAGE3_LOSSES:
-            raise ValueError(f"stage3.loss must be one of {STAGE3_LOSSES}, got {self.loss!r}")
-
-
-@dataclass
-class GMPOptions:
-    """``recipe_options`` of ``gmp_atl`` (module docstring)."""
-
-    stages: list = field(default_factory=lambda: [1, 2, 3])
-    stage_root: str | None = None
-    stage1: Stage1Options = field(default_factory=Stage1Options)
-    cluster: ClusterOptions = field(default_factory=ClusterOptions)
-    stage2: Stage2Options = field(default_factory=Stage2Options)
-    stage3: Stage3Options = field(default_factory=Stage3Options)
-
-    def __post_init__(self):
-        stages = sorted(int(s) for s in self.stages)
-        if stages not in ([1], [1, 3], [1, 2, 3]):
-            raise ValueError(f"stages must be [1], [1, 3] or [1, 2, 3], got {self.stages}")
-        self.stages = stages
-        if 3 in stages and self.stage3.init_head and self.stage3.head != self.stage1.head:
-            raise ValueError(f"stage3.init_head starts the stage-3 head from stage 1's: both need the same head, got "
-                             f"stage1.head {self.stage1.head!r} and stage3.head {self.stage3.head!r}")
-
 
 def gmp_options(cfg: dict) -> GMPOptions:
     """``recipe_options`` as :class:`GMPOptions` (validated; unknown keys named)."""
     return GMPATLRecipe().options(cfg)
-
-
-def _without_train(o) -> dict:
-    """A stage's key: its options less ``train`` (the runner keys the schedule); options added later are left out
-    at their old behaviour (``head: bilstm``, which ignores ``dropout``; no class weights), so that stages trained
-    before they existed are reused."""
-    d = {k: v for k, v in asdict(o).items() if k != "train"}
-    if d.get("head") == "bilstm":
-        d.pop("head")
-        d.pop("dropout")
-    if d.get("class_weights", "") is None:
-        d.pop("class_weights")
-    return d
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -323,7 +221,7 @@ class GMPATLRecipe(Recipe):
         out = [TrainStage("stage1", model=lambda ctx, spec: self._model(cfg, 1, spec.num_outputs, o.stage1.finetune,
                                                                          o.stage1),
                           objective=terms1, train=dict(o.stage1.train),
-                          key={**_without_train(o.stage1), **({"input": "pooled"} if pooled else {})},
+                          key={**stage_key(o.stage1), **({"input": "pooled"} if pooled else {})},
                           datasets=self._pooled_datasets if pooled else None,
                           refit=o.stages == [1] and self._refit(cfg, o.stage1))]
         if 2 in o.stages:
@@ -336,7 +234,7 @@ class GMPATLRecipe(Recipe):
                            {"name": "cross_entropy", "key": "probe"}],
                 train={**o.stage2.train, "patience": epochs + 1}, select="last", score=False,
                 datasets=self._pseudo_datasets, init=lambda ctx, model: self._load(ctx, model, ["stage1"], heads=False),
-                key=_without_train(o.stage2)))
+                key=stage_key(o.stage2)))
         if 3 in o.stages:
             term = {"name": "am_softmax", "s": float(o.stage3.s), "m": float(o.stage3.m)} \
                 if o.stage3.loss == "am_softmax" else {"name": "cross_entropy"}
@@ -346,7 +244,7 @@ class GMPATLRecipe(Recipe):
                 datasets=(lambda ctx, labels: self._block_datasets(ctx, labels, o.stage3.finetune))
                 if o.stage3.head == "stats" else None,
                 init=lambda ctx, model: self._load(ctx, model, ["stage2", "stage1"], heads=o.stage3.init_head),
-                key=_without_train(o.stage3), refit=self._refit(cfg, o.stage3)))
+                key=stage_key(o.stage3), refit=self._refit(cfg, o.stage3)))
         return out
 
     def _pooled_stage1(self, cfg: dict, o: GMPOptions) -> bool:
