@@ -140,10 +140,22 @@ def _precisions(cfg: dict) -> None:
             enc["precision"] = legacy
         if enc.get("precision", DEFAULTS["encoder"]["precision"]) not in PRECISIONS:
             raise ConfigError(f"config: {where}.precision={enc['precision']!r} is not one of {PRECISIONS}")
+        _check_level(enc.get("level_db"), f"{where}.level_db")
     lightning = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
     if str(cfg["train"]["precision"]) not in PRECISIONS + lightning:
         raise ConfigError(f"config: train.precision={cfg['train']['precision']!r} is not one of {PRECISIONS} "
                           f"(or a Lightning precision: {lightning})")
+
+
+def _check_level(value, key: str) -> None:
+    """``encoder.level_db`` (:mod:`serkit.level`): null or a number of dBFS in :data:`serkit.level.LEVEL_RANGE`."""
+    from serkit.level import LEVEL_RANGE
+
+    if value is None:
+        return
+    lo, hi = LEVEL_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+        raise ConfigError(f"config: {key}={value!r} must be null or a level in dBFS from {lo:g} to {hi:g} (e.g. -23)")
 
 
 def check_factors(factors, key: str = "features.speed_perturb") -> list[float]:

@@ -16,7 +16,8 @@ DEFAULTS: dict = {
     "targets": ["arousal", "valence", "dominance"],
     "protocol": None,
     "encoder": {"id": "openai/whisper-base", "mode": "native", "layers": "all", "device": "auto",
-                "batch_seconds": 120.0, "precision": "fp32"},
+                "batch_seconds": 120.0, "precision": "fp32",
+                "level_db": None},
     # the feature stage (serkit.train.feature_stage): what every model sees of the encoder's hidden states
     "features": {"source": "cache", "cache_dir": None, "crop": "none", "level": "frames", "preload": True,
                  "normalize": None, "speaker_min_seconds": 10.0, "speaker_min_utterances": 5, "layers": None,

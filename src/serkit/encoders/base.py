@@ -71,6 +71,8 @@ class Encoder(nn.Module):
     padding_invariant: bool = True
     supports_time_mask: bool = False
     sample_rate: int = SAMPLE_RATE
+    #: active-speech level (dBFS) every input is scaled to before encoding (:mod:`serkit.level`); None: as given
+    level_db: float | None = None
 
     def num_frames(self, lengths: torch.Tensor) -> torch.Tensor:
         """Real output frames for inputs of ``lengths`` samples, long ``(batch,)``."""
@@ -134,9 +136,18 @@ class Encoder(nn.Module):
             "num_layers": self.num_layers,
             "hidden_size": self.hidden_size,
             "frame_rate": self.frame_rate,
+            **({"level_db": float(self.level_db)} if self.level_db is not None else {}),
         }
 
     # helpers shared by subclasses -------------------------------------------------------------------------
+    def _at_level(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``waves`` scaled to :attr:`level_db` (:func:`serkit.level.scale_to_level`), or as given when it is None."""
+        if self.level_db is None:
+            return waves
+        from serkit.level import scale_to_level
+
+        return scale_to_level(waves, lengths, self.level_db).to(waves.dtype)
+
     @staticmethod
     def _lengths_or_full(waves: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         if waves.ndim != 2:

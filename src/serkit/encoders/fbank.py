@@ -59,6 +59,7 @@ class FbankEncoder(Encoder):
         mask_time_indices: torch.Tensor | None = None,
     ) -> EncoderOutput:
         lengths = self._lengths_or_full(waves, lengths)
+        waves = self._at_level(waves, lengths)
         with torch.autocast(device_type=waves.device.type, enabled=False):
             x = waves.float() * length_mask(lengths, waves.shape[1])
             x = F.pad(x, (0, N_FFT // 2))  # so that the centre padding reflects zeros at the right edge

@@ -66,6 +66,7 @@ class HFSpeechEncoder(Encoder):
         mask_time_indices: torch.Tensor | None = None,
     ) -> EncoderOutput:
         lengths = self._lengths_or_full(waves, lengths)
+        waves = self._at_level(waves, lengths)
         sample_mask = length_mask(lengths, waves.shape[1])
         x = waves.float() * sample_mask
         if self.do_normalize:  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm, on real samples only

@@ -84,6 +84,7 @@ def load_encoder(
     config=None,
     revision: str | None = None,
     eval_mode: bool = True,
+    level_db: float | None = None,
 ) -> Encoder:
     """Build an encoder by alias, hub id, local folder or ``fbank[-n_mels]``.
 
@@ -96,6 +97,7 @@ def load_encoder(
             WhisperConfig) to build a randomly initialised model instead of loading weights (``revision="random"``).
         revision: hub revision to load (branch, tag or commit); default: the cached ``main``.
         eval_mode: put the module in eval mode (dropout off); call ``.train()`` to fine-tune.
+        level_db: scale every input to this active-speech level (dBFS) before encoding (:mod:`serkit.level`).
 
     Loading pretrained weights leaves torch's global RNG as it was (``transformers`` initialises the modules before
     the checkpoint overwrites them, drawing from it): a model built after ``seed_everything`` gets the same initial
@@ -116,6 +118,7 @@ def load_encoder(
         with rng:
             encoder = _load_hf(source, mode=mode, config=config, revision=revision)
     encoder = encoder.to(device)
+    encoder.level_db = None if level_db is None else float(level_db)
     if dtype is not None:
         encoder = encoder.cast(dtype)
     return encoder.eval() if eval_mode else encoder.train()

@@ -123,6 +123,7 @@ class WhisperSpeechEncoder(Encoder):
         unpadded = lengths is None
         lengths = self._lengths_or_full(waves, lengths)
         self._check_max(lengths, waves)
+        waves = self._at_level(waves, lengths)
         enc = self.encoder
         if self.mode == "padded":
             waves = F.pad(waves, (0, self.max_samples - waves.shape[1]))

@@ -98,12 +98,13 @@ def _durations(df: pd.DataFrame) -> list[float]:
     return out
 
 
-def prepare_encoder(encoder, mode: str, device: str, precision: str | None):
-    """The :class:`~serkit.encoders.Encoder` to run: ``encoder`` loaded by name (``precision`` default ``auto``),
-    or the given object, cast on a copy when ``precision`` resolves to another than its own."""
+def prepare_encoder(encoder, mode: str, device: str, precision: str | None, level_db: float | None = None):
+    """The :class:`~serkit.encoders.Encoder` to run: ``encoder`` loaded by name (``precision`` default ``auto``,
+    inputs scaled to ``level_db``), or the given object (its own level), cast on a copy when ``precision`` resolves
+    to another than its own."""
     if isinstance(encoder, str):
         dtype = torch_dtype(resolve_precision(precision or "auto", device))
-        return load_encoder(encoder, mode=mode, device=device, dtype=dtype)
+        return load_encoder(encoder, mode=mode, device=device, dtype=dtype, level_db=level_db)
     if precision is not None:
         first = next(iter(encoder.parameters()), None)
         wanted = resolve_precision(precision, first.device if first is not None else device)
@@ -273,6 +274,7 @@ def extract_to_cache(
     device: str = "cpu",
     precision: str | None = None,
     batch_seconds: float = 120.0,
+    level_db: float | None = None,
     chunk_seconds: float = 30.0,
     overlap_seconds: float = 1.0,
     strict: bool = False,
@@ -300,6 +302,8 @@ def extract_to_cache(
             once). Default: ``auto`` for an encoder name, the given encoder's own precision for an object (a copy is
             cast when another is asked for). The resolved value is recorded in ``store.json`` and is part of the
             store's identity.
+        level_db: for an encoder name, the active-speech level (dBFS) every input is scaled to
+            (:mod:`serkit.level`; recorded in ``store.json``, part of the store's identity); None: as read.
         batch_seconds: padded audio per batch; chunk_seconds / overlap_seconds: chunking of long files.
         strict: raise on the first unusable audio file instead of reporting and skipping it.
         overwrite: reuse a folder that holds another store (its index is dropped).
@@ -308,7 +312,7 @@ def extract_to_cache(
     """
     start = time.perf_counter()
     df = _as_manifest(manifest)
-    encoder = prepare_encoder(encoder, mode, device, precision)
+    encoder = prepare_encoder(encoder, mode, device, precision, level_db)
     indices, _ = parse_layers(layers, encoder.num_layers)
     spec = store_spec(encoder, indices, layers, chunk_seconds, overlap_seconds)
     with contextlib.ExitStack() as held:
@@ -351,4 +355,4 @@ def extraction_options(enc: dict) -> dict:
     """Keyword arguments of :func:`~serkit.features.extraction.extract_to_cache` from a config's ``encoder`` section."""
     enc = encoder_options(enc)
     return {"mode": enc["mode"], "device": _device(enc["device"]), "precision": feature_precision(enc),
-            "batch_seconds": float(enc["batch_seconds"])}
+            "batch_seconds": float(enc["batch_seconds"]), "level_db": enc["level_db"]}

@@ -381,7 +381,7 @@ def build_heads(folder: ModelFolder) -> dict[str, torch.nn.Module]:
             from serkit.models.encoder_model import EncoderDownstream
 
             e = cfg["encoder"]
-            encoder = load_encoder(e["id"], mode=e["mode"], eval_mode=True)
+            encoder = load_encoder(e["id"], mode=e["mode"], eval_mode=True, level_db=e.get("level_db"))
             layers, _ = parse_layers(e["layers"], encoder.num_layers)
             module = EncoderDownstream(encoder, module, layers, e.get("finetune", False))
         with model_folder_part(d, file):

@@ -59,12 +59,12 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 
 def load_recorded_encoder(info: dict, device, dtype):
-    """The encoder a model folder records (``{encoder, mode, revision}``), loaded as found offline or on the hub,
-    with a warning when the loaded revision is not the one the model was trained on."""
+    """The encoder a model folder records (``{encoder, mode, revision, level_db}``), loaded as found offline or on
+    the hub, with a warning when the loaded revision is not the one the model was trained on."""
     from serkit.encoders import load_encoder
 
     encoder = load_encoder(info["encoder"], mode=info.get("mode", DEFAULTS["encoder"]["mode"]), device=device,
-                           revision=None, dtype=dtype)
+                           revision=None, dtype=dtype, level_db=info.get("level_db"))
     rev = info.get("revision")
     if rev and getattr(encoder, "revision", rev) not in (rev, "local"):
         import warnings

@@ -152,10 +152,10 @@ class GMPATLRecipe(Recipe):
         from serkit.encoders import load_encoder
 
         enc = cfg["encoder"]
-        key = (enc["id"], enc["mode"], enc.get("revision"))
+        key = (enc["id"], enc["mode"], enc.get("revision"), enc.get("level_db"))
         if getattr(self, "_enc_key", None) != key:
             self._enc_proto = load_encoder(enc["id"], mode=enc["mode"], eval_mode=True,
-                                           revision=enc.get("revision"))
+                                           revision=enc.get("revision"), level_db=enc.get("level_db"))
             self._enc_key = key
         return copy.deepcopy(self._enc_proto)
 

@@ -99,7 +99,8 @@ def load_loop_encoder(cfg: dict):
     from serkit.encoders import load_encoder, parse_layers
 
     enc = cfg["encoder"]
-    encoder = load_encoder(enc["id"], mode=enc["mode"], eval_mode=True, revision=enc.get("revision"))
+    encoder = load_encoder(enc["id"], mode=enc["mode"], eval_mode=True, revision=enc.get("revision"),
+                           level_db=enc.get("level_db"))
     layers, _ = parse_layers(enc["layers"], encoder.num_layers)
     chosen = cfg["features"].get("layers")
     if chosen is not None:

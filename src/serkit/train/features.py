@@ -28,6 +28,8 @@ def store_dir(cfg: dict, manifest: pd.DataFrame, encoder: dict | None = None) ->
     rev = f"-rev{enc['revision']}" if enc.get("revision") else ""  # another revision: another store
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{enc['id']}{rev}-{enc['mode']}-{enc['layers']}")
     slug += store_suffix(feature_precision(enc))
+    if enc.get("level_db") is not None:  # inputs scaled to a level (serkit.level): another store
+        slug += f"-level{float(enc['level_db']):g}"
     root = Path(cfg["features"]["cache_dir"]) if cfg["features"]["cache_dir"] else default_cache_root()
     return root / corpus / slug
 
@@ -94,7 +96,8 @@ def ensure_features(manifest: pd.DataFrame, cfg: dict, out_dir: Path | None = No
         if enc.get("revision"):  # a pinned hub revision (branch, tag or commit)
             from serkit.encoders import load_encoder
 
-            encoder = load_encoder(enc["id"], mode=opts["mode"], revision=str(enc["revision"]), device=opts["device"])
+            encoder = load_encoder(enc["id"], mode=opts["mode"], revision=str(enc["revision"]), device=opts["device"],
+                                   level_db=opts["level_db"])
         extract_to_cache(manifest, encoder, enc["layers"], path, **opts,
                          chunk_seconds=float(enc.get("chunk_seconds", 30.0)),
                          progress=bool(cfg["train"]["progress"]))

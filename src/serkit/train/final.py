@@ -311,7 +311,9 @@ def encoder_record(cfg: dict, source, precision: str) -> dict:
             views[name] = {**dict(store.spec), "precision": getattr(store, "precision", precision)}
         return {"encoder": " + ".join(v["encoder"] for v in views.values()), "precision": precision,
                 "views": views}
-    enc = dict(source.spec) if source is not None else {"encoder": cfg["encoder"]["id"], "mode": cfg["encoder"]["mode"]}
+    level = {"level_db": float(cfg["encoder"]["level_db"])} if cfg["encoder"].get("level_db") is not None else {}
+    enc = dict(source.spec) if source is not None else {"encoder": cfg["encoder"]["id"], "mode": cfg["encoder"]["mode"],
+                                                        **level}
     enc["layers_spec"] = cfg["encoder"]["layers"]
     enc["precision"] = precision
     return enc
