@@ -10,7 +10,7 @@ bash "$REPO/scripts/setup.sh"
 WORK="${1:-$REPO/runs/default-model}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 "$VENV/bin/serkit" train "$REPO/configs/default/whisper-base-6class.yaml" --out "$WORK/model" --overwrite
-# DEFAULT_MODEL_CV: results.json of `serkit cv configs/cross/ravdess-emodb-single-clip-speed.yaml` (the card's figures)
+# DEFAULT_MODEL_CV: results.json of `serkit cv configs/cross/ravdess-emodb-single-clip.yaml` (the card's figures)
 "$VENV/bin/python" -m serkit.shipped_model pack "$WORK/model" "$REPO/src/serkit/default_model" \
   ${DEFAULT_MODEL_CV:+--cv "$DEFAULT_MODEL_CV"}
 sha256sum "$REPO/src/serkit/default_model/model.safetensors"

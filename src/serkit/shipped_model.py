@@ -22,9 +22,9 @@ from serkit.errors import SerkitError
 #: Where the shipped model lives inside the installed package.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 #: Files a packed model keeps (the heads as meta.json names them are added).
-#: the config whose cross-validation gives the card's figures: the shipped model's head, features and copies on the
+#: the config whose cross-validation gives the card's figures: the shipped model's head, features and choices on the
 #: six classes, within and across the two corpora
-CARD_CV_CONFIG = "configs/cross/ravdess-emodb-single-clip-speed.yaml"
+CARD_CV_CONFIG = "configs/cross/ravdess-emodb-single-clip.yaml"
 PACKED_FILES = ("config.yaml", "labels.json", "encoder.json", "meta.json", "validation.json")
 #: Terms of the corpora the shipped model was trained on (its weights follow the most restrictive).
 LICENCE = ("Trained on RAVDESS (CC BY-NC-SA 4.0) and Berlin EmoDB (free for research): for non-commercial "
@@ -51,6 +51,11 @@ def pack(model_dir: str | Path, dest: str | Path, cv_results: str | Path | None 
     tmp.mkdir(parents=True)
     cfg = yaml.safe_load((src / "config.yaml").read_text())
     speeds = (cfg.get("features") or {}).get("speed_perturb") or []
+    if (src / "validation.json").exists():  # what the validation speakers chose over the config's train.select grid
+        heads = json.loads((src / "validation.json").read_text()).get("heads") or {}
+        chosen = [(h.get("selection") or {}).get("chosen") or {} for h in heads.values()]
+        speeds = next((c["features.speed_perturb"] for c in chosen if "features.speed_perturb" in c), speeds) or []
+    level_db = (cfg.get("encoder") or {}).get("level_db")
     for name in files:
         if name == "config.yaml":
             cfg["root"], cfg["manifest"] = None, None
@@ -59,15 +64,18 @@ def pack(model_dir: str | Path, dest: str | Path, cv_results: str | Path | None 
         elif (src / name).exists():
             shutil.copyfile(src / name, tmp / name)
     (tmp / "README.md").write_text(card(meta, json.loads((src / "labels.json").read_text()),
-                                        json.loads(Path(cv_results).read_text()) if cv_results else None, speeds))
+                                        json.loads(Path(cv_results).read_text()) if cv_results else None, speeds,
+                                        level_db))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
 
 
-def card(meta: dict, labels: dict, cv: dict | None, speeds: list | None = None) -> str:
+def card(meta: dict, labels: dict, cv: dict | None, speeds: list | None = None, level_db: float | None = None
+         ) -> str:
     """The shipped model's card: what it is, its figures (single-clip track) and its licence terms. ``speeds``:
-    the speed factors of the copies it also trained on (``features.speed_perturb``)."""
+    the speed factors of the copies it also trained on (``features.speed_perturb``); ``level_db``: the level every
+    clip is scaled to before the encoder (``encoder.level_db``)."""
     classes = labels.get("classes") or []
     copies = (f", with copies of every training utterance at {' and '.join(f'{f:g}x' for f in speeds)} speed"
               if speeds else "")
@@ -77,14 +85,17 @@ def card(meta: dict, labels: dict, cv: dict | None, speeds: list | None = None) 
              (f"Classes: {', '.join(classes)}. Trained on {meta.get('n_train')} utterances of "
               f"{meta.get('n_speakers')} speakers of RAVDESS (English, acted) and EmoDB (German, acted), on global "
               f"features of `openai/whisper-base` (mean and std of every hidden state){copies}: it needs no other "
-              "recording of the speaker. Probabilities are temperature-scaled on validation speakers; `--abstain` "
+              "recording of the speaker. "
+              + (f"Every clip is first scaled to an active-speech level of {level_db:g} dBFS (its own samples only), "
+                 "so the microphone's gain does not change the answer. " if level_db is not None else "")
+              + "Probabilities are temperature-scaled on validation speakers; `--abstain` "
               "answers `unknown` below the confidence at which 90% of its validation answers were right."), "",
              "```bash", "serkit predict clip.wav            # this model, no training needed", "```", ""]
     table = cv.get("cross_corpus") if cv else None
     if isinstance(table, dict):
         metric = table.get("metric", "ua")
         lines += [f"## Figures (single-clip track: `serkit cv {CARD_CV_CONFIG}`)", "",
-                  (f"The same head, features and copies on the six classes, {metric.upper()} on test speakers never "
+                  (f"The same head, features and choices on the six classes, {metric.upper()} on test speakers never "
                    "heard in training: within each corpus (speaker-independent folds) and trained on one corpus, "
                    "tested on the other (how far a model of this kind carries to new recording conditions; the shipped "
                    "model itself is trained on both corpora)."), "",

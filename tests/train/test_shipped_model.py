@@ -48,6 +48,12 @@ def test_pack_keeps_what_prediction_needs_without_local_paths(tiny_corpus, tmp_p
     clip = tiny_corpus / "spk0" / "high_0.wav"
     assert Recognizer.from_pretrained(packed).predict(clip)["label"] == Recognizer.from_pretrained(model).predict(
         clip)["label"]
+    # the card names the copies the validation speakers chose over the config's train.select grid
+    assert "speed" not in (packed / "README.md").read_text()
+    record = json.loads((model / "validation.json").read_text())
+    record["heads"]["global"]["selection"] = {"chosen": {"features.speed_perturb": [0.9, 1.1]}}
+    (model / "validation.json").write_text(json.dumps(record))
+    assert "at 0.9x and 1.1x speed" in (pack(model, tmp_path / "pkg2" / "default_model") / "README.md").read_text()
 
 
 @pytest.mark.skipif(not (SHARED / "hf-cache").is_dir() or not os.environ.get("HF_HUB_CACHE"),
@@ -62,6 +68,26 @@ def test_serkit_predict_a_clip_with_no_model_uses_the_shipped_one(capsys):
     out = json.loads(capsys.readouterr().out)
     result = out[0] if isinstance(out, list) else out
     assert result["label"] in labels and abs(sum(result["probabilities"].values()) - 1) < 1e-3
+
+
+@pytest.mark.skipif(not (SHARED / "hf-cache").is_dir() or not os.environ.get("HF_HUB_CACHE"),
+                    reason="needs openai/whisper-base in the Hugging Face cache")
+def test_the_shipped_model_answers_the_same_clip_the_same_at_any_gain():
+    """A stranger's microphone gain is arbitrary: the same clip ten times softer (or as loud as it can be without
+    clipping) gets the same probabilities."""
+    import numpy as np
+    import soundfile as sf
+
+    from serkit.inference import Recognizer
+    from serkit.shipped_model import DEFAULT_MODEL_DIR
+
+    assert json.loads((DEFAULT_MODEL_DIR / "encoder.json").read_text()).get("level_db") is not None
+    rec = Recognizer.from_pretrained()
+    x, sr = sf.read(str(SHARED / "corpora" / "emodb" / "wav" / "03a01Wa.flac"), dtype="float32")
+    probs = [np.array(list(rec.predict(x * g, sr)["probabilities"].values()))
+             for g in (1.0, 0.1, 0.99 / float(np.abs(x).max()))]
+    for p in probs[1:]:
+        np.testing.assert_allclose(p, probs[0], atol=2e-3)
 
 
 def test_the_card_gives_in_corpus_and_cross_corpus_figures():
@@ -82,3 +108,5 @@ def test_the_card_names_the_copies_the_model_trained_on_and_the_config_of_its_fi
     sped = card({"n_train": 10, "n_speakers": 2}, {"classes": ["a"]}, {"cross_corpus": entry}, [0.9, 1.1])
     assert "copies" not in plain.split("```")[0] and "at 0.9x and 1.1x speed" in sped
     assert f"`serkit cv {CARD_CV_CONFIG}`" in sped and (REPO / CARD_CV_CONFIG).exists()
+    levelled = card({"n_train": 10, "n_speakers": 2}, {"classes": ["a"]}, None, None, -23.0)
+    assert "-23 dBFS" in levelled and "dBFS" not in plain
