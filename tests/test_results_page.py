@@ -106,7 +106,8 @@ def test_both_tracks_share_a_row_and_the_cli_writes_summaries_and_page(tmp_path,
     assert [setting_of({"name": "n", "command": c}) for c in (
         "serkit cv configs/emodb/single-clip.yaml", "serkit cv configs/emodb/baseline.yaml --set a=1",
         "serkit cv configs/emodb/hcld-single-clip.yaml", "serkit cv configs/emodb/single-clip-nap.yaml",
-        "serkit cv table.csv")] == ["baseline", "baseline", "hcld", "single-clip-nap", "n"]
+        "serkit cv table.csv", "serkit ablate configs/emodb/hcld-ft.yaml --rows emotion_only --out d")] == [
+        "baseline", "baseline", "hcld", "single-clip-nap", "n", "hcld-ft (emotion_only)"]
 
 
 def test_a_table_experiment_is_filed_under_its_manifests_corpus(tmp_path):

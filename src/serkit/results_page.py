@@ -223,7 +223,8 @@ def _regime(s: dict) -> str:
 def setting_of(s: dict) -> str:
     """The setting a run's row names: its config file's stem with the track left out, so that ``X.yaml`` (speaker-
     adaptive) and ``X-single-clip.yaml`` share a row (the baseline's ``single-clip.yaml`` pairs with
-    ``baseline.yaml``); the run's name where the command names no config file."""
+    ``baseline.yaml``); an ablation row (``serkit ablate X.yaml --rows R``) is ``X (R)``; the run's name where the
+    command names no config file."""
     import re
     import shlex
 
@@ -232,8 +233,11 @@ def setting_of(s: dict) -> str:
     if stem is None:
         return s["name"]
     if stem == "single-clip":
-        return "baseline"
-    return stem.removesuffix("-single-clip")
+        stem = "baseline"
+    stem = stem.removesuffix("-single-clip")
+    if "ablate" in words and "--rows" in words[:-1]:
+        return f"{stem} ({words[words.index('--rows') + 1]})"
+    return stem
 
 
 def _row_key(s: dict) -> tuple[str, str, str]:
