@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from serkit.constants import SAMPLE_RATE
+from serkit.level import scale_to_level
 
 #: Ways to run an encoder on input of varying length. ``native``: at the utterance's own length (Whisper without
 #: its 30 s padding); ``padded``: the model's stock input shape (Whisper: 30 s zero padding).
@@ -144,8 +145,6 @@ class Encoder(nn.Module):
         """``waves`` scaled to :attr:`level_db` (:func:`serkit.level.scale_to_level`), or as given when it is None."""
         if self.level_db is None:
             return waves
-        from serkit.level import scale_to_level
-
         return scale_to_level(waves, lengths, self.level_db).to(waves.dtype)
 
     @staticmethod
