@@ -34,6 +34,7 @@ CHOICES = {
     "train.scheduler": ("none", "cosine", "exponential", "warmup_linear"),
     "train.logger": ("csv", "tensorboard", "mlflow"),
     "train.solver": ("gradient", "ridge"),
+    "train.final_stage": ("last", "best_val"),
 }
 
 

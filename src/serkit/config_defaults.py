@@ -31,7 +31,8 @@ DEFAULTS: dict = {
               "num_workers": 0, "grad_clip": 1.0, "deterministic": True,
               "min_epochs": 1, "eval_batch_size": 64, "decay_epochs": None, "progress": True, "refit": False,
               "num_nodes": 1, "logger": "csv", "select": None, "solver": "gradient", "ridge_alpha": 100.0,
-              "group_by_length": 0, "fused_optimizer": False, "threads": "auto"},
+              "group_by_length": 0, "fused_optimizer": False, "threads": "auto",
+              "final_stage": "last"},
     "predict": {"window_seconds": 10.0, "hop_seconds": 5.0},
     "recipe_options": {},
 }

@@ -100,13 +100,17 @@ class Recipe:
         """What ``serkit train`` saves of a finished stage list (``ctx``: its
         :class:`~serkit.train.stages.StageContext`): ``(model, spec)``, where :meth:`build_model` ``(cfg, spec)``
         rebuilds ``model`` for prediction (``spec.extra`` beside ``encoder`` is saved in ``meta.json``, so it must be
-        JSON). Default: the last training stage's model; a list that ends in a step must say how it is replayed."""
-        from serkit.train.stages import Step, final_module
+        JSON). Default: the final training stage's model (the last one, or the one ``train.final_stage: best_val``
+        kept); a list that ends in a step must say how it is replayed."""
+        from serkit.train.stages import Step, TrainStage, final_module
 
         if isinstance(stages[-1], Step):
             raise ConfigError(f"recipe {self.name!r} ends in the step {stages[-1].name!r}, which a single saved model "
                               f"cannot replay; use serkit cv")
-        module, _ = final_module(ctx, stages)
+        module, stage = final_module(ctx, stages)
+        last = [s for s in stages if isinstance(s, TrainStage)][-1]
+        if stage.name != last.name:  # train.final_stage chose an earlier stage: build_model rebuilds that one
+            module.spec.extra["final_stage"] = stage.name
         return module.model, module.spec
 
     def build_model(self, cfg: dict, spec: ModelSpec) -> torch.nn.Module:

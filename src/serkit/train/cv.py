@@ -221,7 +221,7 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
                                   "classes", "refit_epochs", "resumed", "ua_classes", "absent_from_test",
                                   "unseen_in_training", "val_speakers", "n_val", "normalisation", "selection",
                                   "stage_metrics", "stage_seconds", "stage_work_dirs", "batching", "threads",
-                                  "extras", "calibration")
+                                  "extras", "calibration", "final_stage")
                 if k in r},
              "warnings": by_index[r["fold"]].warnings if r["fold"] in by_index else []}
             for r in results
@@ -247,6 +247,8 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
             vals = [r["stage_metrics"][n]["val"] for r in results if r["stage_metrics"][n].get("val")]
             vm, vs = mean_std(vals) if len(vals) == len(results) else ({}, {})
             summary["stages"][n] = {"mean": m, "std": s, "val_mean": vm, "val_std": vs}
+        summary["final_stage"] = {"rule": cfg["train"].get("final_stage", "last"),
+                                  "per_fold": [r.get("final_stage") for r in results]}
     return summary
 
 

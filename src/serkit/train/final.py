@@ -95,16 +95,18 @@ def _train_head(cfg: dict, manifest: pd.DataFrame, split, source, work: Path, re
         ctx, stages, _ = fit_stages(cfg, manifest, fold, source, work / "validation")
         model, spec = ctx.recipe.saved_model(ctx, stages)
         trained = [s.name for s in stages if isinstance(s, TrainStage)]
+        final = spec.extra.get("final_stage", trained[-1])
         last = ctx.results[stages[-1].name].marker
         record = {"monitor": monitor, "val_speakers": val_spk, "n_train": len(train), "n_val": len(val),
-                  "stages": [s.name for s in stages], "refit": False,
+                  "stages": [s.name for s in stages], "refit": False, "final_stage": final,
                   "stage_epochs": {n: ctx.results[n].marker.get("best_epoch") for n in trained},
-                  "best_epoch": ctx.results[trained[-1]].marker.get("best_epoch"),
-                  "best_val": ctx.results[trained[-1]].marker.get("best_val")}
+                  "stage_val": {n: ctx.results[n].marker.get("best_val") for n in trained},
+                  "best_epoch": ctx.results[final].marker.get("best_epoch"),
+                  "best_val": ctx.results[final].marker.get("best_val")}
         if isinstance(stages[-1], Step):  # its validation figure: what the step chose on the validation outputs
             step = {k: v for k, v in last.items() if k not in ("key", "files", "features", "stage")}
             record["steps"] = {stages[-1].name: step}
-        outputs = ctx.results[trained[-1]].outputs
+        outputs = ctx.results[final].outputs
         if cfg["task"] == "classification" and outputs and "val" in outputs:
             record["calibration"] = _calibration(outputs["val"], ctx.labels, manifest, val)
         return model, spec, ctx.labels, record

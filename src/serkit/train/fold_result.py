@@ -16,6 +16,7 @@ from serkit.train.scoring import class_probabilities, task_metrics
 from serkit.train.stages import (
     StageContext,
     TrainStage,
+    chosen_stage,
 )
 from serkit.train.trainer import read_resumes
 
@@ -41,7 +42,7 @@ def fold_result(ctx: StageContext, stages: list, records: dict) -> dict:
               and "test" in ctx.results[s.name].outputs]
     if not scored:
         raise ConfigError(f"recipe {cfg['recipe']!r}: no stage produced test outputs to score")
-    final = ctx.results[scored[-1]]
+    final = ctx.results[chosen_stage(ctx, scored)]
     rows = manifest.set_index("id").loc[[str(i) for i in fold.test]].reset_index()
     enc = {"test": labels.encode(rows),
            "val": labels.encode(manifest.set_index("id").loc[[str(i) for i in fold.val]].reset_index())}

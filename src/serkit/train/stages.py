@@ -36,7 +36,8 @@ from serkit.train.module import SERModule
 
 #: ``train`` settings that cannot change a stage's result (data-loading processes, progress bars): left out of the
 #: stage keys, so a rerun with another worker count reuses the stages
-RESULT_NEUTRAL_TRAIN_KEYS = ("num_workers", "progress")
+#: ``final_stage`` picks which finished stage is the fold's result; no stage trains differently for it.
+RESULT_NEUTRAL_TRAIN_KEYS = ("num_workers", "progress", "final_stage")
 
 
 def schedule(train: dict) -> dict:
@@ -173,9 +174,31 @@ def trained_state(model: nn.Module) -> dict:
     return {n: t.detach().cpu().contiguous().clone() for n, t in model.state_dict().items() if n not in frozen}
 
 
+def chosen_stage(ctx: StageContext, names: list[str]) -> str:
+    """Which of the scored stages ``names`` (in stage order) is the fold's result: the last one
+    (``train.final_stage: last``, the default), or with ``train.final_stage: best_val`` the one whose selected
+    checkpoint scored best on the validation speakers (its ``best_val``: ``train.monitor``; the test part plays no
+    part; ties keep the later stage; a stage without a validation score is never chosen over one with it). A
+    multi-stage method whose later stages do not help on a corpus then keeps its earlier model, and says so
+    (``final_stage`` in each fold's result)."""
+    if ctx.cfg["train"].get("final_stage", "last") == "last" or len(names) == 1:
+        return names[-1]
+    from serkit.train.select import best
+
+    later_first = names[::-1]
+    return later_first[best([ctx.results[n].marker.get("best_val") for n in later_first])]
+
+
 def final_module(ctx: StageContext, stages: list):
-    """The trained module of the last training stage (rebuilt from its saved state when it was reused)."""
-    last = [s for s in stages if isinstance(s, TrainStage)][-1]
+    """The trained module of the fold's final training stage (:func:`chosen_stage`; rebuilt from its saved state
+    when it was reused)."""
+    trained = [s for s in stages if isinstance(s, TrainStage)]
+    if ctx.cfg["train"].get("final_stage", "last") == "last":
+        last = trained[-1]
+    else:
+        scored = [s for s in trained if s.score]
+        name = chosen_stage(ctx, [s.name for s in scored])
+        last = next(s for s in scored if s.name == name)
     r = ctx.results[last.name]
     if r.module is not None:
         return r.module, last
