@@ -96,8 +96,9 @@ def test_a_fold_trains_on_copies_of_its_training_utterances_only(tiny_corpus, tm
 @pytest.mark.parametrize("name", ["hcld", "mll", "gmp_atl", "if_mvse"])
 def test_each_recipe_trains_on_the_copies_or_refuses_them(name, tiny_corpus, tmp_path, monkeypatch):  # noqa: F811
     """HCLD and MLL train on the feature stage's training sets, so the copies reach them; GMP-ATL's stages 1 and 3
-    train on them, its stage 2 (frame pseudo-labels of real utterances) does not; IF-MVSE (per-view matrices)
-    builds its own sets and refuses the option, naming why."""
+    train on them, its stage 2 (frame pseudo-labels of real utterances) does not; IF-MVSE's per-view matrices hold
+    each view's copies (extracted with that view's encoder) in one row order, with their parents' labels. A recipe
+    that cannot take them (``no_speed_copies``) refuses the option, naming why."""
     from serkit.data.extended import ExtendedTrainSet
     from serkit.recipes.catalog import get_recipe
     from serkit.train import datasets
@@ -141,8 +142,19 @@ def test_each_recipe_trains_on_the_copies_or_refuses_them(name, tiny_corpus, tmp
         made = PseudoLabelItems.__init__
         monkeypatch.setattr(PseudoLabelItems, "__init__",
                             lambda self, base, pseudo: pseudo_ids.extend(base.ids) or made(self, base, pseudo))
+    views = []
+    if name == "if_mvse":
+        from serkit.data.views import ViewDataset
+
+        built = ViewDataset.__init__
+        monkeypatch.setattr(ViewDataset, "__init__", lambda self, v, enc: views.append((v, enc)) or built(self, v, enc))
     run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
     assert extra and all(n > 0 for n in extra)
+    if name == "if_mvse":  # both views (fbank-40, fbank-80) with their copies, the training matrices one row each
+        assert len(extra) >= 2 and set(extra) == {n_base[0] * 1}
+        train_sets = [(v, enc) for v, enc in views if len(enc["emotion"]) == n_base[0] + extra[0]]
+        assert train_sets and all({m.shape[0] for m in v.values()} == {n_base[0] + extra[0]} for v, _ in train_sets)
+        assert [m.shape[1] for m in train_sets[0][0].values()] == [40 * 2, 80 * 2]
     if name == "hcld":
         assert max(sampled) >= n_base[0]  # beyond the real utterances: copies were drawn
     if name == "gmp_atl":

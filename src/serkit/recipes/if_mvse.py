@@ -44,6 +44,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -163,18 +164,22 @@ def model_defaults(cfg: dict) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 # views through the feature stage
 # --------------------------------------------------------------------------------------------------------------
-def view_inputs(ctx) -> tuple[dict, dict]:
-    """Every view's input vectors per part and how they were made: ``({view: {"train" | "val" | "test": (n,
-    width)}}, {view: {"layers", "pooling", "normalize", "width", "mean", "std"}})``. The view's pooled statistics
-    come from its feature stage (normalised, chosen layers), are pooled to a vector and z-scored with the training
-    rows' statistics (``mean`` / ``std`` ``(width,)``; zeros / ones without ``standardize``): the recipe of
-    :class:`serkit.models.score_sets.ViewInput`."""
+def view_inputs(ctx) -> tuple[dict, dict, pd.DataFrame]:
+    """Every view's input vectors per part, how they were made and the training rows: ``({view: {"train" | "val" |
+    "test": (n, width)}}, {view: {"layers", "pooling", "normalize", "width", "mean", "std"}}, training rows)``. The
+    view's pooled statistics come from its feature stage (normalised, chosen layers), are pooled to a vector and
+    z-scored with the training rows' statistics (``mean`` / ``std`` ``(width,)``; zeros / ones without
+    ``standardize``): the recipe of :class:`serkit.models.score_sets.ViewInput`. With ``features.speed_perturb`` the
+    training rows are the fold's training utterances followed by their speed-perturbed copies, each view's copies
+    extracted with that view's encoder (:func:`serkit.train.datasets.with_speed_variants`)."""
     from serkit.data.views import Standardizer
 
     fold, opts = ctx.fold, options(ctx.cfg)
     parts = {"train": fold.train, "val": fold.val, "test": fold.test}
     mats: dict[str, dict[str, np.ndarray]] = {}
     how: dict[str, dict] = {}
+    train_rows = ctx.manifest.set_index("id").loc[[str(i) for i in fold.train]].reset_index()
+    train_ids = None
     for v in view_specs(ctx.cfg):
         stage = ctx.feature(v["name"])
         if stage.weighted:
@@ -183,6 +188,11 @@ def view_inputs(ctx) -> tuple[dict, dict]:
         per = {}
         for p, ids in parts.items():
             ds = stage.dataset(ids, ctx.labels, False, level="pooled")
+            if p == "train" and ctx.cfg["features"].get("speed_perturb"):
+                ds = _with_copies(ctx, v, stage, ds)
+                if train_ids is not None and list(ds.ids) != train_ids:
+                    raise ValueError(f"if_mvse: view {v['name']!r} has other training copies than the first view")
+                train_ids, train_rows = list(ds.ids), ds.rows.reset_index(drop=True)
             if not len(ds):  # serkit train's validation run has no test part
                 per[p] = None
                 continue
@@ -200,7 +210,15 @@ def view_inputs(ctx) -> tuple[dict, dict]:
         mats[v["name"]] = per
         how[v["name"]] = {"layers": stage.indices, "pooling": v["pooling"], "normalize": stage.mode, "width": width,
                           "mean": mean, "std": std}
-    return mats, how
+    return mats, how, train_rows
+
+
+def _with_copies(ctx, view: dict, stage, train):
+    """``train`` followed by the view's speed-perturbed copies of the fold's training utterances."""
+    from serkit.train.datasets import with_speed_variants
+
+    cfg = {**ctx.cfg, "encoder": view["encoder"]}
+    return with_speed_variants(cfg, ctx.manifest, ctx.fold, ctx.labels, stage, train, level="pooled")
 
 
 def fold_views(ctx, labels: LabelMap) -> tuple:
@@ -208,9 +226,10 @@ def fold_views(ctx, labels: LabelMap) -> tuple:
     from serkit.data.views import ViewDataset
 
     fold = ctx.fold
-    mats, _ = view_inputs(ctx)
-    parts = {"train": fold.train, "val": fold.val, "test": fold.test}
+    mats, _, train_rows = view_inputs(ctx)
+    parts = {"val": fold.val, "test": fold.test}
     rows = {p: ctx.manifest.set_index("id").loc[[str(i) for i in ids]].reset_index() for p, ids in parts.items()}
+    rows["train"] = train_rows
     out = []
     for p in ("train", "val", "test"):
         ds = ViewDataset({n: m[p] for n, m in mats.items()}, labels.encode(rows[p]))
@@ -227,7 +246,6 @@ class IFMVSERecipe(Recipe):
     """Score-set stages and the validation-weighted combination (module docstring)."""
 
     options_class = MVSEOptions
-    no_speed_copies = "its score sets train on pooled matrices of every view, built from the real utterances only"
 
     def feature_views(self, cfg: dict) -> list[dict]:
         return [{"name": v["name"], "encoder": v["encoder"], "features": v["features"]} for v in view_specs(cfg)]
@@ -268,7 +286,7 @@ class IFMVSERecipe(Recipe):
         from serkit.models.score_sets import ScoreSetEnsemble
 
         cfg = ctx.cfg
-        _, how = view_inputs(ctx)
+        _, how, _ = view_inputs(ctx)
         sets = score_sets(cfg, list(how))
         names = [s.name for s in stages if s.name != "combine"]
         weights = ctx.results["combine"].marker["weights"]
