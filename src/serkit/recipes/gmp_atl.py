@@ -180,7 +180,7 @@ class GMPATLRecipe(Recipe):
         """The model of the last stage (stage 3, or stage 1 with ``stages: [1]``; stage 1 where ``train.final_stage:
         best_val`` kept it, ``spec.extra["final_stage"]``): what ``serkit train`` saves."""
         o = self.options(cfg)
-        if 3 in o.stages and spec.extra.get("final_stage", "stage3") == "stage3":
+        if 3 in o.stages and spec.extra.get("final_stage") in (None, "stage3"):
             return self._model(cfg, 3, spec.num_outputs, o.stage3.finetune, o.stage3)
         return self._model(cfg, 1, spec.num_outputs, o.stage1.finetune, o.stage1)
 

@@ -247,7 +247,7 @@ def summarise(cfg: dict, folds, results: list[dict], protocol: dict) -> dict:
             vals = [r["stage_metrics"][n]["val"] for r in results if r["stage_metrics"][n].get("val")]
             vm, vs = mean_std(vals) if len(vals) == len(results) else ({}, {})
             summary["stages"][n] = {"mean": m, "std": s, "val_mean": vm, "val_std": vs}
-        summary["final_stage"] = {"rule": cfg["train"].get("final_stage", "last"),
+        summary["final_stage"] = {"rule": cfg["train"]["final_stage"],
                                   "per_fold": [r.get("final_stage") for r in results]}
     return summary
 

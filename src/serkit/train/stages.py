@@ -181,7 +181,7 @@ def chosen_stage(ctx: StageContext, names: list[str]) -> str:
     part; ties keep the later stage; a stage without a validation score is never chosen over one with it). A
     multi-stage method whose later stages do not help on a corpus then keeps its earlier model, and says so
     (``final_stage`` in each fold's result)."""
-    if ctx.cfg["train"].get("final_stage", "last") == "last" or len(names) == 1:
+    if ctx.cfg["train"]["final_stage"] == "last" or len(names) == 1:
         return names[-1]
     from serkit.train.select import best
 
@@ -193,7 +193,7 @@ def final_module(ctx: StageContext, stages: list):
     """The trained module of the fold's final training stage (:func:`chosen_stage`; rebuilt from its saved state
     when it was reused)."""
     trained = [s for s in stages if isinstance(s, TrainStage)]
-    if ctx.cfg["train"].get("final_stage", "last") == "last":
+    if ctx.cfg["train"]["final_stage"] == "last":
         last = trained[-1]
     else:
         scored = [s for s in trained if s.score]
