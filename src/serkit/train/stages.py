@@ -193,12 +193,10 @@ def final_module(ctx: StageContext, stages: list):
     """The trained module of the fold's final training stage (:func:`chosen_stage`; rebuilt from its saved state
     when it was reused)."""
     trained = [s for s in stages if isinstance(s, TrainStage)]
-    if ctx.cfg["train"]["final_stage"] == "last":
-        last = trained[-1]
-    else:
-        scored = [s for s in trained if s.score]
-        name = chosen_stage(ctx, [s.name for s in scored])
-        last = next(s for s in scored if s.name == name)
+    if ctx.cfg["train"]["final_stage"] != "last":  # only a scored stage has a validation figure to compare
+        trained = [s for s in trained if s.score]
+    name = chosen_stage(ctx, [s.name for s in trained])
+    last = next(s for s in trained if s.name == name)
     r = ctx.results[last.name]
     if r.module is not None:
         return r.module, last
