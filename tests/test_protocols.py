@@ -209,6 +209,28 @@ def test_cross_corpus_folds():
         make_folds(df, {"name": "cross_corpus", "train": ["alpha"], "test": "gamma"})
 
 
+def test_training_only_corpora_join_every_training_part_and_nothing_else():
+    a = _toy(6, 12).assign(corpus="alpha")
+    b = _toy(4, 9).assign(corpus="beta", speaker=lambda d: "b" + d["speaker"], id=lambda d: "b" + d["id"])
+    protocol = {"name": "speaker_kfold", "k": 3, "grouping": "sorted", "val_speakers": 1}
+    alone = make_folds(a, protocol)
+    both = make_folds(pd.concat([b, a], ignore_index=True), {**protocol, "training_only": ["beta"]})
+    assert len(both) == len(alone)
+    for f, g in zip(both, alone, strict=True):
+        # the folds of alpha are what they are without beta; beta is training data in every fold, nowhere else
+        assert (f.test, f.val, f.test_speakers, f.val_speakers) == (g.test, g.val, g.test_speakers, g.val_speakers)
+        assert f.train == g.train + b["id"].tolist()
+    for bad, match in (({"training_only": ["gamma"]}, "gamma"),
+                       ({"training_only": ["alpha", "beta"]}, "at least one"),
+                       ({"training_only": "beta"}, "list"),
+                       ({"name": "cross_corpus", "training_only": ["beta"]}, "cross")):
+        with pytest.raises(ConfigError, match=match):
+            make_folds(pd.concat([a, b], ignore_index=True), {**protocol, **bad})
+    clash = b.assign(speaker=a["speaker"].iloc[0])  # a speaker in both corpora would leak into training
+    with pytest.raises(LeakageError):
+        make_folds(pd.concat([a, clash], ignore_index=True), {**protocol, "training_only": ["beta"]})
+
+
 def test_one_class_test_fold_is_refused_before_training():
     from serkit.train.cv import check_folds
 

@@ -122,6 +122,16 @@ def test_a_table_experiment_is_filed_under_its_manifests_corpus(tmp_path):
         summarise_run(run, "serkit cv t.csv")
 
 
+def test_training_only_corpora_do_not_move_a_run_to_another_table(tmp_path):
+    """A run on RAVDESS's folds with EmoDB as extra training data belongs in RAVDESS's table; a cross-corpus run
+    keeps both names."""
+    run = _fake_run(tmp_path, "plus", "none", [0.7, 0.8])
+    (run / "config.yaml").write_text("name: plus\ncorpus: [ravdess, emodb]\n"
+                                     "protocol: {name: speaker_kfold, training_only: [emodb]}\n")
+    assert summarise_run(run, "serkit cv x.yaml")["corpus"] == "ravdess"
+    (run / "config.yaml").write_text("name: plus\ncorpus: [ravdess, emodb]\nprotocol: {name: cross_corpus}\n")
+    assert summarise_run(run, "serkit cv x.yaml")["corpus"] == "ravdess+emodb"
+
 def test_a_folder_without_results_is_one_line_error(tmp_path, capsys):
     with pytest.raises(ConfigError, match="results.json"):
         summarise_run(tmp_path, "serkit cv x.yaml")

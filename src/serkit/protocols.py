@@ -18,6 +18,10 @@ A protocol is a dict ``{"name": ..., **options}``:
   the others): train on some corpora, test on another (the manifest's ``corpus`` column). Validation speakers
   come from the training corpora only.
 
+``training_only`` (a list of corpus names, any protocol but ``cross_corpus``): those corpora's utterances join the
+training part of every fold and never its validation or test part; the folds are built over the other corpora's
+utterances exactly as without them (one corpus's folds, with more training data from another).
+
 Validation (``val_speakers``: count, or ``val_fraction`` of the training speakers, default 0.2) is carved from
 the training speakers only: that many speakers drawn gender-balanced (seeded); then, while the validation part
 holds less than ``val_min_share`` (default 0.1) of the fold's training utterances or lacks one of its classes,
@@ -245,7 +249,8 @@ def make_folds(manifest: pd.DataFrame, protocol: dict, seed: int = 0) -> list[Fo
     name = protocol["name"]
     if name not in PROTOCOLS:
         raise ConfigError(f"protocol.name={name!r} is unknown; choose one of {sorted(PROTOCOLS)}")
-    df = manifest.reset_index(drop=True)
+    full = manifest.reset_index(drop=True)
+    df, extra = _training_only(full, protocol)
     classes = label_column(protocol, df)
     if name == "random":
         folds = _random_fold(df, protocol, seed)
@@ -255,7 +260,29 @@ def make_folds(manifest: pd.DataFrame, protocol: dict, seed: int = 0) -> list[Fo
         folds = _cross_corpus_folds(df, protocol, seed, classes)
     else:
         folds = _held_out_group_folds(df, protocol, seed, classes)
-    return _with_warnings(folds, df, protocol, classes)
+    folds = _with_warnings(folds, df, protocol, classes)  # of the folds as built, before the extra training data
+    for f in folds:
+        f.train = f.train + extra
+        check_leakage(f, full)
+    return folds
+
+
+def _training_only(df: pd.DataFrame, protocol: dict) -> tuple[pd.DataFrame, list[str]]:
+    """``(the utterances the folds are built over, the ids of protocol.training_only's corpora)``."""
+    names = protocol.get("training_only") or []
+    if not names:
+        return df, []
+    if not isinstance(names, list):
+        raise ConfigError(f"protocol.training_only must be a list of corpus names, got {names!r}")
+    if protocol["name"] == "cross_corpus":
+        raise ConfigError("protocol.training_only does not apply to cross_corpus (its train / test name the corpora)")
+    corpus = df["corpus"].astype(str) if "corpus" in df.columns else pd.Series("", index=df.index)
+    names, have = sorted(map(str, names)), sorted(corpus.unique())
+    if set(names) - set(have) or set(have) <= set(names):
+        raise ConfigError(f"protocol.training_only names {names}: the manifest's corpora are {have}; name some "
+                          "of them and leave at least one to build the folds over")
+    extra = corpus.isin(names)
+    return df[~extra].reset_index(drop=True), df.loc[extra, "id"].astype(str).tolist()
 
 
 def _random_fold(df: pd.DataFrame, protocol: dict, seed: int) -> list[Fold]:

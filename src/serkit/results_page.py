@@ -96,7 +96,10 @@ def _corpus(run_dir: Path) -> str:
     corpus = cfg.get("corpus") or _manifest_corpus(cfg.get("manifest"))
     if not corpus:
         raise ConfigError(f"{path}: no 'corpus' key, and no manifest with a 'corpus' column")
-    return "+".join(corpus) if isinstance(corpus, list) else str(corpus)
+    if isinstance(corpus, list):  # the corpora the folds test on: protocol.training_only's only add training data
+        extra = set((cfg.get("protocol") or {}).get("training_only") or [])
+        return "+".join(c for c in corpus if c not in extra)
+    return str(corpus)
 
 
 def _manifest_corpus(manifest) -> list[str] | None:

@@ -199,3 +199,25 @@ def test_fused_optimizer_trains_in_bf16_with_gradient_clipping(tiny_corpus, tmp_
     res = run_cv(cfg, tmp_path / "run", folds_only=[0], log=lambda *a: None)
     assert seen["fused"] and all(seen["fused"]) and seen["clipped"] > 0
     assert res["folds"][0]["metrics"]["ua"] > 0.6
+
+
+def test_training_only_corpus_trains_every_fold_and_is_never_scored(tiny_corpus, tmp_path):
+    """Speakers 4 and 5 as another corpus in protocol.training_only: the folds and test speakers are the first
+    corpus's, every fold trains also on the other corpus, and no prediction is made for it."""
+    from serkit.corpora import prepare
+
+    table = prepare("csv", str(tiny_corpus / "table.csv"))
+    table["corpus"] = np.where(table["speaker"].isin(["spk4", "spk5"]), "extra", "main")
+    path = tmp_path / "two.csv"
+    table.to_csv(path, index=False)
+    cfg = tiny_config(tiny_corpus, protocol={"name": "speaker_kfold", "k": 2, "val_speakers": 1,
+                                             "training_only": ["extra"]})
+    cfg.update(corpus=None, root=None, manifest=str(path))  # a prepared table keeps its corpus column
+    run_cv(cfg, tmp_path / "run", log=lambda *a: None)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    extra = set(table.loc[table["corpus"] == "extra", "id"])
+    assert sorted(s for f in res["folds"] for s in f["test_speakers"]) == ["spk0", "spk1", "spk2", "spk3"]
+    for i, f in enumerate(json.loads((tmp_path / "run" / "folds.json").read_text())):
+        assert extra <= set(f["train"]) and not extra & set(f["val"] + f["test"])
+        scored = set(pd.read_csv(tmp_path / "run" / f"fold{i}" / "predictions.csv")["id"])
+        assert scored == set(f["test"]) and not scored & extra
