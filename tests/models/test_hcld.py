@@ -31,3 +31,27 @@ def test_model_keys_and_shapes(emo, spk):
     assert torch.equal(out["embedding"], out["emotion_features"])
     none = build_model(SPEC, "hcld", emotion_extractor=emo, speaker_extractor="none", dim=7, extractor_opts=SMALL)
     assert "speaker_features" not in none(_batch()) and "speaker_logits" not in none(_batch())
+
+
+def test_input_standardisation_is_fitted_on_real_frames_and_removes_a_global_scale_and_shift():
+    """input_norm: standardize z-scores every layer and dimension with the training frames' statistics (padding
+    left out), so a model fitted on features recorded at another global scale and offset gives the same outputs."""
+    from serkit.errors import ConfigError
+
+    batch = _batch()
+    torch.manual_seed(0)
+    a = build_model(SPEC, "hcld", dim=7, extractor_opts=SMALL, input_norm="standardize").eval()
+    assert a.fits_input and not build_model(SPEC, "hcld", dim=7, extractor_opts=SMALL).fits_input
+    a.fit_input(batch)
+    real = batch["features"].permute(0, 2, 1, 3)[batch["frame_mask"]]  # (real frames, layers, dim)
+    torch.testing.assert_close(a.input_norm.mean, real.mean(0))
+    torch.testing.assert_close(a.input_norm.std, real.std(0, unbiased=False))
+    shifted = {**batch, "features": batch["features"] * 3.0 + 5.0}
+    b = build_model(SPEC, "hcld", dim=7, extractor_opts=SMALL, input_norm="standardize").eval()
+    b.load_state_dict(a.state_dict())  # same weights; its statistics come from the shifted frames
+    b.fit_input(shifted)
+    torch.testing.assert_close(b(shifted)["logits"], a(batch)["logits"], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(a(shifted)["logits"], a(batch)["logits"])
+    assert set(a.state_dict()) >= {"input_norm.mean", "input_norm.std"}  # saved with the model
+    with pytest.raises(ConfigError, match="input_norm"):
+        build_model(SPEC, "hcld", input_norm="batch")

@@ -133,3 +133,20 @@ def test_recipe_options_are_typed_and_unknown_keys_named(tiny_corpus):  # noqa: 
         check_recipe_options({"recipe_options": {"frame_stride": 2}})
     with pytest.raises(ConfigError, match=r"recipe_options \(mll\): unknown key"):
         check_recipe_options({"recipe_options": {"anything": 1}})
+
+
+def test_standardised_input_is_fitted_in_training_and_reaches_predict_and_onnx(tiny_corpus, tmp_path):  # noqa: F811
+    """model.input_norm: standardize: `serkit train` fits the statistics on the training utterances, the saved model
+    carries them, and the Recognizer and the ONNX graph apply them (export_onnx checks onnxruntime against torch)."""
+    from serkit.export import export_onnx
+    from serkit.inference.recognizer import Recognizer
+    from serkit.train.final import train_final
+
+    cfg = _tiny(tiny_corpus, train={"epochs": 1, "batch_size": 12}, model={"input_norm": "standardize"})
+    model_dir = train_final(cfg, tmp_path / "m", log=lambda *a: None)
+    rec = Recognizer.from_pretrained(model_dir)
+    norm = rec.model.input_norm
+    assert norm is not None and float(norm.std.min()) > 0 and float(norm.mean.abs().max()) > 0  # fitted, not the init
+    wav = min((tiny_corpus / "spk0").glob("*.wav"))
+    assert rec.predict(str(wav))["label"] in {"low", "mid", "high"}
+    assert export_onnx(model_dir, log=lambda *a: None).exists()

@@ -64,3 +64,43 @@ def crop_pad_frames(x: torch.Tensor, mask: torch.Tensor | None, max_frames: int 
             x = F.pad(x, (0, 0, 0, n - t))
         mask = torch.ones(b, n, dtype=torch.bool, device=x.device)
     return x, mask
+
+
+class FrameStandardizer(torch.nn.Module):
+    """Every layer and dimension of cached frames z-scored with the training set's statistics: the single-clip
+    counterpart of speaker normalisation (one statistic for everyone, fitted on the training utterances only, so a
+    clip needs nothing but itself). The statistics are buffers: a saved model, ``predict``, ``serve`` and the ONNX
+    graph apply them unchanged. Before :meth:`fit` it passes frames through (mean 0, std 1).
+
+    Args:
+        layers, dim: the frames' ``(layers, dim)``.
+    """
+
+    def __init__(self, layers: int, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(layers, dim))
+        self.register_buffer("std", torch.ones(layers, dim))
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor, mask: torch.Tensor | None, chunk: int = 64, min_std: float = 1e-4) -> None:
+        """Mean and std over every real frame of ``features`` ``(n, layers, frames, dim)`` (``mask`` ``(n, frames)``,
+        True = real), accumulated in float64 over chunks of ``chunk`` utterances."""
+        total = torch.zeros(2, *self.mean.shape, dtype=torch.float64)
+        count = 0.0
+        for i in range(0, len(features), chunk):
+            x = features[i:i + chunk].double()
+            m = torch.ones(x.shape[0], x.shape[2], dtype=torch.float64) if mask is None else \
+                mask[i:i + chunk].double()
+            w = m[:, None, :, None]
+            total[0] += (x * w).sum((0, 2))
+            total[1] += (x * x * w).sum((0, 2))
+            count += float(m.sum())
+        mean = total[0] / max(count, 1.0)
+        var = (total[1] / max(count, 1.0) - mean * mean).clamp_min(0.0)
+        self.mean.copy_(mean.float())
+        self.std.copy_(var.sqrt().clamp_min(min_std).float())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``(batch, layers, frames, dim)`` -> the same, standardised (padding frames too; masks still apply)."""
+        return (features - self.mean[None, :, None, :].to(features.dtype)) / self.std[None, :, None, :].to(
+            features.dtype)

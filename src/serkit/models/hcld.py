@@ -31,8 +31,11 @@ from torch import nn
 from serkit.encoders.featurizer import Featurizer
 from serkit.errors import ConfigError
 from serkit.models.extractors import build_extractor
-from serkit.models.frames import crop_pad_frames
+from serkit.models.frames import FrameStandardizer, crop_pad_frames
 from serkit.models.registry import ModelSpec, register_model
+
+#: ``model.input_norm`` values
+INPUT_NORMS = ("none", "standardize")
 
 
 @register_model("hcld")
@@ -44,15 +47,21 @@ class HCLDModel(nn.Module):
     (featurizer spec, default ``weighted``), ``normalize`` (LayerNorm each layer, default true), ``extractor_opts``
     (``{arch: {option: value}}`` applied to any branch of that architecture, e.g. ``{cnn: {channels: [128]}}``),
     ``emotion_opts`` / ``speaker_opts`` (per-branch options, applied last), ``dropout`` (before the classifiers),
-    ``pad_frames`` (pad to this many zero frames marked real; default none: padding masked). Cropping and time
-    pooling are the feature stage's (``features.max_frames``, ``features.pool_frames``).
+    ``pad_frames`` (pad to this many zero frames marked real; default none: padding masked), ``input_norm``
+    (``none``, default, or ``standardize``: every layer and dimension z-scored with the training frames' statistics,
+    fitted before training, :class:`~serkit.models.frames.FrameStandardizer`; for global features, where no speaker
+    normalisation standardises them). Cropping and time pooling are the feature stage's (``features.max_frames``,
+    ``features.pool_frames``).
     """
 
     def __init__(self, spec: ModelSpec, emotion_extractor: str = "cnn", speaker_extractor: str | None = None,
                  dim: int = 256, layers="weighted", normalize: bool = True, extractor_opts: dict | None = None,
                  emotion_opts: dict | None = None, speaker_opts: dict | None = None, dropout: float = 0.1,
-                 pad_frames: int | None = None):
+                 pad_frames: int | None = None, input_norm: str = "none"):
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ConfigError(f"model hcld: input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+        self.input_norm = FrameStandardizer(spec.num_layers, spec.hidden_size) if input_norm == "standardize" else None
         if spec.task != "classification":
             raise ConfigError("model hcld: classification only (emotion classes + speaker classes)")
         if pad_frames is not None and (not isinstance(pad_frames, int) or pad_frames < 1):
@@ -77,9 +86,22 @@ class HCLDModel(nn.Module):
             if spec.num_speakers:
                 self.speaker_classifier = nn.Linear(dim, spec.num_speakers)
 
+    @property
+    def fits_input(self) -> bool:
+        """Whether :meth:`fit_input` has statistics to fit before training (``input_norm: standardize``)."""
+        return self.input_norm is not None
+
+    @torch.no_grad()
+    def fit_input(self, batch: dict) -> None:
+        """Fit the input standardisation on the whole training set ``batch`` (``features`` ``(n, layers, T, dim)``,
+        ``frame_mask`` ``(n, T)``)."""
+        if self.input_norm is not None:
+            self.input_norm.fit(batch["features"], batch.get("frame_mask"))
+
     def frames(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder layers -> featurized (padded) frames ``(B, T', d)`` and mask ``(B, T')``."""
-        x = self.featurizer(batch["features"])
+        feats = batch["features"]
+        x = self.featurizer(feats if self.input_norm is None else self.input_norm(feats))
         if self.pad_frames is None:
             mask = batch.get("frame_mask")
             return x, (mask.bool() if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool))
