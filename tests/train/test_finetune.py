@@ -129,6 +129,13 @@ def test_a_pooled_head_gets_the_statistics_the_cache_stores():
                if p.requires_grad)
 
 
+def test_input_operations_fitted_on_cached_features_are_refused_with_the_encoder_in_the_loop():
+    enc = tiny_encoder("whisper")
+    spec = ModelSpec("classification", 3, enc.num_layers, enc.hidden_size, num_speakers=2)
+    head = build_model(spec, "hcld", dim=4, extractor_opts={"cnn": {"channels": [4]}}, input_norm="standardize")
+    with pytest.raises(ConfigError, match="features.source: cache"):
+        EncoderDownstream(enc, head, list(range(enc.num_layers)), "lora", adapters=True)
+
 def test_warm_up_epochs_train_the_head_alone():
     m = _loop_model("whisper", {"mode": "full", "warmup_epochs": 2}).train()
     m.set_epoch(1)

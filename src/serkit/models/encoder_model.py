@@ -32,6 +32,10 @@ class EncoderDownstream(nn.Module):
         super().__init__()
         from serkit.models.finetune import add_lora, enable_gradient_checkpointing, resolve_finetune
 
+        if getattr(downstream, "fits_input", False):
+            raise ConfigError("the model's input has fitted operations (the nuisance projection, model.input_norm: "
+                              "standardize), fitted on cached features: use features.source: cache, or drop them "
+                              "with the encoder in the loop")
         self.encoder, self.downstream, self.layers = encoder, downstream, list(layers)
         self.finetune = finetune
         from serkit.models.baseline import PooledMLP
