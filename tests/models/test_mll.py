@@ -34,3 +34,20 @@ def test_registered_without_importing_recipes():
             "assert not [m for m in sys.modules if m.startswith('serkit.recipes')], 'recipes imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert "mll" in available_models()
+
+
+def test_standardised_input_removes_a_global_scale_and_shift():
+    """input_norm: standardize (the mixin HCLD shares): fitted on real frames only, saved with the weights."""
+    torch.manual_seed(0)
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    mask[2, 3:] = False
+    x = torch.randn(4, 2, 7, 12)
+    a = MLLModel(_spec(), proj_dim=16, pooling="flam", num_heads=4, input_norm="standardize").eval()
+    a.fit_input({"features": x, "frame_mask": mask})
+    torch.testing.assert_close(a.input_norm.mean, x.permute(0, 2, 1, 3)[mask].mean(0))
+    b = MLLModel(_spec(), proj_dim=16, pooling="flam", num_heads=4, input_norm="standardize").eval()
+    b.load_state_dict(a.state_dict())
+    b.fit_input({"features": x * 0.5 - 2.0, "frame_mask": mask})
+    torch.testing.assert_close(b({"features": x * 0.5 - 2.0, "frame_mask": mask})["logits"],
+                               a({"features": x, "frame_mask": mask})["logits"], atol=1e-5, rtol=1e-4)
+    assert not MLLModel(_spec(), proj_dim=16, num_heads=4).fits_input

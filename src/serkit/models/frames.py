@@ -104,3 +104,38 @@ class FrameStandardizer(torch.nn.Module):
         """``(batch, layers, frames, dim)`` -> the same, standardised (padding frames too; masks still apply)."""
         return (features - self.mean[None, :, None, :].to(features.dtype)) / self.std[None, :, None, :].to(
             features.dtype)
+
+
+#: ``model.input_norm`` values of models on cached frames (HCLD, MLL)
+INPUT_NORMS = ("none", "standardize")
+
+
+class StandardizedFrameInput:
+    """Mixin for a model on cached frames ``batch["features"]`` ``(B, layers, T, dim)`` with the option
+    ``model.input_norm`` (``none`` or ``standardize``: a :class:`FrameStandardizer` fitted by :meth:`fit_input` on
+    the whole training set before training, as the training loop does for every model whose ``fits_input`` is
+    true). Call :meth:`init_input_norm` in ``__init__`` and :meth:`standardized` on the features in ``forward``."""
+
+    input_norm: FrameStandardizer | None
+
+    def init_input_norm(self, model: str, input_norm: str, layers: int, dim: int) -> None:
+        from serkit.errors import ConfigError
+
+        if input_norm not in INPUT_NORMS:
+            raise ConfigError(f"model {model}: input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+        self.input_norm = FrameStandardizer(layers, dim) if input_norm == "standardize" else None
+
+    @property
+    def fits_input(self) -> bool:
+        """Whether :meth:`fit_input` has statistics to fit before training (``input_norm: standardize``)."""
+        return self.input_norm is not None
+
+    @torch.no_grad()
+    def fit_input(self, batch: dict) -> None:
+        """Fit the input standardisation on the whole training set ``batch`` (``features`` ``(n, layers, T, dim)``,
+        ``frame_mask`` ``(n, T)``)."""
+        if self.input_norm is not None:
+            self.input_norm.fit(batch["features"], batch.get("frame_mask"))
+
+    def standardized(self, features: torch.Tensor) -> torch.Tensor:
+        return features if self.input_norm is None else self.input_norm(features)

@@ -31,15 +31,12 @@ from torch import nn
 from serkit.encoders.featurizer import Featurizer
 from serkit.errors import ConfigError
 from serkit.models.extractors import build_extractor
-from serkit.models.frames import FrameStandardizer, crop_pad_frames
+from serkit.models.frames import StandardizedFrameInput, crop_pad_frames
 from serkit.models.registry import ModelSpec, register_model
-
-#: ``model.input_norm`` values
-INPUT_NORMS = ("none", "standardize")
 
 
 @register_model("hcld")
-class HCLDModel(nn.Module):
+class HCLDModel(StandardizedFrameInput, nn.Module):
     """HCLD two-branch model; see the module docstring. Options (config ``model:``):
 
     ``emotion_extractor`` (cnn | lstm | transformer, default cnn), ``speaker_extractor`` (same choices, default:
@@ -59,9 +56,7 @@ class HCLDModel(nn.Module):
                  emotion_opts: dict | None = None, speaker_opts: dict | None = None, dropout: float = 0.1,
                  pad_frames: int | None = None, input_norm: str = "none"):
         super().__init__()
-        if input_norm not in INPUT_NORMS:
-            raise ConfigError(f"model hcld: input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
-        self.input_norm = FrameStandardizer(spec.num_layers, spec.hidden_size) if input_norm == "standardize" else None
+        self.init_input_norm("hcld", input_norm, spec.num_layers, spec.hidden_size)
         if spec.task != "classification":
             raise ConfigError("model hcld: classification only (emotion classes + speaker classes)")
         if pad_frames is not None and (not isinstance(pad_frames, int) or pad_frames < 1):
@@ -86,22 +81,9 @@ class HCLDModel(nn.Module):
             if spec.num_speakers:
                 self.speaker_classifier = nn.Linear(dim, spec.num_speakers)
 
-    @property
-    def fits_input(self) -> bool:
-        """Whether :meth:`fit_input` has statistics to fit before training (``input_norm: standardize``)."""
-        return self.input_norm is not None
-
-    @torch.no_grad()
-    def fit_input(self, batch: dict) -> None:
-        """Fit the input standardisation on the whole training set ``batch`` (``features`` ``(n, layers, T, dim)``,
-        ``frame_mask`` ``(n, T)``)."""
-        if self.input_norm is not None:
-            self.input_norm.fit(batch["features"], batch.get("frame_mask"))
-
     def frames(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder layers -> featurized (padded) frames ``(B, T', d)`` and mask ``(B, T')``."""
-        feats = batch["features"]
-        x = self.featurizer(feats if self.input_norm is None else self.input_norm(feats))
+        x = self.featurizer(self.standardized(batch["features"]))
         if self.pad_frames is None:
             mask = batch.get("frame_mask")
             return x, (mask.bool() if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool))

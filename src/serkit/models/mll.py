@@ -14,6 +14,7 @@ from torch import nn
 
 from serkit.encoders.featurizer import Featurizer
 from serkit.errors import ConfigError
+from serkit.models.frames import StandardizedFrameInput
 from serkit.models.heads import ClassificationHead
 from serkit.models.registry import ModelSpec, register_model
 
@@ -21,11 +22,14 @@ POOLINGS = ("mean", "max", "flam")
 
 
 @register_model("mll")
-class MLLModel(nn.Module):
+class MLLModel(StandardizedFrameInput, nn.Module):
     """Options (config ``model:``): ``layers`` (featurizer spec, default ``weighted``), ``normalize``,
     ``proj_dim`` (frame projection width D, 256; 0 = none), ``pooling`` (``mean`` | ``max`` | ``flam``),
     ``num_heads`` (FLAM heads, 16), ``attn_dropout``, ``embed_dim`` (64, the z of the center loss),
-    ``frame_embed_dim`` (64, frames for SupCon), ``hidden`` (classifier MLP sizes), ``dropout``.
+    ``frame_embed_dim`` (64, frames for SupCon), ``hidden`` (classifier MLP sizes), ``dropout``, ``input_norm``
+    (``none`` or ``standardize``: the frames z-scored with the training frames' statistics before the featurizer,
+    :class:`~serkit.models.frames.StandardizedFrameInput`; with ``features.frame_norm: none``, so that the
+    standardisation comes before the featurizer's LayerNorm).
 
     Output: ``logits`` (B, C), ``embedding`` f (B, D), ``projection`` z (B, 64), ``frames`` F' (B, T, D),
     ``frame_projection`` (B, T, 64), ``frame_mask`` (B, T).
@@ -33,8 +37,10 @@ class MLLModel(nn.Module):
 
     def __init__(self, spec: ModelSpec, layers="weighted", normalize: bool = True, proj_dim: int = 256,
                  pooling: str = "flam", num_heads: int = 16, attn_dropout: float = 0.0, embed_dim: int = 64,
-                 frame_embed_dim: int = 64, hidden: list[int] | None = None, dropout: float = 0.1):
+                 frame_embed_dim: int = 64, hidden: list[int] | None = None, dropout: float = 0.1,
+                 input_norm: str = "none"):
         super().__init__()
+        self.init_input_norm("mll", input_norm, spec.num_layers, spec.hidden_size)
         if spec.task != "classification":
             raise ConfigError("model mll is a classification model (task: classification)")
         if pooling not in POOLINGS:
@@ -62,7 +68,7 @@ class MLLModel(nn.Module):
         self.head = ClassificationHead(d, spec.num_outputs, hidden, dropout)
 
     def forward(self, batch: dict) -> dict:
-        frames = self.frame_proj(self.featurizer(batch["features"]))
+        frames = self.frame_proj(self.featurizer(self.standardized(batch["features"])))
         mask = batch.get("frame_mask")
         if mask is None:
             mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
