@@ -53,5 +53,11 @@ def test_input_standardisation_is_fitted_on_real_frames_and_removes_a_global_sca
     torch.testing.assert_close(b(shifted)["logits"], a(batch)["logits"], atol=1e-5, rtol=1e-4)
     assert not torch.allclose(a(shifted)["logits"], a(batch)["logits"])
     assert set(a.state_dict()) >= {"input_norm.mean", "input_norm.std"}  # saved with the model
+    # the training loop passes the training set in chunks (never whole in memory): the same statistics
+    c = build_model(SPEC, "hcld", dim=7, extractor_opts=SMALL, input_norm="standardize")
+    assert c.fits_input_in_chunks
+    c.fit_input({k: v[i:i + 2] for k, v in batch.items()} for i in range(0, 5, 2))
+    torch.testing.assert_close(c.input_norm.mean, a.input_norm.mean)
+    torch.testing.assert_close(c.input_norm.std, a.input_norm.std)
     with pytest.raises(ConfigError, match="input_norm"):
         build_model(SPEC, "hcld", input_norm="batch")

@@ -82,15 +82,15 @@ class FrameStandardizer(torch.nn.Module):
         self.register_buffer("std", torch.ones(layers, dim))
 
     @torch.no_grad()
-    def fit(self, features: torch.Tensor, mask: torch.Tensor | None, chunk: int = 64, min_std: float = 1e-4) -> None:
-        """Mean and std over every real frame of ``features`` ``(n, layers, frames, dim)`` (``mask`` ``(n, frames)``,
-        True = real), accumulated in float64 over chunks of ``chunk`` utterances."""
+    def fit(self, chunks, min_std: float = 1e-4) -> None:
+        """Mean and std over every real frame of ``chunks``: ``(features (n, layers, frames, dim), mask (n, frames)
+        or None)`` pairs (True = real frame), accumulated in float64, so the training set never needs to be in
+        memory at once."""
         total = torch.zeros(2, *self.mean.shape, dtype=torch.float64)
         count = 0.0
-        for i in range(0, len(features), chunk):
-            x = features[i:i + chunk].double()
-            m = torch.ones(x.shape[0], x.shape[2], dtype=torch.float64) if mask is None else \
-                mask[i:i + chunk].double()
+        for features, mask in chunks:
+            x = features.double()
+            m = torch.ones(x.shape[0], x.shape[2], dtype=torch.float64) if mask is None else mask.double()
             w = m[:, None, :, None]
             total[0] += (x * w).sum((0, 2))
             total[1] += (x * x * w).sum((0, 2))
@@ -131,11 +131,16 @@ class StandardizedFrameInput:
         return self.input_norm is not None
 
     @torch.no_grad()
-    def fit_input(self, batch: dict) -> None:
-        """Fit the input standardisation on the whole training set ``batch`` (``features`` ``(n, layers, T, dim)``,
-        ``frame_mask`` ``(n, T)``)."""
+    def fit_input(self, batches) -> None:
+        """Fit the input standardisation on the training set, given as one collated batch or an iterable of them
+        (``features`` ``(n, layers, T, dim)``, ``frame_mask`` ``(n, T)``; the training loop passes chunks,
+        :attr:`fits_input_in_chunks`)."""
         if self.input_norm is not None:
-            self.input_norm.fit(batch["features"], batch.get("frame_mask"))
+            batches = [batches] if isinstance(batches, dict) else batches
+            self.input_norm.fit((b["features"], b.get("frame_mask")) for b in batches)
+
+    #: :meth:`fit_input` takes the training set chunk by chunk (the training loop never collates it whole)
+    fits_input_in_chunks = True
 
     def standardized(self, features: torch.Tensor) -> torch.Tensor:
         return features if self.input_norm is None else self.input_norm(features)

@@ -74,6 +74,11 @@ class SERModule(L.LightningModule):
         from serkit.data.features import collate
 
         ds = self.trainer.train_dataloader.dataset
+        if fits_input and getattr(self.model, "fits_input_in_chunks", False) and not ridge:
+            step = 64  # frames: the training set in chunks, never whole in memory
+            self.model.fit_input(collate([ds[i] for i in range(j, min(j + step, len(ds)))])
+                                 for j in range(0, len(ds), step))
+            return
         batch = collate([ds[i] for i in range(len(ds))])
         if fits_input:
             self.model.fit_input(batch)
