@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from serkit.errors import ConfigError
+
 PAD_MODES = ("mask", "zeros")
 
 
@@ -119,8 +121,6 @@ class StandardizedFrameInput:
     input_norm: FrameStandardizer | None
 
     def init_input_norm(self, model: str, input_norm: str, layers: int, dim: int) -> None:
-        from serkit.errors import ConfigError
-
         if input_norm not in INPUT_NORMS:
             raise ConfigError(f"model {model}: input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
         self.input_norm = FrameStandardizer(layers, dim) if input_norm == "standardize" else None

@@ -75,7 +75,7 @@ class SERModule(L.LightningModule):
 
         ds = self.trainer.train_dataloader.dataset
         if fits_input and getattr(self.model, "fits_input_in_chunks", False) and not ridge:
-            step = 64  # frames: the training set in chunks, never whole in memory
+            step = 64  # utterances per chunk: the training set's frames are never in memory at once
             self.model.fit_input(collate([ds[i] for i in range(j, min(j + step, len(ds)))])
                                  for j in range(0, len(ds), step))
             return
